@@ -59,7 +59,7 @@ def test_migrated_schema_matches_models(tmp_path):
 def test_open_db_upgrades_on_first_use(tmp_path):
     con = db.open_db(tmp_path / "new.duckdb")
     try:
-        assert con.sql("SELECT count(*) FROM llm_calls").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM llm_calls").fetchone() == (0,)
     finally:
         con.close()
 
