@@ -36,8 +36,7 @@ _CALL_COLUMNS = [
 def upgrade() -> None:
     op.create_table(
         "llm_calls",
-        *[sa.Column(name, typ() if isinstance(typ, type) else typ, nullable=null)
-          for name, typ, null in _CALL_COLUMNS],
+        *[sa.Column(name, typ() if isinstance(typ, type) else typ, nullable=null) for name, typ, null in _CALL_COLUMNS],
         sa.PrimaryKeyConstraint("trace_id", "span_id", name="pk_llm_calls"),
     )
     op.create_table(
