@@ -1,0 +1,198 @@
+"""Normalize decoded spans into canonical ``llm_calls`` rows (pure; the loader writes them).
+
+``normalize(spans)`` keeps the spans that are LLM calls (see :func:`ingest.conventions.is_llm_span`), maps
+every instrumentation convention onto the columns of ``models.schema.LLM_CALLS_SCHEMA`` (CONVENTIONS.md §7,
+first present wins), and quarantines the LLM spans that cannot be trusted, each with a precise reason and
+its raw bytes. Rows are built as tuples in column order and turned into one Arrow table per call, which keeps
+the per-span cost to dictionary lookups.
+
+Status: ``'error'`` when ``status.code`` is 2, ``error.type`` is set, an ``exception`` event exists, or
+``http.response.status_code`` ≥ 400; ``error_type`` is ``error.type`` without the ``<class '…'>`` wrapper that
+openai-v2 writes, else the first exception event's ``exception.type``, else the HTTP status code as text.
+Provider for vLLM server spans (which carry none) is ``"vllm"``: the engine is the provider the latency
+belongs to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from ingest import conventions as cv
+from ingest.coerce import Rejected, as_str, first_str
+from ingest.endpoints import DEPLOYMENT_HEADER, URL_KEYS, deployment, endpoint, region
+from ingest.records import NormalizeResult, Quarantined, SpanRecord
+from ingest.timing import EventSummary, derive_timing, summarize_events
+from ingest.tokens import extract_tokens
+from models.schema import LLM_CALL_COLUMNS, LLM_CALLS_SCHEMA
+
+#: Keys read only by the rarely-needed extractors (request id, deployment, prompt key, invocation parameters):
+#: a span carrying none of them skips those calls, which keeps the typical span cheap.
+_RARE_KEYS: frozenset[str] = frozenset(
+    {*cv.REQUEST_ID_KEYS, *cv.PROMPT_KEYS, *URL_KEYS, DEPLOYMENT_HEADER, "llm.invocation_parameters"}
+)
+_VALID_STATUS = (0, 1, 2)
+_STATUS_ERROR = 2
+
+
+_DOTTED_CLASS = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*\.([A-Z]\w*)$")
+
+
+def _error_type_text(value: Any) -> str | None:
+    """Error class name: unwraps ``<class 'openai.RateLimitError'>`` and drops module paths.
+
+    Emitters disagree (``<class 'openai.RateLimitError'>``, ``openai.RateLimitError``, ``RateLimitError``); keeping
+    the class name only makes the same failure group together whichever library recorded it.
+    """
+    text = as_str(value)
+    if text and text.startswith("<class '") and text.endswith("'>"):
+        text = text[8:-2]
+    if text:
+        dotted = _DOTTED_CLASS.match(text)
+        return dotted.group(1) if dotted else text
+    return None
+
+
+def _openlit_anthropic(attrs: dict[str, Any]) -> bool:
+    """OpenLIT's Anthropic instrumentation stores Anthropic's exclusive input count in ``gen_ai.usage.input_tokens``."""
+    if "gen_ai.server.time_to_first_token" not in attrs and attrs.get("telemetry.sdk.name") != "openlit":
+        return False
+    return "anthropic" in (attrs.get("gen_ai.provider.name"), attrs.get("gen_ai.system"))
+
+
+def _http_status(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def status(span: SpanRecord, attrs: Mapping[str, Any], ev: EventSummary) -> tuple[str, str | None]:
+    """(``'ok'``/``'error'``, error_type) from span status, ``error.type``, exception events and HTTP status."""
+    code = span["status_code"]
+    if code not in _VALID_STATUS:
+        raise Rejected(f"unknown status code {code}")
+    error_type = attrs.get("error.type")
+    http = _http_status(attrs.get("http.response.status_code"))
+    http_failed = http is not None and http >= 400
+    if code != _STATUS_ERROR and error_type is None and not ev.has_exception and not http_failed:
+        return "ok", None
+    detail = _error_type_text(error_type) if error_type is not None else None
+    return "error", detail or _error_type_text(ev.exception_type) or (str(http) if http_failed else None)
+
+
+def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
+    """One canonical row, in ``LLM_CALL_COLUMNS`` order; raises :class:`Rejected` for unusable spans."""
+    if len(span["trace_id"]) != 32 or len(span["span_id"]) != 16:
+        raise Rejected(f"bad ids (trace_id {span['trace_id']!r}, span_id {span['span_id']!r})")
+    attrs = span["attributes"]
+    resource = span["resource"]
+    ev = summarize_events(span["events"])
+    state, error_type = status(span, attrs, ev)
+    rare = not _RARE_KEYS.isdisjoint(attrs)
+    params = cv.invocation_parameters(attrs) if rare else None
+    # OpenInference's Anthropic instrumentation omits zero cache counts (CONVENTIONS.md §2): absence means 0 there.
+    oi_anthropic = "openinference.span.kind" in attrs and "anthropic" in (
+        attrs.get("llm.provider"),
+        attrs.get("llm.system"),
+    )
+    tokens = extract_tokens(attrs, absent_cache_is_zero=oi_anthropic, exclusive_input=_openlit_anthropic(attrs))
+    stream_flag = cv.explicit_streaming(attrs, params)
+    timing = derive_timing(span["start_ns"], span["end_ns"], attrs, ev, stream_flag, tokens.output)
+    streaming = stream_flag if stream_flag is not None else (True if timing.stream_evidence else None)
+    name = span["name"]
+    convention = cv.source_convention(name, attrs, ev.chunk_event, tokens.from_raw)
+    ep = endpoint(attrs, has_url=rare)
+    provider = cv.provider(attrs, ep.server_address) or ("vllm" if convention == "vllm" else None)
+    return (
+        span["trace_id"],
+        span["span_id"],
+        span["parent_span_id"],
+        as_str(attrs.get("gen_ai.response.id")) or tokens.response_id,
+        first_str(attrs, cv.REQUEST_ID_KEYS) if rare else None,
+        cv.service(attrs, resource),
+        cv.tenant(attrs, resource, tenant_attribute),
+        cv.operation(attrs),
+        provider,
+        cv.request_model(attrs, params),
+        first_str(attrs, cv.RESPONSE_MODEL_KEYS),
+        first_str(attrs, cv.FINGERPRINT_KEYS),
+        ep.server_address,
+        region(attrs, resource, ep),
+        deployment(attrs) if rare else None,
+        cv.prompt_key(attrs) if rare else None,
+        span["start_ns"] // 1000,
+        timing.duration_ms,
+        timing.ttft_ms,
+        timing.decode_ms,
+        timing.itl_ms,
+        timing.itl_p95_ms,
+        timing.queue_ms,
+        streaming,
+        state,
+        error_type,
+        cv.finish_reason(attrs),
+        tokens.input,
+        tokens.cache_read,
+        tokens.cache_write,
+        tokens.uncached,
+        tokens.output,
+        tokens.reasoning,
+        convention,
+        None,  # ingest_batch: the loader fills it
+        name,
+        ep.server_port,
+        timing.chunk_count,
+        first_str(attrs, cv.SESSION_KEYS),
+    )
+
+
+#: The column order ``_row`` builds; checked against the schema at import so a schema change cannot misalign rows.
+_ROW_COLUMNS: tuple[str, ...] = (
+    "trace_id", "span_id", "parent_span_id", "response_id", "provider_request_id", "service", "tenant",
+    "operation", "provider", "request_model", "response_model", "system_fingerprint", "server_address", "region",
+    "deployment", "prompt_key", "start_time", "duration_ms", "ttft_ms", "decode_ms", "itl_ms", "itl_p95_ms",
+    "queue_ms", "streaming", "status", "error_type", "finish_reason", "input_tokens", "cache_read_tokens",
+    "cache_write_tokens", "uncached_input_tokens", "output_tokens", "reasoning_tokens", "source_convention",
+    "ingest_batch", "span_name", "server_port", "chunk_count", "session_id",
+)  # fmt: skip
+if _ROW_COLUMNS != LLM_CALL_COLUMNS:
+    raise ImportError("models.schema.LLM_CALL_COLUMNS changed: update ingest.normalize._row to match")
+_CONVENTION_INDEX = _ROW_COLUMNS.index("source_convention")
+
+
+def _table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    """One Arrow table for all rows: transpose once, convert each column once."""
+    if not rows:
+        return LLM_CALLS_SCHEMA.empty_table()
+    columns = list(zip(*rows, strict=True))
+    arrays = [pa.array(col, type=field.type) for col, field in zip(columns, LLM_CALLS_SCHEMA, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=LLM_CALLS_SCHEMA)
+
+
+def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = None) -> NormalizeResult:
+    """Canonical rows for the LLM spans in ``spans``; unusable LLM spans quarantined, others counted.
+
+    ``tenant_attribute`` names the span (then resource) attribute holding the tenant; None leaves it NULL.
+    """
+    rows: list[tuple[Any, ...]] = []
+    quarantined: list[Quarantined] = []
+    skipped = 0
+    for span in spans:
+        if not cv.is_llm_span(span["name"], span["attributes"]):
+            skipped += 1
+            continue
+        try:
+            rows.append(_row(span, tenant_attribute))
+        except Rejected as exc:
+            quarantined.append(Quarantined(span["source"], span["location"], str(exc), span["raw"]()))
+        except Exception as exc:  # a malformed span must never crash the batch (DESIGN.md failure rules)
+            reason = f"normalize failed: {type(exc).__name__}: {exc}"
+            quarantined.append(Quarantined(span["source"], span["location"], reason, span["raw"]()))
+    conventions = Counter(row[_CONVENTION_INDEX] for row in rows)
+    return NormalizeResult(_table(rows), quarantined, skipped, dict(conventions))
