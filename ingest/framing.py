@@ -21,6 +21,7 @@ __all__ = ["GZIP_MAGIC", "PREFIX_BYTES", "ZSTD_MAGIC", "Buffer", "Joined", "Reje
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 PREFIX_BYTES = 64 << 10  # how much of a refused record is kept as its quarantined ``raw``
 
+
 def read_up_to(stream: BinaryIO, size: int) -> bytes:
     """Read ``size`` bytes, or fewer only at end of stream (pipes return short reads)."""
     parts, have = [], 0
@@ -109,6 +110,7 @@ class Buffer:
         index = self.data.find(byte, self.pos + skip)
         return index - self.pos if index >= 0 else -1
 
+
 @dataclass(slots=True)
 class RejectedChunk(RawChunk):
     """A record the framer refused (oversize, truncated, unrecognized): ``data`` is a bounded prefix of it.
@@ -118,7 +120,6 @@ class RejectedChunk(RawChunk):
 
     reason: str = ""
     location: str = ""
-
 
 
 def iter_lines(buffer: Buffer, source: str, chunk_bytes: int, limit: int) -> Iterator[RawChunk]:
@@ -214,13 +215,13 @@ def _next_record(buffer: Buffer, limit: int) -> tuple[bytes | None, bytes, str]:
 
 
 def iter_whole(buffer: Buffer, source: str, fmt: str, limit: int) -> Iterator[RawChunk]:
-    """json/proto: the whole stream is one record, refused (and skipped, not buffered) above ``limit``."""
+    """json/proto: the whole stream is one record; above ``limit`` it is refused, the rest read and dropped."""
     buffer.fill(limit + 1)
     if buffer.available() > limit:
         prefix = buffer.peek(PREFIX_BYTES)
         size = buffer.discard_all()
         yield RejectedChunk(source, fmt, prefix, reason=f"{fmt} document of {size} bytes exceeds max_record_bytes "
-                            f"({limit})", location="document")
+                            f"({limit})", location="document" if fmt == "json" else "message")
         return
     offset = buffer.offset
     yield RawChunk(source, fmt, buffer.take(buffer.available()), 1, offset)

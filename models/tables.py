@@ -89,3 +89,136 @@ quarantine = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("redriven_at", DateTime(timezone=True)),
 )
+
+# --- Baselines and regression detection (attribution/rollups.py, attribution/store.py) -------------------------
+# A series key is a short hash of the configured series columns (service, provider, request_model, operation
+# [, tenant]); ``series`` maps it back to readable names. Times are bucket starts (UTC).
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_key", String, primary_key=True),
+    Column("service", String),
+    Column("provider", String),
+    Column("request_model", String),
+    Column("operation", String),
+    Column("tenant", String),  # NULL unless tenant is one of the configured series columns
+    Column("first_bucket", DateTime(timezone=True)),
+    Column("last_bucket", DateTime(timezone=True)),
+)
+
+#: Latency token and cache aggregates per series and time bucket, at one or more grains (seconds).
+#: Only ``n_*`` counts add up across buckets; quantiles of a coarser grain are computed from the calls.
+_ROLLUP_METRICS = (
+    "e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms", "e2e_gmean_ms",
+    "ttft_p50_ms", "ttft_p95_ms", "ttft_gmean_ms",
+    "itl_p50_ms", "itl_p95_ms", "itl_gmean_ms",
+    "queue_p95_ms",
+    "input_tokens_p50", "input_tokens_p95", "uncached_input_tokens_p50", "uncached_input_tokens_p95",
+    "cache_read_tokens_p50", "cache_read_tokens_p95", "output_tokens_p50", "output_tokens_p95",
+    "cache_read_ratio", "cache_hit_rate",
+)  # fmt: skip
+series_rollups = Table(
+    "series_rollups",
+    metadata,
+    Column("series_key", String, nullable=False),
+    Column("grain_s", Integer, nullable=False),
+    Column("bucket_start", DateTime(timezone=True), nullable=False),
+    Column("n_calls", BigInteger, nullable=False),
+    Column("n_errors", BigInteger, nullable=False),
+    Column("error_rate", Double),
+    Column("n_ttft", BigInteger, nullable=False),
+    Column("n_itl", BigInteger, nullable=False),
+    Column("n_queue", BigInteger, nullable=False),
+    Column("n_cache_reported", BigInteger, nullable=False),
+    Column("n_cache_eligible", BigInteger, nullable=False),
+    *[Column(name, Double) for name in _ROLLUP_METRICS],
+    PrimaryKeyConstraint("series_key", "grain_s", "bucket_start"),
+)
+
+#: Route mix inside a series: calls per (bucket, dimension, value) at the base grain. Counts (not shares) so a
+#: coarser window's mix is a plain sum. ``value`` is '' when the call did not report the dimension.
+rollup_dimensions = Table(
+    "rollup_dimensions",
+    metadata,
+    Column("series_key", String, nullable=False),
+    Column("grain_s", Integer, nullable=False),
+    Column("bucket_start", DateTime(timezone=True), nullable=False),
+    Column("dimension", String, nullable=False),  # region|server_address|deployment|response_model|system_fingerprint
+    Column("value", String, nullable=False),
+    Column("n_calls", BigInteger, nullable=False),
+    PrimaryKeyConstraint("series_key", "grain_s", "bucket_start", "dimension", "value"),
+)
+
+#: Ingest batches whose calls are already in the rollups (the incremental refresh recomputes the rest).
+rollup_batches = Table(
+    "rollup_batches",
+    metadata,
+    Column("ingest_batch", String, primary_key=True),
+    Column("min_start", DateTime(timezone=True)),
+    Column("max_start", DateTime(timezone=True)),
+    Column("rolled_up_at", DateTime(timezone=True), nullable=False),
+)
+
+#: The latest fitted baseline per series and metric: plain JSON parameters beside kind and version.
+baselines = Table(
+    "baselines",
+    metadata,
+    Column("series_key", String, nullable=False),
+    Column("metric", String, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("grain_s", Integer, nullable=False),
+    Column("fitted_until", DateTime(timezone=True), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("series_key", "metric"),
+)
+
+#: One anomalous stretch of one metric family (e2e, ttft, itl) of one series.
+episodes = Table(
+    "episodes",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("regression_id", String, nullable=False),
+    Column("series_key", String, nullable=False),
+    Column("family", String, nullable=False),
+    Column("metric", String, nullable=False),
+    Column("grain_s", Integer, nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False),
+    Column("peak_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("status", String, nullable=False),
+    Column("baseline", Double),
+    Column("observed", Double),
+    Column("change_pct", Double),
+    Column("peak_change_pct", Double),
+    Column("n_buckets", Integer, nullable=False),
+    Column("stats", Text, nullable=False, server_default="{}"),  # JSON: stat -> {baseline, observed, change_pct}
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: One regression per series and time span: the episodes of its metric families merged, primary = largest change.
+#: Attribution (label, contributions, evidence, exemplars) is kept elsewhere and merged by attribution/records.py.
+regressions = Table(
+    "regressions",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("series_key", String, nullable=False),
+    Column("service", String),
+    Column("provider", String),
+    Column("request_model", String),
+    Column("operation", String),
+    Column("tenant", String),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("status", String, nullable=False),
+    Column("metric", String, nullable=False),
+    Column("baseline", Double),
+    Column("observed", Double),
+    Column("change_pct", Double),
+    Column("metrics", Text, nullable=False, server_default="[]"),  # JSON list of every metric that moved
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -177,9 +177,12 @@ def encodings(request: ExportTraceServiceRequest) -> dict[str, tuple[bytes, str]
 
 
 @pytest.mark.parametrize("name", sorted(encodings(ExportTraceServiceRequest())))
-def test_every_encoding_decodes_to_the_sdk_spans(name: str, sdk_spans, request_pb) -> None:
+def test_every_encoding_decodes_to_the_sdk_spans(name: str, sdk_spans, request_pb, tmp_path: Path) -> None:
     data, fmt = encodings(request_pb)[name]
-    chunks, result = decode_all(data, source=name)
+    path = tmp_path / name
+    path.write_bytes(data)
+    with open_input(str(path)) as stream:
+        chunks, result = decode_all(stream, source=name)
     assert {c.fmt for c in chunks} == {fmt}
     assert comparable(result) == expected(sdk_spans)
     assert all(s["source"] == name and " span " in s["location"] for s in result.spans)

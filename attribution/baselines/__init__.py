@@ -1,0 +1,15 @@
+"""Baselines: what a metric normally is for a series at a given time. One module per kind, one contract.
+
+See :mod:`attribution.baselines.base` for the contract and the registry.
+"""
+
+from attribution.baselines.base import (
+    BASELINES,
+    Baseline,
+    History,
+    ParamsBatch,
+    baseline_names,
+    create_baseline,
+)
+
+__all__ = ["BASELINES", "Baseline", "History", "ParamsBatch", "baseline_names", "create_baseline"]
