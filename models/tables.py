@@ -222,3 +222,34 @@ regressions = Table(
     Column("metrics", Text, nullable=False, server_default="[]"),  # JSON list of every metric that moved
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- attribution (revision 0003) -------------------------------------------------------------------------------
+
+regression_attributions = Table(
+    "regression_attributions",
+    metadata,
+    Column("regression_id", String, primary_key=True),
+    Column("label", String, nullable=False),
+    Column("reason", String),
+    Column("confidence", Double, nullable=False),
+    Column("probabilities", Text, nullable=False, server_default="{}"),  # JSON label -> probability
+    Column("contributions_ms", Text, nullable=False, server_default="{}"),  # JSON, DESIGN.md shape
+    Column("evidence", Text, nullable=False, server_default="[]"),  # JSON list of {signal, baseline, observed}
+    Column("exemplars", Text, nullable=False, server_default="[]"),  # JSON list of {trace_id, span_id}
+    Column("model_version", String, nullable=False),
+    Column("baseline_calls", BigInteger, nullable=False, server_default="0"),
+    Column("episode_calls", BigInteger, nullable=False, server_default="0"),
+    Column("attributed_at", DateTime(timezone=True), nullable=False),
+)
+
+regression_feedback = Table(
+    "regression_feedback",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("regression_id", String, nullable=False),
+    Column("label", String, nullable=False),
+    Column("reason", String),
+    Column("note", Text),
+    Column("features", Text),  # JSON feature dict at the time of the feedback (training input)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
