@@ -8,8 +8,10 @@ the new normal). The series takes the first kind of ``config.baselines`` that co
 days exist, rolling before). Each bucket's deviation is scaled by the baseline's spread, widened when the bucket
 holds fewer calls than usual (sampling noise of a quantile grows as 1/√n) but never narrowed when it holds more,
 so an own-traffic surge with unchanged latency does not alarm. :mod:`attribution.cusum` turns deviations into
-episodes. Buckets with fewer than ``min_calls`` calls are never evaluated; sparse series are evaluated on a
-coarser grain whose buckets do hold enough calls.
+episodes. Buckets with fewer than ``min_calls`` calls are never evaluated; each series is evaluated on its finest
+grain whose typical bucket holds enough calls and also watched on every coarser grain (:func:`grain_plan`), which
+sees its quiet hours, its p95 when 5-minute buckets are too small for one, and sustained shifts too small for one
+5-minute quantile; a coarser episode is kept only where no finer one overlaps it (:func:`prefer_finer`).
 
 The geometric mean is a detection statistic only (the most efficient location estimate for log-normal
 latencies); records report the p95 or p50 that moved most.
@@ -59,6 +61,8 @@ class DetectionConfig:
     mask_max_age_s: int = 2 * DAY_S  # after this an unresolved change is taught to the baseline
     baselines: tuple[str, ...] = ("seasonal", "rolling")  # preference order
     families: tuple[str, ...] = ("e2e", "ttft", "itl")
+    watch_coarser: bool = True  # also evaluate each series on coarser grains (see grain_plan)
+    coarser_unless_full: float = 0.98  # ... unless this share of its primary buckets already holds a p95
 
     def resolve_buckets(self, grain_s: int) -> int:
         return max(3, self.resolve_after_s // grain_s)
@@ -131,6 +135,53 @@ def choose_grains(frame: pd.DataFrame, family: str, config: DetectionConfig) -> 
     enough = typical[grains].fillna(0).to_numpy() >= config.min_calls
     pick = np.where(enough.any(axis=1), np.argmax(enough, axis=1), len(grains) - 1)
     return {int(sid): grains[i] for sid, i in zip(typical.index, pick, strict=True)}
+
+
+def grain_plan(frame: pd.DataFrame, family: str, config: DetectionConfig) -> dict[int, tuple[list[int], list[int]]]:
+    """grain → (series whose primary grain it is, series evaluated there as well), from :func:`choose_grains`.
+
+    Besides its primary (finest adequate) grain, a series is also watched on every coarser grain where some of
+    its buckets hold ``min_calls`` calls. That coarser view sees what the primary grain cannot: the quiet hours of
+    a diurnal series (its 5-minute buckets fall below ``min_calls`` at night and are never evaluated), the p95 of
+    a series whose 5-minute buckets never reach ``min_tail_calls``, and a sustained shift that is small against
+    the sampling noise of one 5-minute quantile but clear in an hour of calls.
+    """
+    chosen = choose_grains(frame, family, config)
+    if not config.watch_coarser:
+        return {g: ([s for s, c in chosen.items() if c == g], []) for g in sorted(set(chosen.values()))}
+    count = FAMILY_COUNTS[family]
+    active = frame[frame[count] > 0]
+    # Series whose every primary-grain bucket already holds enough calls for a p95 gain little from a coarser
+    # view, and a month of baselines costs as much per grain (they are fitted on hourly slots): skip them.
+    tail_floor = max(config.min_calls, config.min_tail_calls)
+    primary_rows = active[active["grain_s"].to_numpy() == active["sid"].map(chosen).to_numpy()]
+    full_share = (primary_rows[count] >= tail_floor).groupby(primary_rows["sid"]).mean()
+    evaluable = active[active[count] >= config.min_calls].groupby("grain_s")["sid"].unique()
+    plan: dict[int, tuple[list[int], list[int]]] = {}
+    for grain in config.grains:
+        primary = sorted(s for s, c in chosen.items() if c == grain)
+        has = set(evaluable.get(grain, np.array([], dtype=np.int64)).tolist())
+        extra = sorted(s for s, c in chosen.items()
+                       if c < grain and s in has and full_share.get(s, 0.0) < config.coarser_unless_full)  # fmt: skip
+        if primary or extra:
+            plan[grain] = (primary, extra)
+    return plan
+
+
+def prefer_finer(episodes: list[Episode]) -> list[Episode]:
+    """Drop episodes of a coarser grain that overlap one of a finer grain on the same series and family.
+
+    The finer grain dates onset and end more precisely; the coarser one only adds what the finer one missed.
+    """
+    kept: list[Episode] = []
+    far = datetime.max.replace(tzinfo=UTC)
+    for ep in sorted(episodes, key=lambda e: e.grain_s):
+        end = ep.end or far
+        clash = any(k.series_key == ep.series_key and k.family == ep.family and k.grain_s < ep.grain_s
+                    and k.start < end and (k.end or far) > ep.start for k in kept)  # fmt: skip
+        if not clash:
+            kept.append(ep)
+    return kept
 
 
 def build_panel(frame: pd.DataFrame, family: str, grain_s: int, sids: list[int], keys: list[str], start_s: int,

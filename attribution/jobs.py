@@ -24,8 +24,9 @@ from attribution.detect import (
     DetectionConfig,
     Episode,
     build_panel,
-    choose_grains,
     detect_family,
+    grain_plan,
+    prefer_finer,
     spans_from_episodes,
 )
 from attribution.records import group_regressions
@@ -69,19 +70,28 @@ def _detect(con: duckdb.DuckDBPyConnection, config: DetectionConfig, replay_s: i
         return episodes, fitted
     day_end = -(-end_s // DAY_S) * DAY_S
     for family in config.families:
-        chosen = choose_grains(frame, family, config)
-        for grain in sorted(set(chosen.values())):
-            sids = [k for k, g in chosen.items() if g == grain]
-            panel = build_panel(frame, family, grain, sids, all_keys, load_s, day_end, config.min_calls,
+        for grain, (primary, extra) in grain_plan(frame, family, config).items():
+            panel = build_panel(frame, family, grain, primary + extra, all_keys, load_s, day_end, config.min_calls,
                                 config.min_tail_calls)  # fmt: skip
             eval_from = (replay_s - load_s) // grain
             found, last = detect_family(panel, config, eval_from_col=eval_from,
                                         prior=spans_from_episodes(panel, prior))  # fmt: skip
             episodes.extend(found)
-            fitted.extend((stat, panel.keys, batch) for stat, batches in last.items() for batch in batches)
+            # Stored baselines are those of each series' primary grain (one row per series and statistic).
+            rows = np.isin(sorted(primary + extra), primary) if extra else None  # panel rows are sorted sids
+            fitted.extend((stat, panel.keys, _only(batch, rows)) for stat, batches in last.items() for batch in batches)
             some = next(iter(panel.stats.values()))
             summary.buckets_evaluated += int((~np.isnan(some[:, eval_from:])).sum())
-    return episodes, fitted
+    return prefer_finer(episodes), fitted
+
+
+def _only(batch: ParamsBatch, rows: np.ndarray | None) -> ParamsBatch:
+    """The batch with ``ok`` cleared outside ``rows`` (so only those series' parameters are stored)."""
+    if rows is None:
+        return batch
+    arrays = dict(batch.arrays)
+    arrays["ok"] = arrays["ok"] & rows
+    return ParamsBatch(batch.kind, batch.version, batch.grain_s, arrays)
 
 
 def run_attribution(con: duckdb.DuckDBPyConnection, *, since: datetime | None = None, until: datetime | None = None,

@@ -109,6 +109,8 @@ def load_episodes(con: duckdb.DuckDBPyConnection) -> list[Episode]:
 
 def write_episodes(con: duckdb.DuckDBPyConnection, episodes: list[Episode], now: datetime) -> None:
     """Insert (or replace) episodes by their stable ids."""
+    if not episodes:  # DuckDB refuses an empty executemany
+        return
     con.executemany(
         "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(e.id, e.regression_id, e.series_key, e.family, e.metric, e.grain_s, e.start, e.detected_at, e.peak_time,

@@ -13,7 +13,7 @@ from api.db import open_db
 from attribution import store
 from attribution.baselines import create_baseline
 from attribution.cusum import EpisodeTracker
-from attribution.detect import FAMILIES, DetectionConfig, FamilyPanel, detect_family
+from attribution.detect import FAMILIES, DetectionConfig, Episode, FamilyPanel, detect_family, prefer_finer
 from attribution.jobs import run_attribution
 from attribution.records import list_regressions
 
@@ -114,6 +114,22 @@ def test_tracker_needs_two_buckets_and_the_minimum_change():
     assert [(s.row, s.onset, s.alarm, s.end) for s in tracker.spans()] == [(0, 0, 1, 2)]
 
 
+def _episode(grain_s: int, start_h: float, end_h: float | None, family: str = "ttft") -> Episode:
+    start = at(7) + timedelta(hours=start_h)
+    end = None if end_h is None else at(7) + timedelta(hours=end_h)
+    return Episode(f"{grain_s}-{start_h}", "s", family, f"{family}_p95_ms", grain_s, start, start, start, end,
+                   1.0, 1.3, 30.0, 30.0, 3)  # fmt: skip
+
+
+def test_coarser_grain_only_adds_what_the_finer_one_missed():
+    fine = [_episode(300, 1.0, 2.0), _episode(300, 10.0, None)]
+    coarse = [_episode(3600, 1.0, 3.0), _episode(3600, 5.0, 6.0), _episode(3600, 11.0, 12.0),
+              _episode(3600, 1.0, 2.0, family="e2e")]  # fmt: skip
+    kept = prefer_finer(coarse + fine)
+    assert sorted((e.grain_s, e.family, e.start.hour) for e in kept) == [
+        (300, "ttft", 1), (300, "ttft", 10), (3600, "e2e", 1), (3600, "ttft", 5)]
+
+
 # --- the whole job on calls ------------------------------------------------------------------------------------
 
 SPECS = [
@@ -204,3 +220,20 @@ def test_open_episode_keeps_its_id_when_it_continues_and_resolves(tmp_path):
     assert resolved["id"] == opened["id"] and resolved["status"] == "resolved"
     assert resolved["end"] is not None and resolved["end"] >= (shift.start + timedelta(hours=4)).isoformat()[:16]
     con.close()
+
+
+def test_quiet_hours_of_a_busy_series_are_watched_on_the_hourly_grain(tmp_path):
+    # ~30 calls per 5 minutes on average, but only ~6 at night: the 5-minute grain never evaluates the night,
+    # so a night-time TTFT regression is only visible on hourly buckets.
+    specs = [SeriesSpec(service="diurnal", rate=0.1, diurnal=0.8)]
+    shift = Shift(0, at(6, 1), 3 * 3600, 1.6, "ttft")
+    con = open_db(tmp_path / "n.duckdb")
+    insert_calls(con, generate_calls(specs, days=7, shifts=(shift,), seed=8))
+    found = {}
+    for watch in (False, True):
+        run_attribution(con, config=DetectionConfig(watch_coarser=watch))
+        found[watch] = [r for r in list_regressions(con) if r["start"] < (shift.start + timedelta(hours=3)).isoformat()
+                        and (r["end"] is None or r["end"] > shift.start.isoformat())]  # fmt: skip
+    con.close()
+    assert found[False] == [] and len(found[True]) == 1
+    assert found[True][0]["metric"].startswith("ttft_")

@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from attribution.baselines.robust import MAD_TO_SD, nanmedian
+from attribution.baselines.robust import MAD_TO_SD, nanmedian, nanmedian_and_quantile
 
 DAY_S = 86400
+#: |deviation| 90th percentile → MAD under normality (0.6745 / 1.645).
+TAIL_TO_MAD = 0.6745 / 1.6449
 
 #: name → "module:Class"; modules are imported only when a baseline is created.
 BASELINES: dict[str, str] = {
@@ -89,7 +91,12 @@ class History:
         dev = np.abs(v - med[..., None])
         # Slots with < 3 values say little about the spread inside a slot.
         dev = np.where((valid >= 3)[..., None], dev, np.nan)
-        within = nanmedian(dev.reshape(dev.shape[0], self.days, -1), -1)
+        flat = dev.reshape(dev.shape[0], self.days, -1)
+        # In MAD units, but never below what the 90th percentile of |deviation| implies: bucket statistics of
+        # bursty traffic (sessions of long outputs, prompt bursts) have heavier tails than a normal, and a MAD
+        # alone then understates exactly the deviations that raise alarms.
+        mad, tail = nanmedian_and_quantile(flat, 0.9)
+        within = np.fmax(mad, tail * TAIL_TO_MAD)
         return med, valid, within
 
     def slot_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ class SeasonalBaseline(Baseline):
         good_days = np.sum(count_valid(med, -1) * 2 >= spd, axis=-1)
         level0 = nanmedian(med.reshape(n, -1), -1)
         hod = nanmedian(med - level0[:, None, None], axis=1, min_count=int(o["min_slot_days"]))
-        hod = self._shrink(np.nan_to_num(hod, nan=0.0), med - level0[:, None, None])
+        hod, weight = self._shrink(np.nan_to_num(hod, nan=0.0), med - level0[:, None, None])
         resid = med - level0[:, None, None] - hod[:, None, :]
         dow = self._dow_effect(h, resid, good_days)
         day_dow = day_of_week(h.start_s + DAY_S * np.arange(h.days))
@@ -51,7 +51,8 @@ class SeasonalBaseline(Baseline):
         shift = np.nan_to_num(nanmedian(flat[:, -n_recent:], -1), nan=0.0)
         # Each hour-of-day effect is a median over this many days: few days → a noisier profile.
         days_per_slot = nanmedian(count_valid(med, 1).astype(np.float64), -1)
-        between = np.nan_to_num(nanmad_sd(flat, -1), nan=0.0) * profile_inflation(days_per_slot)
+        # Only the part of the profile that survived shrinkage carries its estimation noise into the baseline.
+        between = np.nan_to_num(nanmad_sd(flat, -1), nan=0.0) * profile_inflation(days_per_slot, weight)
         between *= spread_upper(count_valid(flat, -1))
         scale = np.maximum(np.hypot(h.within_sd(), between), o["scale_floor"])
         ok = (good_days >= o["min_days"]) & ~np.isnan(level0)
@@ -59,8 +60,10 @@ class SeasonalBaseline(Baseline):
                 "ok": ok}  # fmt: skip
 
     @staticmethod
-    def _shrink(hod: np.ndarray, centered: np.ndarray) -> np.ndarray:
+    def _shrink(hod: np.ndarray, centered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shrink hour-of-day effects toward 0 by how much of their spread is estimation noise (James-Stein).
+
+        Returns the shrunk effects and the weight [S] they were multiplied by.
 
         An hourly effect is a median over m days, with noise variance ≈ (π/2)σ²/m; on a series without a daily
         cycle (or with few days) the raw effects are mostly that noise, and would be baked into the baseline.
@@ -71,7 +74,7 @@ class SeasonalBaseline(Baseline):
         signal = np.maximum(np.mean(hod**2, axis=1) - noise, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             weight = np.where(signal + noise > 0, signal / (signal + noise), 1.0)
-        return hod * weight[:, None]
+        return hod * weight[:, None], weight
 
     def _dow_effect(self, h: History, resid: np.ndarray, good_days: np.ndarray) -> np.ndarray:
         n, spd = resid.shape[0], resid.shape[2]
