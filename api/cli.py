@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from api import cli_data
+from api import cli_attribution, cli_data, cli_sim
 from api.db import DatabaseLockedError
 from api.settings import Settings
 
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "summary", cli_data.cmd_summary, "Per-series TTFT, ITL and cache summary of stored calls.",
              "spanprism summary")  # fmt: skip
+
+    cli_attribution.register(sub, _add)
+    cli_sim.register(sub, _add)
 
     p = _add(sub, "db", cli_data.cmd_db, "Database maintenance.", "spanprism db upgrade")
     p.add_argument(

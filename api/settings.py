@@ -25,7 +25,11 @@ class Settings(BaseSettings):
         default_factory=lambda: min(2, os.cpu_count() or 1),
         description="Worker processes that decode and normalize large inputs (the DB writer is always one).",
     )
-    chunk_bytes: int = Field(4 << 20, description="Bytes per ingest chunk; each chunk is one atomic batch.")
+    chunk_bytes: int = Field(4 << 20, description="Bytes per ingest chunk read and decoded at a time.")
+    classifier: Path | None = Field(
+        None, description="Attribution classifier artifact (JSON) to use instead of the shipped one, e.g. after "
+        "`spanprism train --with-feedback --out FILE`."
+    )
 
     @classmethod
     def settings_customise_sources(

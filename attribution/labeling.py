@@ -1,0 +1,200 @@
+"""The attribution pass: give every detected regression its label, reason, confidence, contributions and exemplars.
+
+For each regression it reads the series' calls in the episode window and in a clean baseline window just before
+it (other regressions of the series cut out), builds the cross-series context (how many other series of the same
+provider regressed at the same time), asks the :class:`~attribution.classifier.Attributor`, and stores the answer
+in ``regression_attributions``. A regression is re-attributed only when detection updated it since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from attribution.classifier import VERSION, Attribution, Attributor
+from attribution.features import EpisodeContext
+
+_SERIES = ("service", "provider", "request_model", "operation")
+_MIN_BASELINE_CALLS = 30
+
+
+@dataclass(slots=True)
+class LabelSummary:
+    """What one attribution pass did."""
+
+    attributed: int = 0
+    skipped_no_data: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Regression:
+    id: str
+    series: tuple[Any, ...]
+    tenant: str | None
+    start: datetime
+    end: datetime | None
+    metric: str
+    provider: str | None
+
+
+def _pending(con: duckdb.DuckDBPyConnection, *, force: bool) -> list[_Regression]:
+    fresh = "" if force else " WHERE a.regression_id IS NULL OR a.attributed_at < r.updated_at"
+    rows = con.execute(
+        "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time, r.metric"
+        f" FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id{fresh}"
+        " ORDER BY r.start_time, r.id"
+    ).fetchall()
+    return [_Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2]) for r in rows]
+
+
+def _series_where(reg: _Regression) -> tuple[str, list[Any]]:
+    clauses = [f"{col} IS NOT DISTINCT FROM ?" for col in _SERIES]
+    params = list(reg.series)
+    if reg.tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(reg.tenant)
+    return " AND ".join(clauses), params
+
+
+def _calls(con: duckdb.DuckDBPyConnection, reg: _Regression, lo: datetime, hi: datetime, cut: list[tuple]) -> pa.Table:
+    where, params = _series_where(reg)
+    # Other regressions of the series are cut out of the baseline: they are not "normal".
+    for start, end in cut:
+        where += " AND NOT (start_time >= ? AND start_time < ?)"
+        params += [start, end]
+    return con.sql(
+        f"SELECT * FROM llm_calls WHERE {where} AND start_time >= ? AND start_time < ? ORDER BY start_time",
+        params=[*params, lo, hi],
+    ).to_arrow_table()
+
+
+def _other_windows(con: duckdb.DuckDBPyConnection, reg: _Regression, until: datetime) -> list[tuple]:
+    rows = con.execute(
+        "SELECT start_time, coalesce(end_time, ?) FROM regressions WHERE id <> ? AND service IS NOT DISTINCT FROM ?"
+        " AND provider IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+        " AND operation IS NOT DISTINCT FROM ?",
+        [until, reg.id, *reg.series],
+    ).fetchall()
+    return [(s, e) for s, e in rows]
+
+
+def _context(con: duckdb.DuckDBPyConnection, reg: _Regression, end: datetime) -> EpisodeContext:
+    """Other series of the same provider with traffic in the window, and how many of them regressed meanwhile."""
+    if reg.provider is None:
+        return EpisodeContext()
+    peers = con.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT service, request_model, operation FROM llm_calls"
+        " WHERE provider = ? AND start_time >= ? AND start_time < ?"
+        " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+        " AND operation IS NOT DISTINCT FROM ?))",
+        [reg.provider, reg.start, end, reg.series[0], reg.series[2], reg.series[3]],
+    ).fetchall()[0][0]
+    regressed = con.execute(
+        "SELECT count(DISTINCT series_key) FROM regressions WHERE provider = ? AND id <> ?"
+        " AND start_time < ? AND coalesce(end_time, ?) > ?"
+        " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+        " AND operation IS NOT DISTINCT FROM ?)",
+        [reg.provider, reg.id, end, end, reg.start, reg.series[0], reg.series[2], reg.series[3]],
+    ).fetchall()[0][0]
+    return EpisodeContext(peers=int(peers), peers_regressed=int(min(regressed, peers)))
+
+
+def _windows(con: duckdb.DuckDBPyConnection, reg: _Regression, baseline_hours: float) -> tuple[pa.Table, pa.Table]:
+    where, params = _series_where(reg)
+    last = con.execute(f"SELECT max(start_time) FROM llm_calls WHERE {where}", params).fetchall()[0][0]
+    end = reg.end or (last + timedelta(microseconds=1) if last else reg.start)
+    episode = _calls(con, reg, reg.start, end, [])
+    cut = _other_windows(con, reg, end)
+    baseline = pa.table({})
+    for hours in (baseline_hours, baseline_hours * 3):  # sparse series: look further back before giving up
+        baseline = _calls(con, reg, reg.start - timedelta(hours=hours), reg.start, cut)
+        if baseline.num_rows >= _MIN_BASELINE_CALLS:
+            break
+    return baseline, episode
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _store(con: duckdb.DuckDBPyConnection, reg_id: str, att: Attribution, version: str, n: tuple[int, int]) -> None:
+    fields = att.to_record_fields()
+    cur = con.cursor()
+    try:
+        cur.execute("BEGIN TRANSACTION")
+        cur.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [reg_id])
+        cur.execute(
+            "INSERT INTO regression_attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                reg_id, fields["label"], fields["reason"], fields["confidence"], _json(att.probabilities),
+                _json(fields["contributions_ms"]), _json(fields["evidence"]), _json(fields["exemplars"]),
+                version, n[0], n[1], datetime.now(UTC),
+            ],
+        )  # fmt: skip
+        cur.execute("COMMIT")
+    except Exception:
+        cur.execute("ROLLBACK")
+        raise
+    finally:
+        cur.close()
+
+
+def regression_features(
+    con: duckdb.DuckDBPyConnection, attributor: Attributor, regression_id: str, *, baseline_hours: float = 24.0
+) -> dict[str, float] | None:
+    """The classifier features of one stored regression (for post-mortem feedback); None without enough data."""
+    regs = [r for r in _pending(con, force=True) if r.id == regression_id]
+    if not regs:
+        return None
+    reg = regs[0]
+    baseline, episode = _windows(con, reg, baseline_hours)
+    if baseline.num_rows < 3 or episode.num_rows < 3:
+        return None
+    end = reg.end or episode.column("start_time")[-1].as_py()
+    att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, reg, end))
+    return dict(att.features)
+
+
+def feedback_examples(con: duckdb.DuckDBPyConnection) -> list[tuple[dict[str, float], str, str | None]]:
+    """Post-mortem labels with their features, newest label per regression, for ``spanprism train --with-feedback``."""
+    rows = con.execute(
+        "SELECT features, label, reason FROM (SELECT *, row_number() OVER (PARTITION BY regression_id"
+        " ORDER BY created_at DESC) AS k FROM regression_feedback) WHERE k = 1 AND features IS NOT NULL"
+        " ORDER BY regression_id"
+    ).fetchall()
+    return [(orjson.loads(f), label, reason) for f, label, reason in rows]
+
+
+def label_regressions(
+    con: duckdb.DuckDBPyConnection,
+    attributor: Attributor,
+    *,
+    force: bool = False,
+    baseline_hours: float = 24.0,
+    seed: int = 0,
+) -> LabelSummary:
+    """Attribute every regression that is new or changed since its last attribution (all of them if ``force``)."""
+    summary = LabelSummary()
+    version = str(attributor.metadata.get("version", VERSION))
+    for reg in _pending(con, force=force):
+        baseline, episode = _windows(con, reg, baseline_hours)
+        if baseline.num_rows < 3 or episode.num_rows < 3:
+            summary.skipped_no_data.append(reg.id)
+            continue
+        end = reg.end or episode.column("start_time")[-1].as_py()
+        try:
+            att = attributor.attribute(
+                baseline, episode, metric=reg.metric, context=_context(con, reg, end), seed=seed
+            )
+        except ValueError as exc:  # e.g. a TTFT metric on a window without streaming calls
+            summary.failed[reg.id] = str(exc)
+            continue
+        _store(con, reg.id, att, version, (baseline.num_rows, episode.num_rows))
+        summary.attributed += 1
+    return summary

@@ -1,0 +1,89 @@
+"""The reason sub-label of an attribution, read off the episode features by physical rules.
+
+A reason answers "which variant of the mechanism?" and must be checkable by a reader against the evidence rows,
+so it is a short rule over named features (:mod:`attribution.features`), not a second model:
+
+* ``cache_eviction`` → ``prompt_changed`` when the prefix changed (calls on prompt keys used once and never reused,
+  or most calls on a new prompt key while calls stay dense), ``ttl_expired`` when calls per prompt key and route
+  got too sparse to keep the cache warm (more gaps longer than a typical 5-minute TTL), else ``provider_evicted``
+  (same prefix, same rate: the provider dropped it);
+* ``batch_contention`` → ``decode_slowdown`` when the inter-token latency rose more than TTFT/queue time (streaming),
+  or the slowdown grows with the output length (non-streaming: per-token work); else ``queueing``;
+* ``routing_change`` → the route dimension whose mix moved most: ``region_shift``, ``deployment_change`` (deployment,
+  or the endpoint host alone) or ``model_version_change`` (response model or system fingerprint); a region move
+  usually also changes host and fingerprint, so near-ties go to region, then deployment;
+* ``prefill_growth`` → ``system_prompt_growth`` when the shared part grew (a new prompt-key version for most calls,
+  or the cached prefix carries at least half of the added tokens), else ``user_input_growth``;
+* ``output_growth`` and ``unexplained`` have no reason (None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: Added share of calls with a long gap (or none) since the previous call on their prompt key and route.
+SPARSE_GAP_SHARE = 0.1
+#: Added share of calls on single-use prompt keys that means "the prefix changes per call".
+SINGLE_USE_SHARE = 0.1
+#: Share of calls on prompt keys the baseline never saw that means "a new prompt version".
+NEW_KEY_SHARE = 0.3
+#: Output elasticity above which a non-streaming slowdown is per-token work.
+DECODE_ELASTICITY = 0.03
+#: Margin within which a route dimension counts as tied with a more fundamental one.
+ROUTE_TIE = 0.05
+
+REASONS: dict[str, tuple[str, ...]] = {
+    "prefill_growth": ("user_input_growth", "system_prompt_growth"),
+    "cache_eviction": ("prompt_changed", "ttl_expired", "provider_evicted"),
+    "batch_contention": ("queueing", "decode_slowdown"),
+    "routing_change": ("region_shift", "deployment_change", "model_version_change"),
+    "output_growth": (),
+    "unexplained": (),
+}
+
+
+def _eviction(f: Mapping[str, float]) -> str:
+    if f["single_use_key_change"] >= SINGLE_USE_SHARE and f["new_key_repeat_share"] < 0.5:
+        return "prompt_changed"
+    if f["gap_5m_change"] >= SPARSE_GAP_SHARE:
+        return "ttl_expired"
+    if f["new_prompt_key_share"] >= NEW_KEY_SHARE:
+        return "prompt_changed"
+    return "provider_evicted"
+
+
+def _contention(f: Mapping[str, float]) -> str:
+    if f["streaming"] >= 0.5:
+        ttft_side = max(f["log_ttft_ratio"], f["log_queue_ratio"], f["residual_shift_rel"])
+        return "decode_slowdown" if f["log_itl_ratio"] > ttft_side else "queueing"
+    if f["log_queue_ratio"] > 0.1:
+        return "queueing"
+    return "decode_slowdown" if f["output_elasticity"] > DECODE_ELASTICITY else "queueing"
+
+
+def _routing(f: Mapping[str, float]) -> str:
+    scores = {
+        "region_shift": f["tv_region"],
+        "deployment_change": max(f["tv_deployment"], f["tv_server_address"] - f["tv_region"]),
+        "model_version_change": max(f["tv_response_model"], f["tv_system_fingerprint"]),
+    }
+    top = max(scores.values())
+    # In priority order, the first dimension within the tie margin of the largest move.
+    return next(name for name, v in scores.items() if v >= top - ROUTE_TIE)
+
+
+def _prefill(f: Mapping[str, float]) -> str:
+    grew = f["d_input_rel"]
+    if f["new_prompt_key_share"] >= NEW_KEY_SHARE or (grew > 0 and f["d_cached_rel"] >= 0.5 * grew):
+        return "system_prompt_growth"
+    return "user_input_growth"
+
+
+_RULES = {"cache_eviction": _eviction, "batch_contention": _contention, "routing_change": _routing,
+          "prefill_growth": _prefill}
+
+
+def pick_reason(label: str, features: Mapping[str, float]) -> str | None:
+    """The reason for ``label`` given the episode ``features`` (None for labels without reasons)."""
+    rule = _RULES.get(label)
+    return rule(features) if rule else None
