@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from attribution.classifier import VERSION, Attribution, Attributor
 from attribution.features import EpisodeContext
+from attribution.records import MIN_REPORTED_CHANGE_PCT
 
 _SERIES = ("service", "provider", "request_model", "operation")
 _MIN_BASELINE_CALLS = 30
@@ -44,11 +45,12 @@ class _Regression:
 
 
 def _pending(con: duckdb.DuckDBPyConnection, *, force: bool) -> list[_Regression]:
-    fresh = "" if force else " WHERE a.regression_id IS NULL OR a.attributed_at < r.updated_at"
+    fresh = "" if force else " AND (a.regression_id IS NULL OR a.attributed_at < r.updated_at)"
     rows = con.execute(
         "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time, r.metric"
-        f" FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id{fresh}"
-        " ORDER BY r.start_time, r.id"
+        " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
+        f" WHERE r.change_pct >= ?{fresh} ORDER BY r.start_time, r.id",
+        [MIN_REPORTED_CHANGE_PCT],
     ).fetchall()
     return [_Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2]) for r in rows]
 

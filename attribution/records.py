@@ -28,6 +28,9 @@ ATTRIBUTION_FIELDS: dict[str, Any] = {
     "contributions_ms": {}, "evidence": [], "exemplars": [],
 }  # fmt: skip
 _JSON_FIELDS = ("contributions_ms", "evidence", "exemplars")
+#: A regression is reported only when its primary (p50/p95) metric rose at least this much. An episode can open on
+#: the geometric mean while the reported quantiles barely move; such a "regression" would show +0 % to a reader.
+MIN_REPORTED_CHANGE_PCT = 10.0
 _FAR = datetime.max.replace(tzinfo=UTC)
 
 
@@ -108,8 +111,9 @@ def _series_filter(series: str | Mapping[str, str] | None) -> tuple[str, list[An
 
 def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None, status: str | None = None,
                      series: str | Mapping[str, str] | None = None, since: datetime | None = None,
-                     until: datetime | None = None, detail: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Regression records as DESIGN.md dicts, newest first.
+                     until: datetime | None = None, detail: bool = False,
+                     min_change_pct: float = MIN_REPORTED_CHANGE_PCT) -> list[dict[str, Any]]:  # fmt: skip
+    """Regression records as DESIGN.md dicts, newest first (only those whose metric rose ≥ ``min_change_pct``).
 
     ``series`` is a series key or a mapping over service/provider/model/operation[/tenant]; ``since``/``until``
     keep regressions overlapping that range. ``detail=True`` adds ``metrics`` (every metric that moved).
@@ -118,8 +122,8 @@ def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None
     join = f" LEFT JOIN {ATTRIBUTION_TABLE} a ON a.regression_id = r.id" if extra else ""
     sql = (f"SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
            f" r.status, r.metric, r.baseline, r.observed, r.change_pct, r.metrics"
-           f"{''.join(f', a.{c}' for c in extra)} FROM regressions r{join} WHERE TRUE")  # fmt: skip
-    params: list[Any] = []
+           f"{''.join(f', a.{c}' for c in extra)} FROM regressions r{join} WHERE r.change_pct >= ?")  # fmt: skip
+    params: list[Any] = [min_change_pct]
     if status is not None:
         sql += " AND r.status = ?"
         params.append(status)
