@@ -76,21 +76,14 @@ def _print_summary(summary: IngestSummary) -> None:
 
 def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism calls``: a quick look at stored rows."""
-    con = db.open_db(settings.db)
-    try:
-        where, params = ("WHERE service = ?", [args.service]) if args.service else ("", [])
-        cur = con.execute(
-            "SELECT start_time, service, provider, request_model, region, status, streaming, input_tokens, "
-            "cache_read_tokens, output_tokens, round(ttft_ms, 1) AS ttft_ms, round(itl_ms, 2) AS itl_ms, "
-            "round(duration_ms, 1) AS duration_ms, source_convention "
-            f"FROM llm_calls {where} ORDER BY start_time DESC LIMIT ?",
-            [*params, max(1, min(args.limit, 1000))],
-        )
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-    finally:
-        con.close()
-    print_rows("latest LLM calls", names, rows)
+    where, params = ("WHERE service = ?", [args.service]) if args.service else ("", [])
+    sql = (
+        "SELECT start_time, service, provider, request_model, region, status, streaming, input_tokens, "
+        "cache_read_tokens, output_tokens, round(ttft_ms, 1) AS ttft_ms, round(itl_ms, 2) AS itl_ms, "
+        "round(duration_ms, 1) AS duration_ms, source_convention "
+        f"FROM llm_calls {where} ORDER BY start_time DESC LIMIT ?"
+    )
+    _print_query(settings, "latest LLM calls", sql, [*params, max(1, min(args.limit, 1000))])
     return 0
 
 
@@ -109,15 +102,19 @@ FROM llm_calls GROUP BY ALL ORDER BY calls DESC
 
 def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism summary``: per-series TTFT, ITL and cache figures."""
+    _print_query(settings, "per-series summary", SUMMARY_SQL, [])
+    return 0
+
+
+def _print_query(settings: Settings, title: str, sql: str, params: list) -> None:
     con = db.open_db(settings.db)
     try:
-        cur = con.execute(SUMMARY_SQL)
+        cur = con.execute(sql, params)
         names = [d[0] for d in cur.description]
         rows = cur.fetchall()
     finally:
         con.close()
-    print_rows("per-series summary", names, rows)
-    return 0
+    print_rows(title, names, rows)
 
 
 def print_rows(title: str, names: list[str], rows: list[tuple]) -> None:

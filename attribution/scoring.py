@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-LABELS = ("prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth", "unexplained")
+from attribution.classifier import LABELS
+
 CORE_LABELS = LABELS[:4]
 
 
