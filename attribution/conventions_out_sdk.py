@@ -75,15 +75,8 @@ def openllmetry(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.
         "gen_ai.usage.cache_creation.input_tokens": cw, "gen_ai.usage.reasoning_tokens": rsn,
         "gen_ai.response.finish_reason": fr, "gen_ai.response.finish_reasons": [fr] if fr else None,
         "gen_ai.openai.response.system_fingerprint": None if streaming else row.get("system_fingerprint"),
-        "traceloop.association.properties.user_id": row.get("tenant"),
-        "traceloop.association.properties.session_id": row.get("session_id"),
-        "error.type": (row.get("error_type") or "Error") if _error(row) else None,
-        PROMPT_KEY_ATTR: row.get("prompt_key"),
     }
-    if content:
-        _traceloop_content(a, row, rng)
-    events = _chunk_events(row, start_ns, "gen_ai.content.completion.chunk", rng) + _exception_events(row, end_ns)
-    return SpanParts(_span_name(row), CLIENT, a, events, _traceloop_status(row))
+    return _traceloop_parts(a, row, start_ns, end_ns, rng, content, "gen_ai.content.completion.chunk")
 
 
 def openllmetry_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random,
@@ -104,14 +97,22 @@ def openllmetry_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: 
         "gen_ai.usage.cache_read_input_tokens": cr, "gen_ai.usage.cache_creation_input_tokens": cw,
         "llm.usage.reasoning_tokens": rsn, "llm.response.finish_reason": row.get("finish_reason"),
         "gen_ai.openai.system_fingerprint": None if streaming else row.get("system_fingerprint"),
+    }
+    return _traceloop_parts(a, row, start_ns, end_ns, rng, content, "llm.content.completion.chunk")
+
+
+def _traceloop_parts(a: dict[str, Any], row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random,
+                     content: bool, chunk_event: str) -> SpanParts:  # fmt: skip
+    """What both OpenLLMetry generations share: association properties, error type, prompt key, content, events."""
+    a.update({
         "traceloop.association.properties.user_id": row.get("tenant"),
         "traceloop.association.properties.session_id": row.get("session_id"),
         "error.type": (row.get("error_type") or "Error") if _error(row) else None,
         PROMPT_KEY_ATTR: row.get("prompt_key"),
-    }
+    })
     if content:
         _traceloop_content(a, row, rng)
-    events = _chunk_events(row, start_ns, "llm.content.completion.chunk", rng) + _exception_events(row, end_ns)
+    events = _chunk_events(row, start_ns, chunk_event, rng) + _exception_events(row, end_ns)
     return SpanParts(_span_name(row), CLIENT, a, events, _traceloop_status(row))
 
 
