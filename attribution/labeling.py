@@ -19,6 +19,7 @@ import pyarrow as pa
 from attribution.classifier import VERSION, Attribution, Attributor
 from attribution.features import EpisodeContext
 from attribution.records import MIN_REPORTED_CHANGE_PCT
+from models.transaction import transaction
 
 _SERIES = ("service", "provider", "request_model", "operation")
 _MIN_BASELINE_CALLS = 30
@@ -127,9 +128,7 @@ def _json(value: Any) -> str:
 
 def _store(con: duckdb.DuckDBPyConnection, reg_id: str, att: Attribution, version: str, n: tuple[int, int]) -> None:
     fields = att.to_record_fields()
-    cur = con.cursor()
-    try:
-        cur.execute("BEGIN TRANSACTION")
+    with transaction(con) as cur:
         cur.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [reg_id])
         cur.execute(
             "INSERT INTO regression_attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -139,12 +138,6 @@ def _store(con: duckdb.DuckDBPyConnection, reg_id: str, att: Attribution, versio
                 version, n[0], n[1], datetime.now(UTC),
             ],
         )  # fmt: skip
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.close()
 
 
 def regression_features(

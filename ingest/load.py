@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ingest.records import Quarantined
 from models.schema import LLM_CALLS_SCHEMA, conform
+from models.transaction import transaction
 
 
 @dataclass(slots=True)
@@ -79,9 +80,7 @@ def store_batch(
         quarantined=len(quarantined),
         conventions=dict(conventions or {}),
     )
-    cur = con.cursor()  # a cursor of our own: registered views and the transaction stay local to this batch
-    try:
-        cur.execute("BEGIN TRANSACTION")
+    with transaction(con) as cur:
         if calls.num_rows:
             cur.register("_spanprism_batch", calls)
             counts.calls_stored = cur.execute(
@@ -100,10 +99,4 @@ def store_batch(
                 counts.non_llm_skipped, counts.quarantined, orjson.dumps(counts.conventions).decode(),
             ],
         )  # fmt: skip
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.close()
     return counts
