@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from api import cli_attribution, cli_data, cli_sim
+from api import cli_attribution, cli_data, cli_serve, cli_sim
 from api.db import DatabaseLockedError
 from api.settings import Settings
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_attribution.register(sub, _add)
     cli_sim.register(sub, _add)
+    cli_serve.register(sub, _add)
 
     p = _add(sub, "db", cli_data.cmd_db, "Database maintenance.", "spanprism db upgrade")
     p.add_argument(

@@ -31,6 +31,34 @@ class Settings(BaseSettings):
         "`spanprism train --with-feedback --out FILE`."
     )
 
+    # --- server (`spanprism serve`) ---------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `spanprism serve` listens on (0.0.0.0 for all interfaces).")
+    port: int = Field(4318, description="Port of the OTLP/HTTP receiver and the REST API (4318 is the OTLP default).")
+    url: str | None = Field(
+        None, description="URL of a running server; when set, `ingest`, `attribute` and `regressions` go through it."
+    )
+    api_key: str | None = Field(None, description="API key the CLI sends to `url` (bearer).")
+    admin_key: str | None = Field(
+        None, description="When set at start, accepted as an admin API key (bootstrap and automation)."
+    )
+    read_open: bool = Field(
+        False, description="Serve read endpoints without a key (a trusted network only); writes always need one."
+    )
+    otlp_key_header: str = Field(
+        "x-spanprism-key", description="Header the OTLP receiver also reads the key from (a Collector's `headers:`)."
+    )
+    max_body_bytes: int = Field(
+        64 << 20, description="Largest accepted OTLP/HTTP or upload body after decompression (413 above)."
+    )
+    ingest_queue_spans: int = Field(
+        200_000, description="Spans waiting to be written before the OTLP receiver answers 503 with Retry-After."
+    )
+    max_page_size: int = Field(1000, description="Largest `limit` a list endpoint accepts.")
+    max_range_days: int = Field(93, description="Longest time range (days) one read request may ask for.")
+    public_url: str | None = Field(
+        None, description="Base URL of this server as users reach it (links in alerts), e.g. `https://spanprism.example`."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

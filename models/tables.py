@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -252,4 +253,85 @@ regression_feedback = Table(
     Column("note", Text),
     Column("features", Text),  # JSON feature dict at the time of the feedback (training input)
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- service state (revision 0004): API keys, job runs, alert rules/destinations and the delivery outbox ---------
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String, primary_key=True),  # short public id, also the key's visible prefix
+    Column("name", String, nullable=False),
+    Column("scopes", String, nullable=False),  # comma-separated subset of ingest,read,admin
+    Column("key_hash", String, nullable=False),  # sha256 hex of the full key; the key itself is never stored
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+#: Every attribution pass (incremental, nightly, manual): its window, outcome and counts.
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("kind", String, nullable=False),  # incremental|nightly|manual
+    Column("trigger", String, nullable=False),  # scheduler|api|cli
+    Column("status", String, nullable=False),  # queued|running|succeeded|failed|skipped|interrupted
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("window_start", DateTime(timezone=True)),  # data window the pass covered (NULL = all stored data)
+    Column("window_end", DateTime(timezone=True)),
+    Column("counts", Text, nullable=False, server_default="{}"),  # JSON summary of what the pass did
+    Column("error", Text),
+)
+
+#: Where alerts go. ``secret`` holds the webhook URL / routing key / HMAC secret (JSON) and is never returned.
+alert_destinations = Table(
+    "alert_destinations",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("kind", String, nullable=False),  # slack|pagerduty|webhook
+    Column("options", Text, nullable=False, server_default="{}"),  # JSON, non-secret settings
+    Column("secret", Text, nullable=False, server_default="{}"),  # JSON, secret settings
+    Column("origin", String, nullable=False, server_default="api"),  # api|config (TOML config-as-code)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Which regressions alert where.
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("destination_id", String, nullable=False),
+    Column("series", Text, nullable=False, server_default="{}"),  # JSON field -> glob, e.g. {"service": "chat-*"}
+    Column("labels", Text, nullable=False, server_default="[]"),  # JSON list; empty = every label
+    Column("min_change_pct", Double, nullable=False, server_default="0"),
+    Column("min_confidence", Double, nullable=False, server_default="0"),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+    Column("origin", String, nullable=False, server_default="api"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: The persisted outbox: one row per (regression, destination, event); the unique key makes alerting exactly-once.
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("regression_id", String, nullable=False),
+    Column("destination_id", String, nullable=False),
+    Column("rule_id", String),
+    Column("event", String, nullable=False),  # trigger|resolve
+    Column("payload", Text, nullable=False),  # JSON regression record at enqueue time
+    Column("status", String, nullable=False),  # pending|sent|failed|expired
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    UniqueConstraint("regression_id", "destination_id", "event"),
 )

@@ -1,0 +1,72 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; nothing opens a database at import.
+
+One port serves the OTLP/HTTP receiver (``POST /v1/traces``), the REST API under ``/api/v1`` and the operations
+endpoints (``/healthz``, ``/readyz``, ``/metrics``). The lifespan opens (and migrates) the DuckDB file, then starts
+the background services (ingest writer, scheduler, alert outbox) and stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.database import Database
+from api.metrics import Metrics
+from api.routers import health, keys
+from api.services import Service, ServiceFactory
+from api.settings import Settings
+
+log = logging.getLogger("spanprism.app")
+
+API_PREFIX = "/api/v1"
+
+
+def _service_factories() -> list[ServiceFactory]:
+    """The background services, in start order (imported here so a bare app import stays light)."""
+    return []
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database: Database | None = None,
+    services: Sequence[ServiceFactory] | None = None,
+) -> FastAPI:
+    """Build the app. ``database`` lets a caller own the file; ``services`` replaces the default background set."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or Database(settings.db)
+        app.state.db = db
+        started: list[Service] = []
+        try:
+            for factory in _service_factories() if services is None else services:
+                service = factory(settings, db, metrics, app.state)
+                service.start()
+                started.append(service)
+            log.info("spanprism serving", extra={"db": str(db.path), "services": len(started)})
+            yield
+        finally:
+            for service in reversed(started):
+                try:
+                    service.stop()
+                except Exception:  # one failing stop must not keep the others (and the DB) open
+                    log.exception("stopping a service failed")
+            if database is None:
+                db.close()
+
+    app = FastAPI(
+        title="spanprism",
+        version="1.0",
+        summary="Explains LLM latency regressions: OTLP/HTTP receiver and REST API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.include_router(health.router)
+    app.include_router(keys.router, prefix=API_PREFIX)
+    return app

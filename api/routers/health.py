@@ -1,0 +1,36 @@
+"""Operations: ``/healthz`` (alive), ``/readyz`` (DB open, schema at the newest migration), ``/metrics``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import db as dbmod
+from api.deps import DbDep, MetricsDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database is open and its schema is current",
+            responses={503: {"description": "not ready"}})  # fmt: skip
+def readyz(database: DbDep) -> JSONResponse:
+    try:
+        with database.read() as cur:
+            row = cur.execute("SELECT version_num FROM alembic_version").fetchone()
+    except Exception as exc:  # any DB failure means "not ready", with the reason
+        return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+    current, head = (row[0] if row else None), dbmod.head_revision()
+    if current != head:
+        return JSONResponse({"status": "migrating", "revision": current, "head": head}, status_code=503)
+    return JSONResponse({"status": "ready", "revision": current})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,41 @@
+"""Operations endpoints and API keys against the real server."""
+
+from __future__ import annotations
+
+from api.cli import main
+
+
+def test_health_ready_metrics(server):
+    assert server.client.get("/healthz").json() == {"status": "ok"}
+    ready = server.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    text = server.client.get("/metrics").text
+    assert "spanprism_spans_received_total" in text and "spanprism_ingest_queue_spans" in text
+
+
+def test_keys_scopes_and_revocation(server):
+    anon = server.as_key(None)
+    assert anon.get("/api/v1/keys").status_code == 401
+    assert server.as_key("spk_nope_x").get("/api/v1/keys").status_code == 401
+    created = server.client.post("/api/v1/keys", json={"name": "ci", "scopes": ["read"]})
+    assert created.status_code == 201
+    body = created.json()
+    assert body["key"].startswith("spk_") and body["scopes"] == ["read"]
+    reader = server.as_key(body["key"])
+    assert reader.get("/api/v1/keys").status_code == 403  # read is not admin
+    listed = server.client.get("/api/v1/keys").json()
+    assert listed["count"] == 1 and "key" not in listed["data"][0] and "key_hash" not in listed["data"][0]
+    assert server.client.delete(f"/api/v1/keys/{body['id']}").status_code == 204
+    assert server.client.delete(f"/api/v1/keys/{body['id']}").status_code == 404
+    bad = server.client.post("/api/v1/keys", json={"name": "x", "scopes": ["root"]})
+    assert bad.status_code == 422
+
+
+def test_cli_keys(tmp_path, capsys):
+    db = str(tmp_path / "k.duckdb")
+    assert main(["--db", db, "keys", "create", "--scope", "read,ingest", "--name", "collector"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("spk_")
+    assert main(["--db", db, "keys", "create", "--scope", "root"]) == 2
+    assert main(["--db", db, "keys", "list"]) == 0
+    assert "collector" in capsys.readouterr().out
