@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from api.database import Database
 from api.metrics import Metrics
-from api.routers import health, keys
+from api.routers import alerts, baselines, calls, health, jobs, keys, otlp, quarantine, regressions, series
+from api.routers import ingest as ingest_routes
 from api.services import Service, ServiceFactory
 from api.settings import Settings
 
@@ -26,7 +27,13 @@ API_PREFIX = "/api/v1"
 
 def _service_factories() -> list[ServiceFactory]:
     """The background services, in start order (imported here so a bare app import stays light)."""
-    return []
+    from api.alerts.worker import alert_worker
+    from api.ingest_service import ingest_service
+    from api.scheduler import job_runner_service, scheduler_service
+
+    # The attribution runner (app.state.job_runner) before its scheduler; both before the alerts that consume it.
+    # The OTLP ingest writer first: it is stopped last, after the jobs that read what it stores.
+    return [ingest_service, job_runner_service, scheduler_service, alert_worker]
 
 
 def create_app(
@@ -68,5 +75,12 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(health.router)
+    app.include_router(otlp.router)  # /v1/traces: the OTLP/HTTP path, no API prefix
+    app.include_router(ingest_routes.router, prefix=API_PREFIX)
+    app.include_router(quarantine.router, prefix=API_PREFIX)
     app.include_router(keys.router, prefix=API_PREFIX)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    for read_router in (series.router, baselines.router, regressions.router, calls.router):
+        app.include_router(read_router, prefix=API_PREFIX)
+    app.include_router(alerts.router, prefix=API_PREFIX)
     return app

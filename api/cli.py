@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from api import cli_attribution, cli_data, cli_serve, cli_sim
+from api import cli_alerts, cli_attribution, cli_data, cli_jobs, cli_serve, cli_sim
 from api.db import DatabaseLockedError
 from api.settings import Settings
 
@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
              "spanprism summary")  # fmt: skip
 
     cli_attribution.register(sub, _add)
+    cli_jobs.register(sub, _add)
     cli_sim.register(sub, _add)
     cli_serve.register(sub, _add)
+    cli_alerts.register(sub, _add)
 
     p = _add(sub, "db", cli_data.cmd_db, "Database maintenance.", "spanprism db upgrade")
     p.add_argument(

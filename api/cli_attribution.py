@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import orjson
 from rich.table import Table
 
-from api import db
+from api import cli_jobs, db
 from api.cli_data import console, out
 from api.settings import Settings
+from attribution import runs
 from attribution.classifier import DEFAULT_ARTIFACT, load_default
-from attribution.jobs import run_attribution
-from attribution.labeling import feedback_examples, label_regressions, regression_features
+from attribution.labeling import feedback_examples, record_feedback, regression_features
 from attribution.reasons import REASONS
 from attribution.records import list_regressions
 from attribution.scoring import LABELS
@@ -40,38 +39,13 @@ def parse_time(text: str | None) -> datetime | None:
 def attribute(
     con: duckdb.DuckDBPyConnection, *, since: datetime | None, until: datetime | None, classifier: Path | None = None
 ) -> dict[str, Any]:
-    """Detection then attribution, the job the CLI, the demo and the scheduler share."""
-    detected = run_attribution(con, since=since, until=until)
-    labelled = label_regressions(con, load_default(classifier))
-    return {
-        "series": detected.series,
-        "regressions_open": detected.regressions_open,
-        "regressions_resolved": detected.regressions_resolved,
-        "attributed": labelled.attributed,
-        "not_enough_data": len(labelled.skipped_no_data),
-        "failed": labelled.failed,
-        "seconds": {k: round(v, 2) for k, v in detected.timings.items()},
-    }
+    """Detection then attribution (now :func:`attribution.runs.attribute`, shared with the scheduler)."""
+    return runs.attribute(con, since=since, until=until, classifier=classifier)
 
 
 def cmd_attribute(args: argparse.Namespace, settings: Settings) -> int:
-    """``spanprism attribute [--since --until]``: rollups → baselines → detection → attribution."""
-    con = db.open_db(settings.db)
-    try:
-        with console.status("detecting and attributing regressions"):
-            result = attribute(con, since=args.since, until=args.until, classifier=settings.classifier)
-    finally:
-        con.close()
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        out.print(
-            f"{result['series']} series, {result['regressions_open']} open and {result['regressions_resolved']} "
-            f"resolved regressions, {result['attributed']} (re)attributed"
-        )
-        for reg_id, why in result["failed"].items():
-            console.print(f"[yellow]could not attribute {reg_id}:[/yellow] {why}")
-    return 0
+    """``spanprism attribute [--since --until]``: one ``manual`` pass, here or on the server that owns the file."""
+    return cli_jobs.run_and_report(settings, "manual", since=args.since, until=args.until, as_json=args.json)
 
 
 def _top_contributions(contrib: dict[str, float], n: int = 2) -> str:
@@ -98,13 +72,37 @@ def print_report(records: list[dict[str, Any]], title: str = "regressions") -> N
     out.print(table)
 
 
+def _remote_regressions(url: str, api_key: str | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every matching record from a running server, page by page (GET /api/v1/regressions)."""
+    query = {k: v for k, v in (("label", args.label), ("status", args.status)) if v}
+    query.update({k: v.isoformat() for k, v in (("since", args.since), ("until", args.until)) if v})
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    records: list[dict[str, Any]] = []
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
+        while True:
+            resp = client.get("/api/v1/regressions", params={**query, "offset": len(records)})
+            resp.raise_for_status()
+            body = resp.json()
+            records += body["data"]
+            if not body["data"] or len(records) >= body["count"]:
+                return records
+
+
 def cmd_regressions(args: argparse.Namespace, settings: Settings) -> int:
-    """``spanprism regressions [--json]``: the DESIGN.md records, newest first."""
-    con = db.open_db(settings.db)
-    try:
-        records = list_regressions(con, label=args.label, status=args.status, since=args.since, until=args.until)
-    finally:
-        con.close()
+    """``spanprism regressions [--json] [--url URL]``: the DESIGN.md records, newest first (local file or a server)."""
+    url = args.url or settings.url
+    if url:
+        try:
+            records = _remote_regressions(url, settings.api_key, args)
+        except httpx.HTTPError as exc:
+            console.print(f"[red]error:[/red] could not read regressions from {url}: {exc}")
+            return 1
+    else:
+        con = db.open_db(settings.db)
+        try:
+            records = list_regressions(con, label=args.label, status=args.status, since=args.since, until=args.until)
+        finally:
+            con.close()
     if args.json:
         sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif records:
@@ -162,13 +160,8 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
         if record is None:
             console.print(f"[red]error:[/red] no single regression matches id {args.id!r}")
             return 1
-        # The features are kept with the label so that `spanprism train --with-feedback` can learn from it.
         features = regression_features(con, load_default(settings.classifier), record["id"])
-        con.execute(
-            "INSERT INTO regression_feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [uuid.uuid4().hex, record["id"], args.label, args.reason, args.note,
-             orjson.dumps(features).decode() if features else None, datetime.now(UTC)],
-        )  # fmt: skip
+        record_feedback(con, record["id"], label=args.label, reason=args.reason, note=args.note, features=features)
     finally:
         con.close()
     out.print(f"recorded {args.label}{'/' + args.reason if args.reason else ''} for {record['id']}")
@@ -211,6 +204,7 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
     p.add_argument("--status", choices=("open", "resolved"), help="only open or resolved")
     p.add_argument("--since", type=parse_time, help="only regressions overlapping this start")
     p.add_argument("--until", type=parse_time, help="only regressions starting before this")
+    p.add_argument("--url", help="read from a running server instead of the file (default: $SPANPRISM_URL)")
 
     p = add(sub, "explain", cmd_explain, "Explain one regression: contributions, evidence, exemplar traces.",
             "spanprism explain 3f2a9c")  # fmt: skip

@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -36,13 +39,67 @@ def _ingest_with_progress(con, args: argparse.Namespace, settings: Settings) -> 
         return ingest_paths(con, args.paths, progress=lambda n: bar.advance(task, n), **kwargs)
 
 
-def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    """``spanprism ingest PATH...``: store LLM calls, quarantine bad records, print a summary."""
-    con = db.open_db(settings.db)
+def _server_reachable(url: str) -> bool:
     try:
-        summary = _ingest_with_progress(con, args, settings)
+        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _stream(item: str) -> Iterator[bytes]:
+    """A file (or stdin) in 1 MiB pieces: uploads are streamed, never read whole."""
+    with nullcontext(sys.stdin.buffer) if item == "-" else open(item, "rb") as f:
+        while piece := f.read(1 << 20):
+            yield piece
+
+
+def _ingest_remote(args: argparse.Namespace, settings: Settings, url: str) -> IngestSummary:
+    """Send each input to ``POST /api/v1/ingest`` of a running server and add up its summaries."""
+    inputs, errors = expand_sources(args.paths)
+    summary = IngestSummary(errors=errors)
+    headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0, read=None)) as client:
+        for item in inputs:
+            name = "stdin" if item == "-" else item
+            try:
+                reply = client.post("/api/v1/ingest", params={"filename": name}, content=_stream(item))
+            except (OSError, httpx.HTTPError) as exc:
+                summary.errors.append(f"{name}: {exc}")
+                continue
+            if reply.status_code != 200:
+                summary.errors.append(f"{name}: the server answered {reply.status_code}: {reply.text[:300]}")
+                continue
+            got = reply.json()
+            for key in ("spans_seen", "calls_stored", "duplicates", "non_llm_skipped", "quarantined"):
+                setattr(summary, key, getattr(summary, key) + got[key])
+            summary.conventions.update(got["conventions"])
+            summary.batches.extend([f"{name} (server)"] * got["batches"])  # the API returns the count only
+            summary.errors.extend(got["errors"])
+    return summary
+
+
+def _run_ingest(args: argparse.Namespace, settings: Settings) -> IngestSummary:
+    """Local when the DB file is free; through the server when ``url`` is set or ``serve`` holds the file."""
+    if settings.url:
+        return _ingest_remote(args, settings, settings.url)
+    try:
+        con = db.open_db(settings.db)
+    except db.DatabaseLockedError:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        url = f"http://{host}:{settings.port}"
+        if not _server_reachable(url):
+            raise
+        console.print(f"{settings.db} is held by a running server; sending the files to {url}")
+        return _ingest_remote(args, settings, url)
+    try:
+        return _ingest_with_progress(con, args, settings)
     finally:
         con.close()
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """``spanprism ingest PATH...``: store LLM calls, quarantine bad records, print a summary."""
+    summary = _run_ingest(args, settings)
     for err in summary.errors:
         console.print(f"[red]error:[/red] {err}")
     if args.json:

@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 import migrations
 
@@ -95,7 +96,8 @@ def open_db(
         if migrate and not read_only:
             upgrade(path)
         return duckdb.connect(path, read_only=read_only)
-    except duckdb.IOException as exc:  # DuckDB reports a held write lock as an IO error.
+    # A held write lock is an IO error, wrapped by SQLAlchemy when the migration check opens the file first.
+    except (duckdb.IOException, OperationalError) as exc:
         if "lock" in str(exc).lower():
             raise DatabaseLockedError(
                 f"{path} is locked by another process (is `spanprism serve` running?): {exc}"

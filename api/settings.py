@@ -59,6 +59,41 @@ class Settings(BaseSettings):
         None, description="Base URL of this server as users reach it (links in alerts), e.g. `https://spanprism.example`."
     )
 
+    # --- scheduled attribution (api/scheduler.py) ---------------------------------------------------------------
+    scheduler_enabled: bool = Field(
+        True, description="Run the incremental and nightly attribution passes on a schedule inside `serve`."
+    )
+    incremental_minutes: float = Field(
+        5.0, gt=0, description="Minutes between incremental attribution passes (a pass with no new data is `skipped`)."
+    )
+    nightly_cron: str = Field(
+        "0 2 * * *", description="Crontab expression (minute hour day month day-of-week, 0 = Sunday) of the nightly "
+        "pass that rebuilds baselines and re-attributes."
+    )
+    nightly_timezone: str = Field("UTC", description="IANA time zone the nightly cron expression is read in.")
+    nightly_lookback_days: float = Field(
+        0.0, ge=0, description="Days of data (back from the newest call) the nightly pass rebuilds, rollups included; "
+        "0 = re-detect all history from the stored rollups (cheaper: rebuilding rollups dominates)."
+    )
+    misfire_grace_s: int = Field(
+        300, gt=0, description="Seconds a scheduled pass may start late (server busy or asleep) before it is dropped."
+    )
+
+    # --- alerts (api/alerts/) ---------------------------------------------------------------------------------
+    alert_poll_s: float = Field(5.0, description="Seconds between alert outbox polls (new regressions, due retries).")
+    alert_timeout_s: float = Field(10.0, description="HTTP timeout (seconds) of one alert delivery attempt.")
+    alert_max_age_s: float = Field(
+        86400.0, description="Give up on an undelivered alert this many seconds after it was queued (`expired`)."
+    )
+    alert_backoff_base_s: float = Field(
+        2.0, description="First retry delay cap (seconds); doubles per attempt, full jitter, `Retry-After` wins."
+    )
+    alert_backoff_max_s: float = Field(300.0, description="Largest retry delay cap (seconds) between alert attempts.")
+    trace_url_template: str | None = Field(
+        None, description="Link for exemplar traces in alerts, e.g. `https://tempo.example/trace/{trace_id}` "
+        "(`{trace_id}` and `{span_id}` are filled in); a destination's own option wins."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -8,6 +8,7 @@ in ``regression_attributions``. A regression is re-attributed only when detectio
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from attribution.classifier import VERSION, Attribution, Attributor
 from attribution.features import EpisodeContext
+from attribution.reasons import REASONS
 from attribution.records import MIN_REPORTED_CHANGE_PCT
 from models.transaction import transaction
 
@@ -154,6 +156,36 @@ def regression_features(
     end = reg.end or episode.column("start_time")[-1].as_py()
     att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, reg, end))
     return dict(att.features)
+
+
+def record_feedback(con: duckdb.DuckDBPyConnection, regression_id: str, *, label: str, reason: str | None = None,
+                    note: str | None = None, features: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Store the true label (and reason, note) of a regression from a post-mortem; returns the stored row.
+
+    ``features`` (from :func:`regression_features`) are kept with the label so that ``spanprism train
+    --with-feedback`` can learn from it. Raises ValueError for an unknown label or a reason of another label.
+    """
+    if label not in REASONS:
+        raise ValueError(f"unknown label {label!r}; known: {', '.join(REASONS)}")
+    if reason is not None and reason not in REASONS[label]:
+        raise ValueError(f"reason {reason!r} does not belong to {label}")
+    row = {"id": uuid.uuid4().hex, "regression_id": regression_id, "label": label, "reason": reason, "note": note,
+           "created_at": datetime.now(UTC)}  # fmt: skip
+    con.execute(
+        "INSERT INTO regression_feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [row["id"], regression_id, label, reason, note, _json(features) if features else None, row["created_at"]],
+    )
+    return row
+
+
+def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[dict[str, Any]]:
+    """Every post-mortem label recorded for one regression, oldest first."""
+    rows = con.execute(
+        "SELECT id, label, reason, note, created_at FROM regression_feedback WHERE regression_id = ?"
+        " ORDER BY created_at, id",
+        [regression_id],
+    ).fetchall()
+    return [{"id": r[0], "label": r[1], "reason": r[2], "note": r[3], "created_at": r[4]} for r in rows]
 
 
 def feedback_examples(con: duckdb.DuckDBPyConnection) -> list[tuple[dict[str, float], str, str | None]]:

@@ -2,12 +2,18 @@
 
 A batch is one bounded chunk of an input (or one OTLP/HTTP request). It lands whole or not at all: the
 calls, the quarantined records and the ``ingest_batches`` row commit together. Re-ingesting a span is a
-no-op (``INSERT OR IGNORE`` on the ``(trace_id, span_id)`` primary key).
+no-op (the ``(trace_id, span_id)`` primary key). :func:`store_batches` writes several batches in ONE
+transaction (the OTLP receiver's group commit) with per-batch counts.
+
+Inserts are plain ``INSERT`` first: ``INSERT OR IGNORE`` was measured 3.5x slower on a 10M-row table, and
+duplicates are rare. Only when the plain insert hits a key conflict is the whole unit rolled back and
+redone with ``INSERT OR IGNORE`` per batch, which also gives each batch its exact duplicate count.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -18,6 +24,8 @@ import pyarrow as pa
 from ingest.records import Quarantined
 from models.schema import LLM_CALLS_SCHEMA, conform
 from models.transaction import transaction
+
+_TS = pa.timestamp("us", tz="UTC")
 
 
 @dataclass(slots=True)
@@ -33,24 +41,120 @@ class BatchCounts:
     conventions: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class BatchInput:
+    """One batch to write: canonical rows, quarantined records and the counts the caller observed."""
+
+    source: str
+    calls: pa.Table
+    quarantined: list[Quarantined]
+    spans_seen: int
+    non_llm_skipped: int = 0
+    conventions: dict[str, int] = field(default_factory=dict)
+    batch_id: str = ""
+
+
 def new_batch_id() -> str:
     """A fresh, sortable-enough batch id (time prefix keeps listings chronological)."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
 
-def _quarantine_table(batch_id: str, items: list[Quarantined], now: datetime) -> pa.Table:
+def _quarantine_table(items: list[tuple[str, Quarantined]], now: datetime) -> pa.Table:
     return pa.table(
         {
             "id": [uuid.uuid4().hex for _ in items],
-            "ingest_batch": [batch_id] * len(items),
-            "source": [q.source for q in items],
-            "location": [q.location for q in items],
-            "reason": [q.reason for q in items],
-            "raw": pa.array([q.raw for q in items], type=pa.binary()),
-            "received_at": pa.array([now] * len(items), type=pa.timestamp("us", tz="UTC")),
-            "redriven_at": pa.nulls(len(items), type=pa.timestamp("us", tz="UTC")),
+            "ingest_batch": [batch_id for batch_id, _ in items],
+            "source": [q.source for _, q in items],
+            "location": [q.location for _, q in items],
+            "reason": [q.reason for _, q in items],
+            "raw": pa.array([q.raw for _, q in items], type=pa.binary()),
+            "received_at": pa.array([now] * len(items), type=_TS),
+            "redriven_at": pa.nulls(len(items), type=_TS),
         }
     )
+
+
+def _batch_rows(batches: Sequence[BatchInput], counts: Sequence[BatchCounts], now: datetime) -> pa.Table:
+    finished = datetime.now(UTC)
+    return pa.table(
+        {
+            "id": [c.batch_id for c in counts],
+            "source": [b.source for b in batches],
+            "started_at": pa.array([now] * len(counts), type=_TS),
+            "finished_at": pa.array([finished] * len(counts), type=_TS),
+            "spans_seen": pa.array([c.spans_seen for c in counts], pa.int64()),
+            "calls_stored": pa.array([c.calls_stored for c in counts], pa.int64()),
+            "duplicates": pa.array([c.duplicates for c in counts], pa.int64()),
+            "non_llm_skipped": pa.array([c.non_llm_skipped for c in counts], pa.int64()),
+            "quarantined": pa.array([c.quarantined for c in counts], pa.int64()),
+            "conventions": [orjson.dumps(c.conventions).decode() for c in counts],
+        }
+    )
+
+
+def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, *, ignore: bool = False) -> int:
+    """Insert an Arrow table; returns the rows actually inserted."""
+    cur.register("_spanprism_rows", rows)
+    verb = "INSERT OR IGNORE" if ignore else "INSERT"
+    inserted = cur.execute(f"{verb} INTO {table} SELECT * FROM _spanprism_rows").fetchone()[0]
+    # Not in a finally: after a failed statement the transaction is aborted and unregister would fail too,
+    # hiding the real error; the view dies with the transaction's own cursor anyway.
+    cur.unregister("_spanprism_rows")
+    return inserted
+
+
+def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[BatchInput], tables: list[pa.Table],
+           counts: list[BatchCounts], *, ignore: bool) -> None:  # fmt: skip
+    """Every row of ``batches`` inside the caller's transaction; fills ``calls_stored``/``duplicates``."""
+    now = datetime.now(UTC)
+    if ignore:  # one statement per batch, so each batch learns which of its rows were already stored
+        for table, c in zip(tables, counts, strict=True):
+            c.calls_stored = _insert(cur, "llm_calls", table, ignore=True) if table.num_rows else 0
+    else:
+        rows = [t for t in tables if t.num_rows]
+        if rows:
+            _insert(cur, "llm_calls", pa.concat_tables(rows) if len(rows) > 1 else rows[0])
+        for table, c in zip(tables, counts, strict=True):
+            c.calls_stored = table.num_rows
+    for table, c in zip(tables, counts, strict=True):
+        c.duplicates = table.num_rows - c.calls_stored
+    bad = [(c.batch_id, q) for b, c in zip(batches, counts, strict=True) for q in b.quarantined]
+    if bad:
+        _insert(cur, "quarantine", _quarantine_table(bad, now))
+    _insert(cur, "ingest_batches", _batch_rows(batches, counts, now))
+
+
+def _with_batch_id(calls: pa.Table, batch_id: str) -> pa.Table:
+    calls = conform(calls)
+    index = LLM_CALLS_SCHEMA.get_field_index("ingest_batch")
+    return calls.set_column(index, "ingest_batch", pa.array([batch_id] * calls.num_rows, pa.string()))
+
+
+def store_batches(
+    con: duckdb.DuckDBPyConnection,
+    batches: Sequence[BatchInput],
+    *,
+    also: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> list[BatchCounts]:
+    """Write ``batches`` in ONE transaction (all or none); ``also(cur)`` runs inside it after the rows.
+
+    Raises (after rolling back) on a storage error other than a key conflict.
+    """
+    counts = [BatchCounts(batch_id=b.batch_id or new_batch_id(), spans_seen=b.spans_seen,
+                          non_llm_skipped=b.non_llm_skipped, quarantined=len(b.quarantined),
+                          conventions=dict(b.conventions)) for b in batches]  # fmt: skip
+    tables = [_with_batch_id(b.calls, c.batch_id) for b, c in zip(batches, counts, strict=True)]
+    try:
+        with transaction(con) as cur:
+            _write(cur, batches, tables, counts, ignore=False)
+            if also:
+                also(cur)
+    except duckdb.ConstraintException:  # a span stored before (or twice in this unit): redo, skipping those
+        with transaction(con) as cur:
+            _write(cur, batches, tables, counts, ignore=True)
+            if also:
+                also(cur)
+    return counts
 
 
 def store_batch(
@@ -65,38 +169,6 @@ def store_batch(
     batch_id: str | None = None,
 ) -> BatchCounts:
     """Write one batch atomically and return its counts. Raises (after rolling back) on a storage error."""
-    batch_id = batch_id or new_batch_id()
-    now = datetime.now(UTC)
-    calls = conform(calls)
-    calls = calls.set_column(
-        LLM_CALLS_SCHEMA.get_field_index("ingest_batch"),
-        "ingest_batch",
-        pa.array([batch_id] * calls.num_rows, pa.string()),
-    )
-    counts = BatchCounts(
-        batch_id=batch_id,
-        spans_seen=spans_seen,
-        non_llm_skipped=non_llm_skipped,
-        quarantined=len(quarantined),
-        conventions=dict(conventions or {}),
-    )
-    with transaction(con) as cur:
-        if calls.num_rows:
-            cur.register("_spanprism_batch", calls)
-            counts.calls_stored = cur.execute(
-                "INSERT OR IGNORE INTO llm_calls SELECT * FROM _spanprism_batch"
-            ).fetchone()[0]
-            cur.unregister("_spanprism_batch")
-        counts.duplicates = calls.num_rows - counts.calls_stored
-        if quarantined:
-            cur.register("_spanprism_quarantine", _quarantine_table(batch_id, quarantined, now))
-            cur.execute("INSERT INTO quarantine SELECT * FROM _spanprism_quarantine")
-            cur.unregister("_spanprism_quarantine")
-        cur.execute(
-            "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                batch_id, source, now, datetime.now(UTC), counts.spans_seen, counts.calls_stored, counts.duplicates,
-                counts.non_llm_skipped, counts.quarantined, orjson.dumps(counts.conventions).decode(),
-            ],
-        )  # fmt: skip
-    return counts
+    batch = BatchInput(source, calls, quarantined, spans_seen, non_llm_skipped, dict(conventions or {}),
+                       batch_id or "")  # fmt: skip
+    return store_batches(con, [batch])[0]

@@ -1,0 +1,132 @@
+"""Export-file upload (``POST /ingest``) and the ingest batch log (``GET /ingest/batches``).
+
+An upload is the raw file as the request body (any format ``spanprism ingest`` reads: OTLP JSON lines or
+document, protobuf, length-prefixed, gzip/zstd), streamed to a temporary file — never held whole in memory —
+then ingested by the same pipeline as the CLI, under the write lock. That is how ``spanprism ingest`` reaches
+the DuckDB file while ``serve`` owns it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from api.database import Database
+from api.deps import DbDep, IngestAuth, MetricsDep, ReadAuth, SettingsDep
+from api.routers.otlp import read_body_to
+from api.schemas import PageDep, Since, Until, window
+from api.settings import Settings
+from ingest.otlp_http import BodyTooLarge
+from ingest.pipeline import IngestSummary, ingest_paths
+
+router = APIRouter(prefix="/ingest", tags=["ingest"])
+
+
+class IngestResult(BaseModel):
+    """What one upload stored (the ``spanprism ingest --json`` summary)."""
+
+    spans_seen: int
+    calls_stored: int
+    duplicates: int
+    non_llm_skipped: int
+    quarantined: int
+    conventions: dict[str, int]
+    batches: int
+    errors: list[str]
+
+
+class BatchPublic(BaseModel):
+    id: str
+    source: str
+    started_at: datetime
+    finished_at: datetime | None
+    spans_seen: int
+    calls_stored: int
+    duplicates: int
+    non_llm_skipped: int
+    quarantined: int
+    conventions: dict[str, int]
+
+
+class BatchesPublic(BaseModel):
+    data: list[BatchPublic]
+    count: int
+
+
+def _ingest_file(database: Database, settings: Settings, path: str, source: str) -> IngestSummary:
+    with database.writer() as cur:
+        summary = ingest_paths(cur, [path], workers=settings.ingest_workers, chunk_bytes=settings.chunk_bytes,
+                               tenant_attribute=settings.tenant_attribute)  # fmt: skip
+        if summary.batches:  # provenance: the client's file name, not our temporary path
+            marks = ",".join("?" * len(summary.batches))
+            cur.execute(f"UPDATE ingest_batches SET source = ? WHERE id IN ({marks})", [source, *summary.batches])
+            cur.execute(f"UPDATE quarantine SET source = ? WHERE ingest_batch IN ({marks})",
+                        [source, *summary.batches])  # fmt: skip
+    summary.errors = [e.replace(path, source) for e in summary.errors]
+    return summary
+
+
+@router.post(
+    "",
+    response_model=IngestResult,
+    summary="Upload an export file (raw body, any `spanprism ingest` format) and ingest it",
+    responses={413: {"description": "body over max_body_bytes"}},
+)
+async def upload(
+    request: Request,
+    database: DbDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    _: IngestAuth,
+    filename: Annotated[str, Query(max_length=300, description="the file's name, kept as the source")] = "upload",
+) -> dict[str, Any]:
+    fd, path = tempfile.mkstemp(prefix="spanprism-upload-")
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            try:
+                await read_body_to(request, settings.max_body_bytes, sink.write)
+            except BodyTooLarge as exc:
+                metrics.requests_rejected.labels(code="413").inc()
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
+        summary = await run_in_threadpool(_ingest_file, database, settings, path, f"upload:{filename}")
+    finally:
+        os.unlink(path)
+    metrics.spans_received.inc(summary.spans_seen)
+    metrics.spans_stored.inc(summary.calls_stored)
+    metrics.spans_quarantined.inc(summary.quarantined)
+    return summary.as_dict()
+
+
+@router.get("/batches", response_model=BatchesPublic, summary="Ingest batches, newest first")
+def batches(
+    database: DbDep,
+    settings: SettingsDep,
+    page: PageDep,
+    _: ReadAuth,
+    since: Since = None,
+    until: Until = None,
+    source: Annotated[str | None, Query(description="only batches from this source")] = None,
+) -> BatchesPublic:
+    since, until = window(since, until, max_days=settings.max_range_days, default_hours=None)
+    where, params = ["TRUE"], []
+    for clause, value in (("started_at >= ?", since), ("started_at < ?", until), ("source = ?", source)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql_where = " AND ".join(where)
+    with database.read() as cur:
+        count = cur.execute(f"SELECT count(*) FROM ingest_batches WHERE {sql_where}", params).fetchone()[0]
+        cur.execute(f"SELECT * FROM ingest_batches WHERE {sql_where} ORDER BY started_at DESC, id DESC "
+                    "LIMIT ? OFFSET ?", [*params, page.limit, page.offset])  # fmt: skip
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    for row in rows:
+        row["conventions"] = orjson.loads(row["conventions"] or "{}")
+    return BatchesPublic(data=[BatchPublic(**row) for row in rows], count=count)
