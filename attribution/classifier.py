@@ -189,6 +189,9 @@ class Attributor:
         evidence = [dict(row) for row in decomposition.evidence]
         evidence += [{"signal": f"feature:{k}", "baseline": None, "observed": round(v, 6)} for k, v in feats.items()
                      if k in _EVIDENCE_FEATURES]
+        # Say which route dimensions the spans never record: a move along them cannot show in the route mix.
+        evidence += [{"signal": f"route_{k}", "baseline": None, "observed": None} for k, v in feats.items()
+                     if k.startswith("unrecorded_") and v >= 0.5]
         return Attribution(
             label=label,
             reason=reason,
@@ -249,6 +252,7 @@ class Attributor:
 _EVIDENCE_FEATURES = frozenset({
     "hit_rate_change", "miss_on_grown_routes", "new_prompt_key_share",
     "gap_5m_change", "tv_max", "peer_regressed_share", "log_volume_ratio", "output_elasticity",
+    "itl_split_change", "itl_low_shift", "log_net_rate_ratio", "fixed_tail_shift_rel",
 })
 
 

@@ -22,7 +22,10 @@ Every feature is a share, a log ratio, a difference of shares or an indicator, s
   and the share of calls whose previous call on the same prompt key and route came more than 5 min / 1 h earlier
   (typical prompt-cache TTLs), before vs during;
 * **traffic and context**: own volume change, streaming, the reported metric, and whether other series of the same
-  provider/region regressed at the same time.
+  provider/region regressed at the same time;
+* **distribution shape** (:mod:`attribution.features_shape`): whether the per-call ITL/TTFT moved as a whole
+  (contention) or split into two speeds (a route move, recorded or not), the decode rate net of the fixed tail, and
+  how many route dimensions the convention does not record.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pyarrow as pa
 
 from attribution.decompose import Decomposition
 from attribution.feature_windows import Window, gap_shares, new_value_share, route_tv, stable_route_masks, window_of
+from attribution.features_shape import SHAPE_EVIDENCE, SHAPE_FEATURES, shape_features, unrecorded_dims
 
 #: Typical prompt-cache lifetimes (OpenAI/Anthropic default ~5 min, extended ~1 h).
 CACHE_TTLS_S: tuple[float, ...] = (300.0, 3600.0)
@@ -78,6 +82,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "metric_itl",
     "peer_regressed_share",
     "peer_regressed",
+    *SHAPE_FEATURES,
 )
 
 
@@ -276,6 +281,9 @@ def episode_features(
     feats.update(_token_features(b, e))
     feats.update(_route_features(b, e))
     feats.update(_key_features(b, e))
+    feats.update(shape_features(b, e))
+    unrecorded = unrecorded_dims(b, e)
+    feats.update({f"unrecorded_{d}": float(d in unrecorded) for d in ROUTE_DIMS})
     feats["log_volume_ratio"] = _log_ratio(e.n / max(e.hours, 1e-3), b.n / max(b.hours, 1e-3)) if b.n else 0.0
     feats["streaming"] = float(b.streaming and e.streaming)
     feats["metric_ttft"] = float(metric.startswith("ttft_"))
@@ -290,7 +298,9 @@ def episode_features(
 
 #: Signals computed with the features and shown as evidence, but not fed to the model: the training simulations hold
 #: too few cold-cache route moves to teach a weight, and an untaught weight extrapolates badly.
-EVIDENCE_ONLY: tuple[str, ...] = ("miss_on_grown_routes",)
+#: ``unrecorded_<dim>`` = 1 when the series' convention never records that route dimension (NULL on every call of
+#: both windows): a move along it cannot show in the mix, which the reason rule and the evidence rows say.
+EVIDENCE_ONLY: tuple[str, ...] = ("miss_on_grown_routes", *SHAPE_EVIDENCE, *(f"unrecorded_{d}" for d in ROUTE_DIMS))
 
 
 def feature_vector(features: dict[str, float]) -> np.ndarray:

@@ -11,7 +11,8 @@ so it is a short rule over named features (:mod:`attribution.features`), not a s
   or the slowdown grows with the output length (non-streaming: per-token work); else ``queueing``;
 * ``routing_change`` → the route dimension whose mix moved most: ``region_shift``, ``deployment_change`` (deployment,
   or the endpoint host alone) or ``model_version_change`` (response model or system fingerprint); a region move
-  usually also changes host and fingerprint, so near-ties go to region, then deployment;
+  usually also changes host and fingerprint, so near-ties go to region, then deployment; when no recorded
+  dimension moved, the unrecorded one (deployment first: conventions rarely carry it);
 * ``prefill_growth`` → ``system_prompt_growth`` when the shared part grew (a new prompt-key version for most calls,
   or the cached prefix carries at least half of the added tokens), else ``user_input_growth``;
 * ``output_growth`` and ``unexplained`` have no reason (None).
@@ -31,6 +32,8 @@ NEW_KEY_SHARE = 0.3
 DECODE_ELASTICITY = 0.03
 #: Margin within which a route dimension counts as tied with a more fundamental one.
 ROUTE_TIE = 0.05
+#: Largest mix move (total variation) of a recorded route dimension that still counts as "no visible move".
+ROUTE_VISIBLE = 0.05
 
 REASONS: dict[str, tuple[str, ...]] = {
     "prefill_growth": ("user_input_growth", "system_prompt_growth"),
@@ -68,6 +71,15 @@ def _routing(f: Mapping[str, float]) -> str:
         "model_version_change": max(f["tv_response_model"], f["tv_system_fingerprint"]),
     }
     top = max(scores.values())
+    if top < ROUTE_VISIBLE:
+        # No recorded dimension moved: the move went along one the spans do not carry. A deployment (provisioned
+        # vs standard capacity behind the same host) is the one conventions almost never record.
+        hidden = {"deployment_change": f.get("unrecorded_deployment", 0.0),
+                  "region_shift": f.get("unrecorded_region", 0.0),
+                  "model_version_change": f.get("unrecorded_system_fingerprint", 0.0)}
+        unseen = next((name for name, flag in hidden.items() if flag >= 0.5), None)
+        if unseen:
+            return unseen
     # In priority order, the first dimension within the tie margin of the largest move.
     return next(name for name, v in scores.items() if v >= top - ROUTE_TIE)
 

@@ -9,7 +9,10 @@ classifier's: the classifier only ever sees real regressions, ``unexplained`` in
 * **metric** = one of the metrics the family is expected to move that the series can show (TTFT/ITL need streaming);
 * **context** = how many other series of the same provider and region regressed at the same time;
 
-then decompose → :func:`~attribution.features.episode_features` → (features, label, reason). :func:`train` fits the
+then decompose → :func:`~attribution.features.episode_features` → (features, label, reason). Each window also yields a
+seeded copy **as a sparser convention records it** (route columns such as the deployment, per-chunk ITL and queue
+time NULL; reported on ITL when the per-call ITL rose): the simulator writes every column, real exports do not, and
+the classifier must learn what a route move looks like when the moved dimension is absent. :func:`train` fits the
 classifier on the examples of the training seeds plus any ``extra_examples`` (post-mortem feedback). Everything flows
 from the seeds: the same :class:`SimSet` gives the same examples and a byte-identical artifact.
 """
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -181,34 +185,82 @@ def labelled_windows(result: SimulationResult, *, jitter_seed: int | None = None
     return out
 
 
-def simulation_examples(result: SimulationResult, *, seed: int | None = None) -> list[Example]:
-    """Examples from every labelled regression window of one simulation (deterministic in the simulation seed)."""
+#: Per route column, the chance that a training copy hides it. What real exports drop (ingest of the bundled
+#: conventions): the deployment almost always (only an Azure base URL carries it), the region for providers or
+#: conventions without ``cloud.region``, the fingerprint when streaming; the host and response model rarely.
+HIDE_CHANCE: dict[str, float] = {"deployment": 0.9, "region": 0.5, "system_fingerprint": 0.5, "server_address": 0.15,
+                                 "response_model": 0.1}
+#: Per-call signals that only some conventions carry: server-side queue time (vLLM spans) and per-chunk timings
+#: (chunk events or a TBT attribute; without them ITL is derived from the span and includes its fixed tail).
+HIDE_SIGNAL_CHANCE: dict[str, float] = {"queue_ms": 0.9, "itl_ms": 0.3}
+#: A streaming window whose median per-call ITL rose by this factor may be reported on ITL by the detector.
+ITL_REPORTED_RISE = 1.1
+
+
+def _null_columns(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    for name in names:
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            table = table.set_column(i, name, pa.nulls(table.num_rows, table.schema.field(name).type))
+    return table
+
+
+def _as_recorded(w: LabelledWindow, rng: np.random.Generator) -> LabelledWindow:
+    """A copy of ``w`` as a convention that records less would show it: some route columns and per-call signals
+    NULL in both windows, and the metric the detector would likely report (ITL when the per-call ITL rose)."""
+    hide = [c for c, p in {**HIDE_CHANCE, **HIDE_SIGNAL_CHANCE}.items() if rng.random() < p]
+    base, epi = _null_columns(w.baseline, hide), _null_columns(w.episode, hide)
+    metric = w.metric
+    if "ttft_ms" in epi.column_names and bool(pc.any(pc.fill_null(epi.column("streaming"), False)).as_py()):
+        itl_b, itl_e = _median_itl(base), _median_itl(epi)
+        if itl_b > 0 and itl_e >= ITL_REPORTED_RISE * itl_b:
+            metric = "itl_p95_ms"
+    return LabelledWindow(w.label, base, epi, metric, w.context)
+
+
+def _median_itl(table: pa.Table) -> float:
+    itl = pc.divide(pc.subtract(table.column("duration_ms"), table.column("ttft_ms")),
+                    pc.max_element_wise(pc.subtract(table.column("output_tokens").cast(pa.float64()), 1.0), 1.0))
+    value = pc.approximate_median(itl).as_py()
+    return float(value) if value is not None else 0.0
+
+
+def simulation_examples(result: SimulationResult, *, seed: int | None = None, augment: bool = True) -> list[Example]:
+    """Examples from every labelled regression window of one simulation (deterministic in the simulation seed).
+
+    With ``augment`` each window also yields a copy as a sparser convention records it (:func:`_as_recorded`), so
+    that the classifier learns what a route move looks like when the moved dimension is not in the spans."""
     seed = result.config.seed if seed is None else seed
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA06]))
     out = []
     for w in labelled_windows(result, jitter_seed=seed):
-        decomposition = decompose(w.baseline, w.episode, metric=w.metric, seed=seed)
-        feats = episode_features(decomposition, w.baseline, w.episode, w.context)
-        out.append(Example(feats, w.label["label"], w.label.get("reason"), w.label["family"], result.config.seed,
-                           w.label.get("strength", ""), w.metric))
+        copies = [w, _as_recorded(w, rng)] if augment else [w]
+        for v in copies:
+            decomposition = decompose(v.baseline, v.episode, metric=v.metric, seed=seed)
+            feats = episode_features(decomposition, v.baseline, v.episode, v.context)
+            out.append(Example(feats, v.label["label"], v.label.get("reason"), v.label["family"],
+                               result.config.seed, v.label.get("strength", ""), v.metric))
     return out
 
 
-def _examples_of(config: SimulationConfig) -> list[Example]:
-    return simulation_examples(simulate(config))
+def _examples_of(config: SimulationConfig, augment: bool = True) -> list[Example]:
+    return simulation_examples(simulate(config), augment=augment)
 
 
 def build_examples(
-    simset: SimSet, *, workers: int = 1, progress: Callable[[int, int], None] | None = None
+    simset: SimSet, *, workers: int = 1, progress: Callable[[int, int], None] | None = None, augment: bool = True
 ) -> list[Example]:
     """Examples of every simulation of ``simset``, in seed order (``workers`` > 1 simulates in parallel processes;
-    the result does not depend on it). ``progress(done, total)`` is called after each simulation."""
+    the result does not depend on it). ``progress(done, total)`` is called after each simulation. ``augment=False``
+    leaves out the sparse-convention copies (every route column and per-call signal as simulated)."""
     configs = simset.configs()
     out: list[Example] = []
+    job = partial(_examples_of, augment=augment)
     if workers <= 1:
-        results: Iterable[list[Example]] = map(_examples_of, configs)
+        results: Iterable[list[Example]] = map(job, configs)
     else:
         pool = ProcessPoolExecutor(workers)
-        results = pool.map(_examples_of, configs)
+        results = pool.map(job, configs)
     try:
         for done, examples in enumerate(results, 1):
             out.extend(examples)

@@ -8,6 +8,7 @@ on detected episodes, the confusion matrix and reason accuracy; ``--json`` write
 
     .venv/bin/python benchmarks/evaluate.py --seeds 21 22 23 --out /tmp/spanprism-eval
     .venv/bin/python benchmarks/evaluate.py --seeds 31 --rate-min 0.2 --rate-max 2.0
+    .venv/bin/python benchmarks/evaluate.py --seeds 41 --conventions all
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from detection_eval import DERIVED_TABLES, prepare  # noqa: E402
 from api.cli_attribution import attribute  # noqa: E402
 from api.cli_sim import print_score  # noqa: E402
 from api.db import open_db  # noqa: E402
-from api.evaluation import read_labels  # noqa: E402
+from api.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, read_labels, write_simulation  # noqa: E402
 from attribution.records import list_regressions  # noqa: E402
 from attribution.scoring import LABELS, Score, score  # noqa: E402
 from attribution.simulate import SimulationConfig  # noqa: E402
@@ -36,7 +37,7 @@ from attribution.simulate import SimulationConfig  # noqa: E402
 ATTRIBUTION_TABLES = ("regression_attributions",)
 
 
-def run_seed(folder: Path, ingested: Path, days: float) -> Score:
+def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None = None) -> Score:
     """Detect and attribute on a fresh copy of the ingested file, then score."""
     work = folder / "e2e.duckdb"
     work.unlink(missing_ok=True)
@@ -45,7 +46,7 @@ def run_seed(folder: Path, ingested: Path, days: float) -> Score:
     try:
         for table in (*DERIVED_TABLES, *ATTRIBUTION_TABLES):
             con.execute(f"DELETE FROM {table}")
-        attribute(con, since=None, until=None)
+        attribute(con, since=None, until=None, classifier=classifier)
         records = list_regressions(con)
         horizon, services = con.execute("SELECT max(start_time), count(DISTINCT service) FROM llm_calls").fetchall()[0]
     finally:
@@ -68,6 +69,16 @@ def pool(scores: list[Score]) -> Score:
     return total
 
 
+def _conventions(spec: str) -> tuple[str, ...]:
+    """``rich`` / ``all`` / a comma-separated list → the conventions series are recorded with."""
+    named = {"rich": RICH_CONVENTIONS, "all": ALL_CONVENTIONS}
+    chosen = named.get(spec) or tuple(spec.split(","))
+    unknown = set(chosen) - set(ALL_CONVENTIONS)
+    if unknown:
+        raise SystemExit(f"unknown conventions {sorted(unknown)}; known: {', '.join(ALL_CONVENTIONS)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[21, 22, 23])
@@ -78,13 +89,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/spanprism-detection-eval"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the pooled numbers here")
+    parser.add_argument("--classifier", type=Path, help="classifier artifact (default: the shipped one)")
+    parser.add_argument("--conventions", default="rich",
+                        help="'rich' (default), 'all' or a comma-separated list: how each series is recorded")
     args = parser.parse_args()
+    conventions = _conventions(args.conventions)
     scores = []
     for seed in args.seeds:
         config = SimulationConfig(seed=seed, days=args.days, series=args.series, rate_min=args.rate_min,
                                   rate_max=args.rate_max)  # fmt: skip
         folder = args.out / f"seed{seed}-d{args.days:g}-s{args.series}-r{args.rate_min:g}-{args.rate_max:g}"
-        result = run_seed(folder, prepare(folder, config, args.workers), args.days)
+        if conventions != RICH_CONVENTIONS:
+            folder = folder.with_name(f"{folder.name}-c{args.conventions.replace(',', '+')}")
+        if not (folder / "config.json").exists():  # prepare() would write the default conventions
+            write_simulation(folder, config, conventions)
+        result = run_seed(folder, prepare(folder, config, args.workers), args.days, args.classifier)
         d = result.as_dict()
         print(f"seed {seed}: detected {result.detected}/{result.injected}, false alarms {result.false_alarms}, "
               f"label accuracy on detected {d['label_accuracy_on_detected']:.2f}")  # fmt: skip

@@ -61,7 +61,8 @@ def test_shipped_artifact_is_plain_verified_json() -> None:
     assert raw["model"]["classes"] == list(LABELS)
     assert raw["metadata"]["sklearn_version"]
     att = load_default()
-    assert 0.0 < att.model.abstain_threshold < 1.0 and att.model.temperature > 0
+    # 0 is a legitimate fit: no abstention level beat answering the top class out of fold (classifier_fit.py).
+    assert 0.0 <= att.model.abstain_threshold < 1.0 and att.model.temperature > 0
     # The numbers it ships with are held-out numbers, and they meet the bar.
     assert raw["metadata"]["holdout"]["pooled"]["macro_f1_core"] >= 0.9
 
@@ -110,7 +111,10 @@ def test_training_is_deterministic_round_trips_and_takes_feedback(tmp_path: Path
     path = first.save(tmp_path / "model.json")
     loaded = Attributor.load(path)
     for e in examples:
-        assert loaded.classify(e.features) == first.classify(e.features)
+        # The artifact stores 12 significant digits: the loaded model agrees to ~1e-14, not to the last bit.
+        (got, conf, probs), (want, want_conf, want_probs) = loaded.classify(e.features), first.classify(e.features)
+        assert got == want and conf == pytest.approx(want_conf, abs=1e-9)
+        assert probs == pytest.approx(want_probs, abs=2e-6)
     # Post-mortem labels: ten reviewers say the first episode was something else; the model must move towards it.
     target = examples[0]
     other = next(lab for lab in LABELS if lab != target.label)
