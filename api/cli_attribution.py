@@ -15,6 +15,7 @@ from rich.table import Table
 
 from api import cli_jobs, db
 from api.cli_data import console, out
+from api.cli_remote import client, local_server
 from api.settings import Settings
 from attribution import runs
 from attribution.classifier import DEFAULT_ARTIFACT, load_default
@@ -76,11 +77,10 @@ def _remote_regressions(url: str, api_key: str | None, args: argparse.Namespace)
     """Every matching record from a running server, page by page (GET /api/v1/regressions)."""
     query = {k: v for k, v in (("label", args.label), ("status", args.status)) if v}
     query.update({k: v.isoformat() for k, v in (("since", args.since), ("until", args.until)) if v})
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     records: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
+    with client(url, api_key, timeout=60) as http:
         while True:
-            resp = client.get("/api/v1/regressions", params={**query, "offset": len(records)})
+            resp = http.get("/api/v1/regressions", params={**query, "offset": len(records)})
             resp.raise_for_status()
             body = resp.json()
             records += body["data"]
@@ -91,18 +91,25 @@ def _remote_regressions(url: str, api_key: str | None, args: argparse.Namespace)
 def cmd_regressions(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism regressions [--json] [--url URL]``: the DESIGN.md records, newest first (local file or a server)."""
     url = args.url or settings.url
+    if not url:
+        try:
+            con = db.open_db(settings.db)
+        except db.DatabaseLockedError:
+            url = local_server(settings)  # `serve` holds the file: read through it
+            if url is None:
+                raise
+        else:
+            try:
+                records = list_regressions(con, label=args.label, status=args.status, since=args.since,
+                                           until=args.until)  # fmt: skip
+            finally:
+                con.close()
     if url:
         try:
             records = _remote_regressions(url, settings.api_key, args)
         except httpx.HTTPError as exc:
             console.print(f"[red]error:[/red] could not read regressions from {url}: {exc}")
             return 1
-    else:
-        con = db.open_db(settings.db)
-        try:
-            records = list_regressions(con, label=args.label, status=args.status, since=args.since, until=args.until)
-        finally:
-            con.close()
     if args.json:
         sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif records:

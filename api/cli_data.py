@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from api import db
+from api.cli_remote import client, local_server
 from api.settings import Settings
 from ingest.pipeline import IngestSummary, expand_sources, ingest_paths
 
@@ -39,13 +40,6 @@ def _ingest_with_progress(con, args: argparse.Namespace, settings: Settings) -> 
         return ingest_paths(con, args.paths, progress=lambda n: bar.advance(task, n), **kwargs)
 
 
-def _server_reachable(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _stream(item: str) -> Iterator[bytes]:
     """A file (or stdin) in 1 MiB pieces: uploads are streamed, never read whole."""
     with nullcontext(sys.stdin.buffer) if item == "-" else open(item, "rb") as f:
@@ -57,12 +51,11 @@ def _ingest_remote(args: argparse.Namespace, settings: Settings, url: str) -> In
     """Send each input to ``POST /api/v1/ingest`` of a running server and add up its summaries."""
     inputs, errors = expand_sources(args.paths)
     summary = IngestSummary(errors=errors)
-    headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0, read=None)) as client:
+    with client(url, settings.api_key, timeout=httpx.Timeout(30.0, read=None)) as http:
         for item in inputs:
             name = "stdin" if item == "-" else item
             try:
-                reply = client.post("/api/v1/ingest", params={"filename": name}, content=_stream(item))
+                reply = http.post("/api/v1/ingest", params={"filename": name}, content=_stream(item))
             except (OSError, httpx.HTTPError) as exc:
                 summary.errors.append(f"{name}: {exc}")
                 continue
@@ -85,9 +78,8 @@ def _run_ingest(args: argparse.Namespace, settings: Settings) -> IngestSummary:
     try:
         con = db.open_db(settings.db)
     except db.DatabaseLockedError:
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        url = f"http://{host}:{settings.port}"
-        if not _server_reachable(url):
+        url = local_server(settings)
+        if url is None:
             raise
         console.print(f"{settings.db} is held by a running server; sending the files to {url}")
         return _ingest_remote(args, settings, url)

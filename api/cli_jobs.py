@@ -19,6 +19,7 @@ from rich.table import Table
 
 from api import db
 from api.cli_data import console, out
+from api.cli_remote import client, local_server
 from api.settings import Settings
 from attribution import runs
 
@@ -31,8 +32,7 @@ class RemoteError(RuntimeError):
 
 
 def _client(url: str, api_key: str | None) -> httpx.Client:
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=30)
+    return client(url, api_key, timeout=30)
 
 
 def _checked(resp: httpx.Response) -> dict[str, Any]:
@@ -69,16 +69,6 @@ def run_local(settings: Settings, kind: str, *, since: datetime | None = None,
     return runs.public(final)
 
 
-def _local_server(settings: Settings) -> str | None:
-    """The URL of a server answering on the configured host/port, if any."""
-    url = f"http://{settings.host}:{settings.port}"
-    try:
-        httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
-    except httpx.HTTPError:
-        return None
-    return url
-
-
 def run_pass(settings: Settings, kind: str, *, since: datetime | None = None,
              until: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     """One pass where it belongs: on ``settings.url``, else here, else on the server that holds the file."""
@@ -87,7 +77,7 @@ def run_pass(settings: Settings, kind: str, *, since: datetime | None = None,
     try:
         return run_local(settings, kind, since=since, until=until)
     except db.DatabaseLockedError:
-        url = _local_server(settings)
+        url = local_server(settings)
         if url is None:
             raise
         console.print(f"the database is held by the server at {url}; queueing the pass there")
@@ -124,7 +114,7 @@ def _list(settings: Settings, args: argparse.Namespace) -> tuple[list[dict[str, 
         try:
             con = db.open_db(settings.db)
         except db.DatabaseLockedError:
-            url = _local_server(settings)
+            url = local_server(settings)
             if url is None:
                 raise
         else:

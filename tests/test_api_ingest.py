@@ -209,6 +209,9 @@ def test_cli_ingest_goes_through_the_running_server(served, tmp_path: Path, monk
     out, err = capsys.readouterr()
     assert "held by a running server" in err and url in err
     assert json.loads(out)["calls_stored"] == 5 and json.loads(out)["quarantined"] == 1
+    # Reading regressions while the server holds the file goes through it too (none yet: no pass has run).
+    assert cli.main(["--db", str(db), "regressions", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
     monkeypatch.setenv("SPANPRISM_URL", url)
     second = export_file(tmp_path / "second.jsonl.gz", seed=5, model="m-cli", n=3, bad_line=False)
