@@ -15,7 +15,7 @@ from rich.table import Table
 
 from api import cli_jobs, db
 from api.cli_data import console, out
-from api.cli_remote import client, local_server
+from api.cli_remote import client, open_or_server
 from api.settings import Settings
 from attribution import runs
 from attribution.classifier import DEFAULT_ARTIFACT, load_default
@@ -90,20 +90,12 @@ def _remote_regressions(url: str, api_key: str | None, args: argparse.Namespace)
 
 def cmd_regressions(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism regressions [--json] [--url URL]``: the DESIGN.md records, newest first (local file or a server)."""
-    url = args.url or settings.url
-    if not url:
+    con, url = open_or_server(settings, args.url)
+    if con is not None:
         try:
-            con = db.open_db(settings.db)
-        except db.DatabaseLockedError:
-            url = local_server(settings)  # `serve` holds the file: read through it
-            if url is None:
-                raise
-        else:
-            try:
-                records = list_regressions(con, label=args.label, status=args.status, since=args.since,
-                                           until=args.until)  # fmt: skip
-            finally:
-                con.close()
+            records = list_regressions(con, label=args.label, status=args.status, since=args.since, until=args.until)
+        finally:
+            con.close()
     if url:
         try:
             records = _remote_regressions(url, settings.api_key, args)

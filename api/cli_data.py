@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from api import db
-from api.cli_remote import client, local_server
+from api.cli_remote import client, open_or_server
 from api.settings import Settings
 from ingest.pipeline import IngestSummary, expand_sources, ingest_paths
 
@@ -73,15 +73,10 @@ def _ingest_remote(args: argparse.Namespace, settings: Settings, url: str) -> In
 
 def _run_ingest(args: argparse.Namespace, settings: Settings) -> IngestSummary:
     """Local when the DB file is free; through the server when ``url`` is set or ``serve`` holds the file."""
-    if settings.url:
-        return _ingest_remote(args, settings, settings.url)
-    try:
-        con = db.open_db(settings.db)
-    except db.DatabaseLockedError:
-        url = local_server(settings)
-        if url is None:
-            raise
-        console.print(f"{settings.db} is held by a running server; sending the files to {url}")
+    con, url = open_or_server(settings)
+    if con is None:
+        if not settings.url:
+            console.print(f"{settings.db} is held by a running server; sending the files to {url}")
         return _ingest_remote(args, settings, url)
     try:
         return _ingest_with_progress(con, args, settings)

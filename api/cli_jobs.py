@@ -19,7 +19,7 @@ from rich.table import Table
 
 from api import db
 from api.cli_data import console, out
-from api.cli_remote import client, local_server
+from api.cli_remote import client, local_server, open_or_server
 from api.settings import Settings
 from attribution import runs
 
@@ -109,20 +109,13 @@ def run_and_report(settings: Settings, kind: str, *, since: datetime | None, unt
 
 def _list(settings: Settings, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
     query = {k: v for k, v in (("kind", args.kind), ("status", args.status)) if v}
-    url = settings.url
-    if not url:
+    con, url = open_or_server(settings)
+    if con is not None:
         try:
-            con = db.open_db(settings.db)
-        except db.DatabaseLockedError:
-            url = local_server(settings)
-            if url is None:
-                raise
-        else:
-            try:
-                page, total = runs.list_runs(con, **query, limit=args.limit)
-            finally:
-                con.close()
-            return [runs.public(r) for r in page], total
+            page, total = runs.list_runs(con, **query, limit=args.limit)
+        finally:
+            con.close()
+        return [runs.public(r) for r in page], total
     with _client(url, settings.api_key) as client:
         body = _checked(client.get("/api/v1/jobs", params={**query, "limit": args.limit}))
     return body["data"], body["count"]

@@ -6,8 +6,10 @@ DuckDB allows one writing process; while ``spanprism serve`` holds the file, ``i
 
 from __future__ import annotations
 
+import duckdb
 import httpx
 
+from api import db
 from api.settings import Settings
 
 
@@ -26,3 +28,19 @@ def client(url: str, api_key: str | None, **kwargs: object) -> httpx.Client:
     """An httpx client for the server's API, with the CLI's key as bearer."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+def open_or_server(settings: Settings, url: str | None = None) -> tuple[duckdb.DuckDBPyConnection | None, str | None]:
+    """``(connection, None)`` when this process may open the file; ``(None, url)`` when ``url``/``settings.url`` is
+    given or a running server holds the file. Raises ``DatabaseLockedError`` when the file is locked and no server
+    answers (the lock belongs to something else)."""
+    url = url or settings.url
+    if url:
+        return None, url
+    try:
+        return db.open_db(settings.db), None
+    except db.DatabaseLockedError:
+        url = local_server(settings)
+        if url is None:
+            raise
+        return None, url
