@@ -23,12 +23,12 @@ from attribution.baselines import create_baseline
 from attribution.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT
 from attribution.rollups import RollupConfig, _rollup_select
 from models.schema import ROUTE_COLUMNS
-from models.tables import _ROLLUP_METRICS
+from models.tables import ROLLUP_METRICS
 
 #: Counts that add up across buckets (so a coarser step sums them from the rollups).
 ADDITIVE_METRICS: tuple[str, ...] = ("n_calls", "n_errors")
 #: Every metric a panel may ask for: the rollup statistics, call/error counts and the error rate.
-METRIC_NAMES: tuple[str, ...] = (*_ROLLUP_METRICS, *ADDITIVE_METRICS, "error_rate")
+METRIC_NAMES: tuple[str, ...] = (*ROLLUP_METRICS, *ADDITIVE_METRICS, "error_rate")
 #: The latency statistics whose health ``/series`` reports.
 HEALTH_METRICS: tuple[str, ...] = ("e2e_p95_ms", "ttft_p95_ms", "itl_p95_ms")
 #: Half-width of the band in baseline noise units (baselines are fitted on ln values: the band is asymmetric in ms).

@@ -108,9 +108,9 @@ series = Table(
     Column("last_bucket", DateTime(timezone=True)),
 )
 
-#: Latency token and cache aggregates per series and time bucket, at one or more grains (seconds).
+#: Latency, token and cache aggregates per series and time bucket, at one or more grains (seconds).
 #: Only ``n_*`` counts add up across buckets; quantiles of a coarser grain are computed from the calls.
-_ROLLUP_METRICS = (
+ROLLUP_METRICS = (
     "e2e_p50_ms", "e2e_p95_ms", "e2e_p99_ms", "e2e_gmean_ms",
     "ttft_p50_ms", "ttft_p95_ms", "ttft_gmean_ms",
     "itl_p50_ms", "itl_p95_ms", "itl_gmean_ms",
@@ -133,7 +133,7 @@ series_rollups = Table(
     Column("n_queue", BigInteger, nullable=False),
     Column("n_cache_reported", BigInteger, nullable=False),
     Column("n_cache_eligible", BigInteger, nullable=False),
-    *[Column(name, Double) for name in _ROLLUP_METRICS],
+    *[Column(name, Double) for name in ROLLUP_METRICS],
     PrimaryKeyConstraint("series_key", "grain_s", "bucket_start"),
 )
 

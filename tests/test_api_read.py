@@ -20,7 +20,7 @@ from api.cli import main
 from api.database import Database
 from api.routers.series import PanelCache
 from attribution.records import list_regressions
-from models.tables import _ROLLUP_METRICS
+from models.tables import ROLLUP_METRICS
 
 API = "/api/v1"
 #: The simulated world ends 2026-10-03 12:00 UTC; health and panels are read as of this hour.
@@ -163,7 +163,7 @@ def test_route_mix_shares_sum_to_one(live):
 
 def test_metric_names_and_baselines(live):
     names = {m["name"]: m for m in _get(live, "/metrics/names")["data"]}
-    assert set(_ROLLUP_METRICS) <= set(names) and names["ttft_p95_ms"]["has_baseline"]
+    assert set(ROLLUP_METRICS) <= set(names) and names["ttft_p95_ms"]["has_baseline"]
     assert names["cache_read_ratio"]["unit"] == "ratio" and not names["cache_read_ratio"]["has_baseline"]
     s = _banded_series(live)
     body = _get(live, "/baselines", series_key=s["series_key"], metric="e2e_p95_ms")
