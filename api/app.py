@@ -19,6 +19,7 @@ from api.routers import alerts, baselines, calls, health, jobs, keys, otlp, quar
 from api.routers import ingest as ingest_routes
 from api.services import Service, ServiceFactory
 from api.settings import Settings
+from attribution.panels import open_regressions_by_label
 
 log = logging.getLogger("spanprism.app")
 
@@ -34,6 +35,14 @@ def _service_factories() -> list[ServiceFactory]:
     # The attribution runner (app.state.job_runner) before its scheduler; both before the alerts that consume it.
     # The OTLP ingest writer first: it is stopped last, after the jobs that read what it stores.
     return [ingest_service, job_runner_service, scheduler_service, alert_worker]
+
+
+def _open_by_label(app: FastAPI) -> dict[str, float]:
+    database: Database | None = getattr(app.state, "db", None)
+    if database is None:  # scraped before the lifespan opened the file
+        return {}
+    with database.read() as cur:
+        return open_regressions_by_label(cur)
 
 
 def create_app(
@@ -74,6 +83,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    metrics.gauge_callback("spanprism_open_regressions", "Open regressions by label.", "label",
+                           lambda: _open_by_label(app))  # fmt: skip
     app.include_router(health.router)
     app.include_router(otlp.router)  # /v1/traces: the OTLP/HTTP path, no API prefix
     app.include_router(ingest_routes.router, prefix=API_PREFIX)

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from attribution.baselines import create_baseline
-from attribution.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT
+from attribution.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT, list_regressions
 from attribution.rollups import RollupConfig, _rollup_select
 from models.schema import ROUTE_COLUMNS
 from models.tables import ROLLUP_METRICS
@@ -315,3 +315,12 @@ def list_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], *, sin
     columns = [d[0] for d in cur.description]
     return [{c: (iso(v) if isinstance(v, datetime) else _num(v) if isinstance(v, float) else v)
              for c, v in zip(columns, row, strict=True)} for row in cur.fetchall()]  # fmt: skip
+
+
+def open_regressions_by_label(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """How many reported regressions are open, per label (``unexplained`` until attributed) — a scrape-time gauge."""
+    counts: dict[str, float] = {}
+    for record in list_regressions(con, status="open"):
+        label = record.get("label") or "unexplained"
+        counts[label] = counts.get(label, 0.0) + 1.0
+    return counts

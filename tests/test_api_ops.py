@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from test_alert_delivery import insert_regression, resolve
+
 from api.cli import main
 
 
@@ -11,6 +13,18 @@ def test_health_ready_metrics(server):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     text = server.client.get("/metrics").text
     assert "spanprism_spans_received_total" in text and "spanprism_ingest_queue_spans" in text
+
+
+def test_metrics_count_open_regressions_by_label(server):
+    db = server.app.state.db
+    insert_regression(db, "r1", label="cache_eviction")
+    insert_regression(db, "r2", label="cache_eviction", service="search")
+    insert_regression(db, "r3", label="routing_change")
+    insert_regression(db, "r4", label="routing_change", change_pct=4.0)  # below the reporting bar: not counted
+    resolve(db, "r3")
+    text = server.client.get("/metrics").text
+    assert 'spanprism_open_regressions{label="cache_eviction"} 2.0' in text
+    assert 'label="routing_change"' not in text
 
 
 def test_keys_scopes_and_revocation(server):
