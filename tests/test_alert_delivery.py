@@ -403,3 +403,19 @@ def test_served_app_worker_alerts_after_an_attribution_pass(tmp_path, receiver):
         assert [orjson.loads(r["body"])["id"] for r in receiver.ok()] == ["reg-live"]
         metrics = live.client.get("/metrics").text
         assert 'spanprism_alert_deliveries_total{kind="webhook",outcome="sent"} 1.0' in metrics
+
+
+def test_a_triggered_regression_that_disappears_is_resolved_once(db, deliverer, receiver):
+    add_destination(db, "webhook", receiver.url + "/hook")
+    insert_regression(db, "reg-gone")
+    enqueue_pass(db)
+    drain(deliverer, lambda: len(receiver.ok()) == 1)
+    with db.write() as cur:  # what a re-detection that no longer finds the episode leaves behind
+        cur.execute("DELETE FROM regression_attributions WHERE regression_id = 'reg-gone'")
+        cur.execute("DELETE FROM regressions WHERE id = 'reg-gone'")
+    assert enqueue_pass(db) == 1
+    assert enqueue_pass(db) == 0
+    drain(deliverer, lambda: len(receiver.ok()) == 2)
+    resolved = orjson.loads(receiver.ok()[1]["body"])
+    assert (resolved["event"], resolved["id"], resolved["status"], resolved["withdrawn"]) == (
+        "resolve", "reg-gone", "resolved", True)

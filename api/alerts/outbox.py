@@ -5,6 +5,8 @@ Enqueue policy (one pass over every regression record):
   regressions the API reports trigger: change ≥ ``MIN_REPORTED_CHANGE_PCT``, whatever a rule's own minimum);
 - a **resolved** regression gets a ``resolve`` row for every destination that already has its ``trigger`` row
   (whatever rule matched then, even if the rule changed since);
+- a triggered regression that is **no longer stored** (a re-detection replaced or dropped it) gets a ``resolve``
+  with its trigger's record marked ``"withdrawn": true``, so no page stays open forever;
 - a regression **first seen already resolved** gets nothing: it opened and closed between two passes (or before the
   rule existed), so paging for it now would only page for history — e.g. the whole backlog on a first start.
 Rows are ``INSERT … ON CONFLICT DO NOTHING`` on UNIQUE(regression_id, destination_id, event): re-running the pass,
@@ -78,7 +80,7 @@ def enqueue(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], rules
     new = 0
     queued = existing(cur)
     triggered = {(rid, dest) for rid, dest, event in queued if event == "trigger"}
-    for rid, dest, rule_id, event, rec in plan(records, rules, triggered):
+    for rid, dest, rule_id, event, rec in [*plan(records, rules, triggered), *_withdrawn(cur, records, queued, now)]:
         if (rid, dest, event) in queued:  # skip the no-op inserts; the unique key stays the guarantee
             continue
         queued.add((rid, dest, event))
@@ -90,6 +92,27 @@ def enqueue(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], rules
         ).fetchall()
         new += len(inserted)
     return new
+
+
+def _withdrawn(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], queued: set[tuple[str, str, str]],
+               now: datetime) -> list[tuple[str, str, str | None, str, dict[str, Any]]]:  # fmt: skip
+    """Resolves for triggered regressions that are no longer stored at all.
+
+    A nightly re-detection can replace an episode by one with another onset (another id) or drop it; the page it
+    raised must still resolve, or it stays open at the receiver forever. The payload is the trigger's record, marked
+    ``"withdrawn": true`` and resolved now.
+    """
+    present = {str(rec["id"]) for rec in records}
+    rows = cur.execute("SELECT regression_id, destination_id, payload FROM alert_outbox WHERE event = 'trigger'"
+                       " ORDER BY regression_id, destination_id").fetchall()  # fmt: skip
+    gone = []
+    for rid, dest, payload in rows:
+        if rid in present or (rid, dest, "resolve") in queued:
+            continue
+        rec = {**orjson.loads(payload), "status": "resolved", "end": now.isoformat().replace("+00:00", "Z"),
+               "withdrawn": True}  # fmt: skip
+        gone.append((rid, dest, None, "resolve", rec))
+    return gone
 
 
 def settle_blocked(cur: duckdb.DuckDBPyConnection, now: datetime) -> int:

@@ -34,9 +34,7 @@ def enqueue_pass(db: Database) -> int:
     with db.read() as cur:
         records = list_regressions(cur, detail=True, min_change_pct=float("-inf"))
         rules = list_rules(cur, enabled_only=True)
-    if not records:
-        return 0
-    with db.write() as cur:
+    with db.write() as cur:  # even with no records: triggered regressions that vanished still need a resolve
         return outbox.enqueue(cur, records, rules)
 
 
