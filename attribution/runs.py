@@ -39,6 +39,8 @@ KINDS = ("incremental", "nightly", "manual")
 TRIGGERS = ("scheduler", "api", "cli")
 STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "skipped", "interrupted"})
+#: How long ``skipped`` runs (idle ticks, 288 a day at the default interval) stay in ``job_runs``.
+SKIPPED_KEPT = timedelta(days=7)
 #: How far an incremental window reaches back before the previous one ended: the largest rollup grain, so a
 #: coarse bucket that was still filling when the last pass ran is recomputed whole.
 OVERLAP = timedelta(hours=1)
@@ -230,6 +232,9 @@ def execute(con: duckdb.DuckDBPyConnection, record: dict[str, Any], *,
         if window is None:
             reason = "no new data since the last successful pass" if record["kind"] == "incremental" else "no data"
             record.update(status="skipped", counts={"reason": reason})
+            # An idle server records a skipped tick every few minutes; keep only the recent ones.
+            con.execute("DELETE FROM job_runs WHERE status = 'skipped' AND finished_at < ?",
+                        [record["started_at"] - SKIPPED_KEPT])  # fmt: skip
         else:
             record.update(window_start=window.start, window_end=window.end)
             counts = attribute(con, since=window.since, until=window.until, classifier=classifier)

@@ -104,6 +104,12 @@ def test_first_incremental_covers_everything_and_an_idle_tick_is_skipped(con, cl
     # No work: nothing was rewritten, and the stored records are the runs' own.
     assert con.execute("SELECT max(updated_at) FROM regressions").fetchall() == updated
     assert runs.get_run(con, idle["id"]) == idle and runs.get_run(con, first["id"]) == first
+    # Idle ticks do not pile up: skipped runs older than SKIPPED_KEPT go when the next one is recorded.
+    old = {**idle, "id": "old-idle-tick", "finished_at": idle["finished_at"] - runs.SKIPPED_KEPT - timedelta(hours=1)}
+    runs.save_run(con, old)
+    again = run(con, "incremental", classifier)
+    assert again["status"] == "skipped" and runs.get_run(con, "old-idle-tick") is None
+    assert runs.get_run(con, idle["id"]) == idle and runs.get_run(con, first["id"]) == first
 
 
 def test_incremental_window_starts_at_last_end_minus_overlap_and_reaches_back_for_late_data(con, calls, classifier):
