@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from typing import Any
+
+import httpx
 
 from api.alerts.config import ConfigError, sync_from_env
 from api.alerts.destinations import list_destinations
 from api.alerts.outbox import list_outbox
 from api.alerts.rules import list_rules
 from api.alerts.worker import Deliverer, enqueue_pass
+from api.cli_remote import client, open_or_server
 from api.database import Database
 from api.metrics import Metrics
 from api.settings import Settings
@@ -24,6 +28,10 @@ def _list(db: Database, as_json: bool) -> int:
     with db.read() as cur:
         dests = [d.public() for d in list_destinations(cur)]
         rules = [r.public() for r in list_rules(cur)]
+    return _print_list(dests, rules, as_json)
+
+
+def _print_list(dests: list[dict[str, Any]], rules: list[dict[str, Any]], as_json: bool) -> int:
     if as_json:
         print(json.dumps({"destinations": dests, "rules": rules}, default=str, indent=2))
         return 0
@@ -42,6 +50,10 @@ def _list(db: Database, as_json: bool) -> int:
 def _outbox(db: Database, status: str | None, limit: int, as_json: bool) -> int:
     with db.read() as cur:
         rows = list_outbox(cur, status=status, limit=limit)
+    return _print_outbox(rows, as_json)
+
+
+def _print_outbox(rows: list[dict[str, Any]], as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
@@ -64,10 +76,47 @@ def _deliver(db: Database, settings: Settings) -> int:
     return 0
 
 
+def _remote(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """The same actions through a running server's API (it owns the file and delivers alerts itself)."""
+    with client(url, settings.api_key, timeout=60) as http:
+
+        def get(path: str, **params: Any) -> Any:
+            reply = http.get(f"/api/v1/alerts{path}", params={k: v for k, v in params.items() if v is not None})
+            reply.raise_for_status()
+            return reply.json()["data"]
+
+        if args.action == "list":
+            return _print_list(get("/destinations"), get("/rules"), args.json)
+        if args.action == "outbox":
+            return _print_outbox(get("/outbox", status=args.status, limit=args.limit), args.json)
+        if args.action == "deliver":
+            print(f"the server at {url} enqueues and delivers alerts itself (every alert_poll_s); nothing to do")
+            return 0
+        reply = http.post(f"/api/v1/alerts/destinations/{args.dest}/test")
+        if reply.status_code == 404:
+            print(f"error: no destination {args.dest}")
+            return 1
+        reply.raise_for_status()
+        result = reply.json()
+    print("sent" if result["ok"] else f"failed: {result['error']}")
+    return 0 if result["ok"] else 1
+
+
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    """Dispatch ``spanprism alerts ACTION``."""
+    """Dispatch ``spanprism alerts ACTION`` (through the server when ``url`` is set or ``serve`` holds the file)."""
     from api.routers.alerts import send_sample
 
+    if args.action == "test" and not args.dest:
+        print("error: alerts test needs a destination id or name")
+        return 2
+    con, url = open_or_server(settings)
+    if con is None:
+        try:
+            return _remote(args, settings, url)
+        except httpx.HTTPError as exc:
+            print(f"error: {url}: {exc}")
+            return 1
+    con.close()  # migrated and free: the service-state Database takes the file from here
     db = Database(settings.db)
     try:
         try:
@@ -81,9 +130,6 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
             return _outbox(db, args.status, args.limit, args.json)
         if args.action == "deliver":
             return _deliver(db, settings)
-        if not args.dest:
-            print("error: alerts test needs a destination id or name")
-            return 2
         try:
             result = send_sample(db, settings, args.dest)
         except LookupError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import live_server
+from conftest import ADMIN_KEY, live_server
 from test_alert_delivery import Receiver, add_destination, fast_settings, insert_regression, rows
 
 from api.alerts import config as alerts_config
@@ -275,7 +275,7 @@ def test_config_as_code_with_env_substitution(tmp_path, monkeypatch, receiver):
 
 def test_cli_list_test_outbox_and_deliver(tmp_path, receiver, capsys, monkeypatch):
     monkeypatch.delenv("SPANPRISM_CONFIG", raising=False)
-    path = tmp_path / "cli.duckdb"
+    path = tmp_path / "server.duckdb"  # the file live_server(tmp_path) serves below
     with db_at(path) as db:
         add_destination(db, "webhook", f"{receiver.url}/hooks/{SLACK_TOKEN}", name="hook")
         insert_regression(db, "reg-cli")
@@ -295,3 +295,19 @@ def test_cli_list_test_outbox_and_deliver(tmp_path, receiver, capsys, monkeypatc
     assert "reg-cli" in out and "1 deliveries" in out
     _assert_no_secret(listed + out)
     assert [r["path"] for r in receiver.ok()] == [f"/hooks/{SLACK_TOKEN}"] * 2  # the test, then the real alert
+
+    # While a server holds the file, the same commands go through its API.
+    monkeypatch.setenv("SPANPRISM_API_KEY", ADMIN_KEY)
+    with live_server(tmp_path, services=[]) as live:
+        monkeypatch.setenv("SPANPRISM_URL", live.url)
+        assert main(["--db", str(path), "alerts", "list"]) == 0
+        remote = capsys.readouterr().out
+        assert "hook" in remote and "all to webhook" in remote
+        assert main(["--db", str(path), "alerts", "outbox", "--status", "sent"]) == 0
+        assert "reg-cli" in capsys.readouterr().out
+        assert main(["--db", str(path), "alerts", "test", "hook"]) == 0
+        assert main(["--db", str(path), "alerts", "test", "nope"]) == 1
+        assert main(["--db", str(path), "alerts", "deliver"]) == 0
+        assert "delivers alerts itself" in capsys.readouterr().out
+        _assert_no_secret(remote)
+    assert len(receiver.ok()) == 3
