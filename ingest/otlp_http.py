@@ -15,6 +15,8 @@ import zstandard
 
 from ingest.decode import DecodeError, decode_bytes
 from ingest.pipeline import ChunkOutput, process_decoded
+from ingest.records import Quarantined
+from models.schema import LLM_CALLS_SCHEMA
 
 ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "zstd")
 MEDIA_TYPES = ("application/json", "application/x-protobuf", "application/protobuf")
@@ -92,3 +94,16 @@ def process_body(data: bytes, *, source: str, content_type: str, content_encodin
     finally:
         if was_enabled:
             gc.enable()
+
+
+def quarantined_body(data: bytes, *, source: str, content_type: str, content_encoding: str | None,
+                     reason: str) -> ChunkOutput:  # fmt: skip
+    """An undecodable request body as one quarantined record, kept as received (compressed or not).
+
+    The sender is told 400 (do not retry), so this copy is the only one left: it stays inspectable and can be
+    re-driven once the decoder learns the input (a whole body re-decodes with its format and gzip/zstd sniffed).
+    """
+    where = f"request body ({media_type(content_type)}, {(content_encoding or 'identity').strip().lower()})"
+    return ChunkOutput(source=source, calls=LLM_CALLS_SCHEMA.empty_table(),
+                       quarantined=[Quarantined(source, where, reason, data)], spans_seen=0, non_llm_skipped=0,
+                       conventions={}, size=len(data))  # fmt: skip

@@ -169,6 +169,12 @@ def test_undecodable_bodies_answer_a_status(server: Live, ingest_key: str, body:
     assert message in status.message
     assert status.code == 3  # INVALID_ARGUMENT
     assert f'spanprism_otlp_rejected_requests_total{{code="{code}"}} 1.0' in server.client.get("/metrics").text
+    kept = server.client.get("/api/v1/quarantine").json()["data"]
+    if code == 400:  # the sender must not resend it: the body is kept, as received, with the reason
+        assert len(kept) == 1 and kept[0]["location"].startswith("request body") and message in kept[0]["reason"]
+        assert server.client.get(f"/api/v1/quarantine/{kept[0]['id']}/raw").content == body
+    else:  # a 415 is the client's configuration, not data
+        assert kept == []
 
 
 def test_keys_are_required_and_scoped(server: Live) -> None:

@@ -10,6 +10,7 @@ A request is answered only after its rows are committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Annotated
@@ -25,7 +26,7 @@ from api.deps import require
 from api.ingest_service import IngestService, QueueFull, ShuttingDown
 from api.security import Principal
 from ingest.decode import DecodeError
-from ingest.otlp_http import BodyTooLarge, UnsupportedMedia, check_headers, media_type
+from ingest.otlp_http import BodyTooLarge, UnsupportedMedia, check_headers, media_type, quarantined_body
 from ingest.records import Quarantined
 
 router = APIRouter(tags=["otlp"])
@@ -90,6 +91,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def _keep_undecodable(service: IngestService, body: bytes, content_type: str, encoding: str | None,
+                            reason: str) -> None:  # fmt: skip
+    """Quarantine the body the client is told not to resend; a full queue or a storage error only loses the copy."""
+    out = quarantined_body(body, source="otlp/http", content_type=content_type, content_encoding=encoding,
+                           reason=reason)  # fmt: skip
+    with contextlib.suppress(QueueFull, ShuttingDown, RuntimeError):
+        await asyncio.wrap_future(service.enqueue(out))
+
+
 @router.post(
     "/v1/traces",
     summary="OTLP/HTTP trace export (protobuf or JSON)",
@@ -107,6 +117,7 @@ async def export_traces(request: Request, _: OtlpAuth) -> Response:
     content_type, encoding = request.headers.get("content-type", ""), request.headers.get("content-encoding")
     as_json = media_type(content_type) == "application/json"
     service: IngestService | None = getattr(request.app.state, "ingest", None)
+    body: bytes | None = None
     try:
         check_headers(content_type, encoding)
         if service is None:
@@ -123,7 +134,10 @@ async def export_traces(request: Request, _: OtlpAuth) -> Response:
     except BodyTooLarge as exc:
         return _error(request, as_json, 413, code_pb2.RESOURCE_EXHAUSTED, str(exc))
     except DecodeError as exc:
-        return _error(request, as_json, 400, code_pb2.INVALID_ARGUMENT, f"undecodable OTLP body: {exc}")
+        reason = f"undecodable OTLP body: {exc}"
+        if body is not None and service is not None:
+            await _keep_undecodable(service, body, content_type, encoding, reason)
+        return _error(request, as_json, 400, code_pb2.INVALID_ARGUMENT, reason)
     except (QueueFull, ShuttingDown) as exc:
         return _error(request, as_json, 503, code_pb2.UNAVAILABLE, str(exc), retry=True)
     except RuntimeError as exc:  # storage failed (logged by the writer); the client may retry
