@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import ADMIN_KEY
 from test_alert_delivery import insert_regression, resolve
 
 from api.cli import main
@@ -53,3 +54,20 @@ def test_cli_keys(tmp_path, capsys):
     assert main(["--db", db, "keys", "create", "--scope", "root"]) == 2
     assert main(["--db", db, "keys", "list"]) == 0
     assert "collector" in capsys.readouterr().out
+
+
+def test_cli_keys_through_the_server(server, capsys, monkeypatch):
+    monkeypatch.setenv("SPANPRISM_URL", server.url)
+    monkeypatch.setenv("SPANPRISM_API_KEY", ADMIN_KEY)
+    assert main(["keys", "create", "--scope", "ingest", "--name", "collector"]) == 0
+    plain = capsys.readouterr().out.strip().splitlines()[-1]
+    assert plain.startswith("spk_")
+    key_id = plain[4:].split("_", 1)[0]
+    with server.as_key(plain) as collector:  # the printed key works on the server
+        assert collector.get("/api/v1/keys").status_code == 403
+    assert main(["keys", "list"]) == 0
+    assert "collector" in capsys.readouterr().out
+    assert main(["keys", "revoke", "--id", key_id]) == 0
+    assert main(["keys", "revoke", "--id", key_id]) == 1
+    monkeypatch.setenv("SPANPRISM_API_KEY", plain)
+    assert main(["keys", "list"]) == 1  # a revoked key is refused
