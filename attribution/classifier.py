@@ -253,6 +253,7 @@ _EVIDENCE_FEATURES = frozenset({
     "hit_rate_change", "miss_on_grown_routes", "new_prompt_key_share",
     "gap_5m_change", "tv_max", "peer_regressed_share", "log_volume_ratio", "output_elasticity",
     "itl_split_change", "itl_low_shift", "log_net_rate_ratio", "fixed_tail_shift_rel",
+    "host_intercept_shift_ms", "input_growth_taper",
 })
 
 

@@ -181,3 +181,13 @@ def _long_gap_share(w: Window, ttl_s: float) -> float:
 def gap_shares(base: Window, epi: Window, ttls_s: tuple[float, ...]) -> tuple[list[float], list[float]]:
     """Long-gap shares per TTL for the baseline and the episode window."""
     return [_long_gap_share(base, t) for t in ttls_s], [_long_gap_share(epi, t) for t in ttls_s]
+
+
+def moved_masks(base: np.ndarray, epi: np.ndarray, by: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Where traffic moved along one route dimension: per baseline call, is its value one that lost more than
+    ``by`` of the share (every baseline call when none did); per episode call, is its value one that gained more
+    than ``by``."""
+    sb, se = _share_map(base), _share_map(epi)
+    grown = [k for k, s in se.items() if s > sb.get(k, 0.0) + by]
+    left = [k for k, s in sb.items() if s > se.get(k, 0.0) + by] or list(sb)
+    return np.isin(base, left), np.isin(epi, grown)

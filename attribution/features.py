@@ -37,7 +37,14 @@ import pyarrow as pa
 
 from attribution.decompose import Decomposition
 from attribution.feature_windows import Window, gap_shares, new_value_share, route_tv, stable_route_masks, window_of
-from attribution.features_shape import SHAPE_EVIDENCE, SHAPE_FEATURES, shape_features, unrecorded_dims
+from attribution.features_shape import (
+    REASON_EVIDENCE,
+    SHAPE_EVIDENCE,
+    SHAPE_FEATURES,
+    reason_shape_features,
+    shape_features,
+    unrecorded_dims,
+)
 
 #: Typical prompt-cache lifetimes (OpenAI/Anthropic default ~5 min, extended ~1 h).
 CACHE_TTLS_S: tuple[float, ...] = (300.0, 3600.0)
@@ -282,6 +289,7 @@ def episode_features(
     feats.update(_route_features(b, e))
     feats.update(_key_features(b, e))
     feats.update(shape_features(b, e))
+    feats.update(reason_shape_features(b, e))
     unrecorded = unrecorded_dims(b, e)
     feats.update({f"unrecorded_{d}": float(d in unrecorded) for d in ROUTE_DIMS})
     feats["log_volume_ratio"] = _log_ratio(e.n / max(e.hours, 1e-3), b.n / max(b.hours, 1e-3)) if b.n else 0.0
@@ -300,7 +308,10 @@ def episode_features(
 #: too few cold-cache route moves to teach a weight, and an untaught weight extrapolates badly.
 #: ``unrecorded_<dim>`` = 1 when the series' convention never records that route dimension (NULL on every call of
 #: both windows): a move along it cannot show in the mix, which the reason rule and the evidence rows say.
-EVIDENCE_ONLY: tuple[str, ...] = ("miss_on_grown_routes", *SHAPE_EVIDENCE, *(f"unrecorded_{d}" for d in ROUTE_DIMS))
+#: :data:`~attribution.features_shape.REASON_EVIDENCE` is read by the reason rules (region vs deployment, system vs
+#: user prompt growth).
+EVIDENCE_ONLY: tuple[str, ...] = ("miss_on_grown_routes", *SHAPE_EVIDENCE, *(f"unrecorded_{d}" for d in ROUTE_DIMS),
+                                  *REASON_EVIDENCE)
 
 
 def feature_vector(features: dict[str, float]) -> np.ndarray:

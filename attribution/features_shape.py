@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attribution.feature_windows import NULL, Window
+from attribution.feature_windows import NULL, Window, moved_masks
 
 #: Fewest finite per-call values on each side for a shape statistic to mean anything.
 MIN_CALLS = 12
@@ -37,6 +37,10 @@ SHAPE_FEATURES: tuple[str, ...] = (
 #: Computed and tested, but not fed to the model: an admission queue is a *random* additive delay, so it widens the
 #: TTFT and the per-call residual spread just as a partial route move does; only decode (ITL) is free of it.
 SHAPE_EVIDENCE: tuple[str, ...] = ("ttft_low_shift", "ttft_spread_change", "ttft_split_change", "resid_spread_change")
+#: Standard errors an intercept shift must clear to count (else it reads as 0).
+INTERCEPT_Z = 3.0
+#: Read by the reason rules only (not fed to the model; see :func:`reason_shape_features`).
+REASON_EVIDENCE: tuple[str, ...] = ("host_intercept_shift_ms", "input_growth_taper")
 
 
 def _logs(x: np.ndarray) -> np.ndarray:
@@ -143,3 +147,68 @@ def shape_features(b: Window, e: Window) -> dict[str, float]:
     feats.update(_net_rate_features(b, e))
     feats["route_unrecorded_share"] = len(unrecorded_dims(b, e)) / len(ROUTE_DIMS)
     return {k: float(np.clip(np.nan_to_num(feats[k]), -10.0, 10.0)) for k in SHAPE_FEATURES + SHAPE_EVIDENCE}
+
+
+def _latency_line(w: Window, mask: np.ndarray) -> tuple[float, float] | None:
+    """Line of TTFT (streaming) or duration (also on output tokens) over uncached input tokens for the calls in
+    ``mask``: (intercept ms, its standard error). Latency noise scales with the call (a slower GPU slows the whole
+    call), so the fit weighs calls by 1 / fitted² (iteratively reweighted least squares on relative errors):
+    the long calls' large absolute scatter then does not tip the intercept."""
+    y = (w.ttft if w.streaming else w.duration)[mask]
+    ok = np.isfinite(y)
+    if np.count_nonzero(ok) < MIN_CALLS:
+        return None
+    cols = [w.uncached[mask][ok]] if w.streaming else [w.uncached[mask][ok], w.output[mask][ok]]
+    y = y[ok]
+    # A column that does not vary cannot be told apart from the intercept: leave it out.
+    x = np.column_stack([np.ones(y.size), *(c for c in cols if np.ptp(c) > 0)])
+    floor = 1e-3 * max(float(np.median(np.abs(y))), 1e-9)
+    weight = np.ones(y.size)
+    for _ in range(4):
+        root = np.sqrt(weight)
+        beta = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
+        weight = 1.0 / np.maximum(x @ beta, floor) ** 2
+    if y.size <= x.shape[1]:
+        return None
+    # Sandwich (heteroscedasticity-robust) covariance: the noise is only roughly proportional to the fit.
+    bread = np.linalg.pinv((x * weight[:, None]).T @ x)
+    meat = (x * (weight**2 * (y - x @ beta) ** 2)[:, None]).T @ x
+    cov = bread @ meat @ bread * y.size / (y.size - x.shape[1])
+    return float(beta[0]), float(np.sqrt(max(cov[0, 0], 0.0)))
+
+
+def host_intercept_shift_ms(b: Window, e: Window) -> float:
+    """How much later the endpoint hosts that gained traffic answer than the hosts it left, at zero tokens (ms).
+
+    A move to another region adds network round trip: a fixed, token-independent delay on every call of the new
+    route, i.e. the intercept of the latency line rises. A move to another deployment in the same region (other
+    capacity or hardware) changes the per-token rates instead and keeps the intercept. 0 when no host gained
+    traffic, either side has too few calls for a line, or the shift is within :data:`INTERCEPT_Z` standard errors."""
+    left, gained = moved_masks(b.routes["server_address"], e.routes["server_address"])
+    if b.streaming != e.streaming or not np.any(gained):
+        return 0.0
+    lb, le = _latency_line(b, left), _latency_line(e, gained)
+    if lb is None or le is None:
+        return 0.0
+    shift = le[0] - lb[0]
+    # An intercept the calls cannot pin down (few calls, or a duration dominated by noisy decode) says nothing.
+    return float(shift) if abs(shift) >= INTERCEPT_Z * float(np.hypot(lb[1], le[1])) else 0.0
+
+
+def input_growth_taper(b: Window, e: Window) -> float:
+    """How much the relative growth of the input tokens falls off from the middle to the largest calls:
+    max(log ratio at p50, at p75) − log ratio at p90.
+
+    A longer shared prefix (system prompt) adds the same tokens to every call it reaches, which is relatively less
+    for large calls: the log ratio falls with size (> 0). Longer user input scales the variable part of each call,
+    which weighs most in the largest calls: the log ratio rises with size (< 0). 0 without enough calls."""
+    if b.n < MIN_CALLS or e.n < MIN_CALLS:
+        return 0.0
+    qs = (0.5, 0.75, 0.9)
+    lr = np.log((np.quantile(e.input, qs) + 1.0) / (np.quantile(b.input, qs) + 1.0))
+    return float(max(lr[0], lr[1]) - lr[2])
+
+
+def reason_shape_features(b: Window, e: Window) -> dict[str, float]:
+    """All :data:`REASON_EVIDENCE` for a baseline and an episode window (ms are not clipped: they are physical)."""
+    return {"host_intercept_shift_ms": host_intercept_shift_ms(b, e), "input_growth_taper": input_growth_taper(b, e)}

@@ -12,9 +12,13 @@ so it is a short rule over named features (:mod:`attribution.features`), not a s
 * ``routing_change`` → the route dimension whose mix moved most: ``region_shift``, ``deployment_change`` (deployment,
   or the endpoint host alone) or ``model_version_change`` (response model or system fingerprint); a region move
   usually also changes host and fingerprint, so near-ties go to region, then deployment; when no recorded
-  dimension moved, the unrecorded one (deployment first: conventions rarely carry it);
+  dimension moved, the unrecorded one (deployment first: conventions rarely carry it). When the spans carry no
+  region, a host move counts as a region move if the hosts that gained traffic answer later at zero tokens (a
+  longer network round trip; a same-region deployment changes the per-token rates, not the intercept); when they
+  answer sooner (a shorter path cannot slow calls down), the host move counts as a deployment move;
 * ``prefill_growth`` → ``system_prompt_growth`` when the shared part grew (a new prompt-key version for most calls,
-  or the cached prefix carries at least half of the added tokens), else ``user_input_growth``;
+  the cached prefix carries at least half of the added tokens, or the relative growth falls off towards the largest
+  calls: the same tokens added to each), else ``user_input_growth``;
 * ``output_growth`` and ``unexplained`` have no reason (None).
 """
 
@@ -34,6 +38,12 @@ DECODE_ELASTICITY = 0.03
 ROUTE_TIE = 0.05
 #: Largest mix move (total variation) of a recorded route dimension that still counts as "no visible move".
 ROUTE_VISIBLE = 0.05
+#: Rise (ms) of the token-independent latency of the traffic that moved host above which the move lengthened the
+#: network path, i.e. went to another region: endpoints in one region differ by a few ms, neighbouring regions by
+#: ~20-40 ms, cross-continent and transatlantic paths by 70-200 ms.
+REGION_RTT_MS = 40.0
+#: Fall-off of the relative input growth from the middle to the largest calls that means "a fixed-size addition".
+PREFIX_TAPER = 0.05
 
 REASONS: dict[str, tuple[str, ...]] = {
     "prefill_growth": ("user_input_growth", "system_prompt_growth"),
@@ -70,6 +80,16 @@ def _routing(f: Mapping[str, float]) -> str:
         "deployment_change": max(f["tv_deployment"], f["tv_server_address"] - f["tv_region"]),
         "model_version_change": max(f["tv_response_model"], f["tv_system_fingerprint"]),
     }
+    rtt = f.get("host_intercept_shift_ms", 0.0)
+    if f.get("unrecorded_region", 0.0) >= 0.5 and rtt >= REGION_RTT_MS:
+        # No region on the spans, but the new hosts add a fixed delay on every call: a longer network path.
+        scores["region_shift"] = f["tv_server_address"]
+        scores["deployment_change"] = f["tv_deployment"]
+    elif rtt <= -REGION_RTT_MS:
+        # The new hosts answer sooner at zero tokens (a shorter path): whatever region moved with them did not
+        # cause the slowdown; their per-token rates did, i.e. the deployment behind them.
+        scores["region_shift"] = 0.0
+        scores["deployment_change"] = max(f["tv_deployment"], f["tv_server_address"])
     top = max(scores.values())
     if top < ROUTE_VISIBLE:
         # No recorded dimension moved: the move went along one the spans do not carry. A deployment (provisioned
@@ -87,6 +107,8 @@ def _routing(f: Mapping[str, float]) -> str:
 def _prefill(f: Mapping[str, float]) -> str:
     grew = f["d_input_rel"]
     if f["new_prompt_key_share"] >= NEW_KEY_SHARE or (grew > 0 and f["d_cached_rel"] >= 0.5 * grew):
+        return "system_prompt_growth"
+    if grew > 0 and f.get("input_growth_taper", 0.0) > PREFIX_TAPER:
         return "system_prompt_growth"
     return "user_input_growth"
 
