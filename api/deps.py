@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 
 from api.database import Database
 from api.metrics import Metrics
-from api.security import Principal, authenticate
+from api.security import Principal, authenticate, hash_key
 from api.settings import Settings
 
 ANONYMOUS_READER = Principal("anonymous", frozenset({"read"}))
 
 
-def get_db(request: Request) -> Database:
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, one hop per
+# dependency per request, and under 50 concurrent clients those hops (and the GIL hand-offs between 40 pool threads)
+# were most of a cached panel's latency.
+
+
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -40,10 +47,54 @@ def presented_key(request: Request, settings: Settings) -> str | None:
     return request.headers.get(settings.otlp_key_header) or None
 
 
-def require(scope: str) -> Callable[[Request], Principal]:
+class PrincipalCache:
+    """Recently authenticated keys (by hash), so a dashboard's many requests do not each query ``api_keys``.
+
+    Entries live ``ttl_s`` seconds; revoking a key through the API drops the whole cache at once.
+    """
+
+    def __init__(self, ttl_s: float = 60.0) -> None:
+        self.ttl_s = ttl_s
+        self.entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, key: str) -> Principal | None:
+        hit = self.entries.get(hash_key(key))
+        return hit[0] if hit and hit[1] > time.monotonic() else None
+
+    def put(self, key: str, principal: Principal) -> None:
+        if len(self.entries) > 10_000:  # bounded: unknown keys are never cached, but many valid ones could be
+            self.entries.clear()
+        self.entries[hash_key(key)] = (principal, time.monotonic() + self.ttl_s)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def principal_cache(request: Request) -> PrincipalCache:
+    state = request.app.state
+    if getattr(state, "principals", None) is None:
+        state.principals = PrincipalCache()
+    return state.principals
+
+
+async def _authenticate(request: Request, key: str, settings: Settings) -> Principal | None:
+    cache = principal_cache(request)
+    principal = cache.get(key)
+    if principal is None:
+        def lookup() -> Principal | None:
+            with request.app.state.db.read() as cur:
+                return authenticate(cur, key, settings.admin_key)
+
+        principal = await run_in_threadpool(lookup)
+        if principal is not None:
+            cache.put(key, principal)
+    return principal
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that lets the request through only with a key holding ``scope`` (401 none, 403 wrong scope)."""
 
-    def check(request: Request) -> Principal:
+    async def check(request: Request) -> Principal:
         settings: Settings = request.app.state.settings
         key = presented_key(request, settings)
         if key is None:
@@ -51,8 +102,7 @@ def require(scope: str) -> Callable[[Request], Principal]:
                 return ANONYMOUS_READER
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API key is required (Authorization: Bearer KEY)",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        with request.app.state.db.read() as cur:
-            principal = authenticate(cur, key, settings.admin_key)
+        principal = await _authenticate(request, key, settings)
         if principal is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip

@@ -26,7 +26,7 @@ class Page(BaseModel):
     offset: int
 
 
-def page(settings: SettingsDep, limit: Annotated[int, Query(ge=1, description="rows per page (capped)")] = 100,
+async def page(settings: SettingsDep, limit: Annotated[int, Query(ge=1, description="rows per page (capped)")] = 100,
          offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Page:  # fmt: skip
     # Clamped rather than refused: a dashboard asking for more still gets a page, and `count` tells the total.
     return Page(limit=min(limit, settings.max_page_size), offset=offset)

@@ -40,7 +40,9 @@ def test_keys_scopes_and_revocation(server):
     assert reader.get("/api/v1/keys").status_code == 403  # read is not admin
     listed = server.client.get("/api/v1/keys").json()
     assert listed["count"] == 1 and "key" not in listed["data"][0] and "key_hash" not in listed["data"][0]
+    assert reader.get("/api/v1/series").status_code == 200  # now remembered by the principal cache
     assert server.client.delete(f"/api/v1/keys/{body['id']}").status_code == 204
+    assert reader.get("/api/v1/series").status_code == 401  # revocation empties the cache at once
     assert server.client.delete(f"/api/v1/keys/{body['id']}").status_code == 404
     bad = server.client.post("/api/v1/keys", json={"name": "x", "scopes": ["root"]})
     assert bad.status_code == 422

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
-from api.deps import AdminAuth, DbDep
+from api.deps import AdminAuth, DbDep, principal_cache
 from api.security import create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -55,7 +55,8 @@ def index(database: DbDep, _: AdminAuth) -> KeysPublic:
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"description": "no such key"}})
-def revoke(key_id: str, database: DbDep, _: AdminAuth) -> None:
+def revoke(key_id: str, request: Request, database: DbDep, _: AdminAuth) -> None:
     with database.write() as cur:
         if not revoke_key(cur, key_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active key {key_id}")
+    principal_cache(request).clear()  # the revoked key must stop working now, not when its cache entry ages out

@@ -36,10 +36,10 @@ RETRY_AFTER_S = 2
 _ingest_scope = require("ingest")
 
 
-def otlp_auth(request: Request) -> Principal:
+async def otlp_auth(request: Request) -> Principal:
     """``IngestAuth`` (bearer or the ``otlp_key_header``), counting refusals in the rejected-requests metric."""
     try:
-        return _ingest_scope(request)
+        return await _ingest_scope(request)
     except HTTPException as exc:
         request.app.state.metrics.requests_rejected.labels(code=str(exc.status_code)).inc()
         raise

@@ -35,7 +35,7 @@ NOT_FOUND = {404: {"description": "no regression matches the id (or the prefix i
 
 
 @router.get("", response_model=RegressionList)
-def index(
+async def index(
     request: Request,
     database: DbDep,
     settings: SettingsDep,
@@ -69,7 +69,7 @@ def index(
         return {"data": records[page.offset : page.offset + page.limit], "count": len(records)}
 
     # Only attribution passes change regressions (and move db.generation), so every answer is cacheable.
-    return cached_json(request, database, True, compute)
+    return await cached_json(request, database, True, compute)
 
 
 def _find(database: Database, prefix: str) -> dict[str, Any]:
