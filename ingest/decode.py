@@ -57,8 +57,8 @@ from ingest.framing import (
 from ingest.otlp_json import DecodeError, show
 from ingest.records import DecodeResult, Quarantined, RawChunk, SpanRecord
 
-__all__ = ["SUPPORTED_FORMATS", "DecodeError", "RejectedChunk", "decode_bytes", "decode_chunk", "iter_chunks",
-           "open_input", "sniff"]
+__all__ = ["SUPPORTED_FORMATS", "BodyTooLarge", "DecodeError", "RejectedChunk", "decode_bytes", "decode_chunk",
+           "iter_chunks", "open_input", "sniff", "undo_content_encoding"]
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("jsonl", "json", "proto", "proto_lp", "proto_lp_zstd")
 # Decompressed size cap for one legacy zstd record or one HTTP body: decode_chunk is pure and the chunk does
@@ -272,7 +272,7 @@ _DECODERS: dict[str, Callable[[RawChunk, list[SpanRecord], list[Quarantined]], N
 
 def decode_bytes(data: bytes, source: str, content_type: str, content_encoding: str | None = None) -> DecodeResult:
     """Decode an OTLP/HTTP ``/v1/traces`` body; raises :class:`DecodeError` when the body as a whole is unusable."""
-    body = _undo_content_encoding(data, (content_encoding or "identity").strip().lower())
+    body = undo_content_encoding(data, content_encoding)
     media = content_type.split(";", 1)[0].strip().lower()
     result = DecodeResult()
     if media == "application/json":
@@ -291,24 +291,44 @@ def decode_bytes(data: bytes, source: str, content_type: str, content_encoding: 
     return result
 
 
-def _undo_content_encoding(data: bytes, encoding: str, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
-    """Undo ``Content-Encoding`` (gzip, deflate, zstd), bounded against decompression bombs."""
-    if encoding in ("identity", ""):
-        return data
-    if encoding == "zstd":
-        return _unzstd(data, limit)
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise DecodeError(f"unsupported content encoding {encoding!r}: use gzip, deflate or zstd")
+class BodyTooLarge(DecodeError):
+    """The (decompressed) body is larger than the receiver accepts (HTTP 413)."""
+
+
+def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
     out, rest = bytearray(), data
     while rest:  # gzip allows several concatenated members
-        inflater = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
-        try:
-            out += inflater.decompress(rest, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise DecodeError(f"invalid {encoding} body: {exc}") from None
+        inflater = zlib.decompressobj(wbits=wbits)
+        out += inflater.decompress(rest, limit + 1 - len(out))
         if len(out) > limit:
-            raise DecodeError(f"decompressed body exceeds {limit} bytes")
+            raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
         if not inflater.eof:
-            raise DecodeError(f"truncated {encoding} body")
+            raise DecodeError(f"truncated {name} body")
         rest = inflater.unused_data
     return bytes(out)
+
+
+def undo_content_encoding(data: bytes, encoding: str | None, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Undo ``Content-Encoding`` (gzip, deflate zlib-wrapped or raw, zstd) with at most ``limit`` output bytes, so a
+    decompression bomb stops at the limit (:class:`BodyTooLarge`)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return data
+    try:
+        if encoding == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+                body = reader.read(limit + 1)
+        elif encoding == "deflate":
+            try:  # RFC 9110 deflate is zlib-wrapped; some clients send the raw stream
+                body = _inflate(data, 15, limit, encoding)
+            except zlib.error:
+                body = _inflate(data, -15, limit, encoding)
+        elif encoding in ("gzip", "x-gzip"):
+            body = _inflate(data, 47, limit, encoding)  # 47: gzip or zlib header, detected
+        else:
+            raise DecodeError(f"unsupported content encoding {encoding!r}: use gzip, deflate or zstd")
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise DecodeError(f"invalid {encoding} body: {exc}") from None
+    if len(body) > limit:
+        raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
+    return body

@@ -8,22 +8,14 @@ output passes it, without inflating the rest (a decompression-bomb guard).
 from __future__ import annotations
 
 import gc
-import io
-import zlib
 
-import zstandard
-
-from ingest.decode import DecodeError, decode_bytes
+from ingest.decode import DecodeError, decode_bytes, undo_content_encoding
 from ingest.pipeline import ChunkOutput, process_decoded
 from ingest.records import Quarantined
 from models.schema import LLM_CALLS_SCHEMA
 
 ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "zstd")
 MEDIA_TYPES = ("application/json", "application/x-protobuf", "application/protobuf")
-
-
-class BodyTooLarge(DecodeError):
-    """The (decompressed) body is larger than the receiver accepts."""
 
 
 class UnsupportedMedia(DecodeError):
@@ -44,47 +36,11 @@ def check_headers(content_type: str | None, content_encoding: str | None) -> Non
         raise UnsupportedMedia(f"unsupported content encoding {content_encoding!r}: use gzip, deflate or zstd")
 
 
-def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
-    out, rest = bytearray(), data
-    while rest:  # gzip allows several concatenated members
-        inflater = zlib.decompressobj(wbits=wbits)
-        out += inflater.decompress(rest, limit + 1 - len(out))
-        if len(out) > limit:
-            raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
-        if not inflater.eof:
-            raise DecodeError(f"truncated {name} body")
-        rest = inflater.unused_data
-    return bytes(out)
-
-
-def decompress(data: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` with at most ``limit`` output bytes."""
-    encoding = (encoding or "identity").strip().lower()
-    try:
-        if encoding in ("identity", ""):
-            body = data
-        elif encoding == "zstd":
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
-                body = reader.read(limit + 1)
-        elif encoding == "deflate":
-            try:  # RFC 9110 deflate is zlib-wrapped; some clients send the raw stream
-                body = _inflate(data, 15, limit, encoding)
-            except zlib.error:
-                body = _inflate(data, -15, limit, encoding)
-        else:
-            body = _inflate(data, 31, limit, encoding)
-    except (zlib.error, zstandard.ZstdError) as exc:
-        raise DecodeError(f"invalid {encoding} body: {exc}") from None
-    if len(body) > limit:
-        raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
-    return body
-
-
 def process_body(data: bytes, *, source: str, content_type: str, content_encoding: str | None, limit: int,
                  tenant_attribute: str | None) -> ChunkOutput:  # fmt: skip
     """Decode and normalize one request body. Raises :class:`DecodeError` (or a subclass) if unusable as a whole."""
     check_headers(content_type, content_encoding)
-    body = decompress(data, content_encoding, limit)
+    body = undo_content_encoding(data, content_encoding, limit)
     # As in ingest.pipeline.process_chunk: the walk makes many short-lived, acyclic containers that the cyclic
     # GC would rescan again and again.
     was_enabled = gc.isenabled()

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import duckdb
 import pyarrow as pa
 
-from ingest.decode import decode_bytes, decode_chunk, iter_chunks, open_input
+from ingest.decode import decode_chunk, iter_chunks, open_input
 from ingest.load import BatchCounts, store_batch
 from ingest.normalize import normalize
 from ingest.records import DecodeResult, Quarantined, RawChunk
@@ -241,17 +241,3 @@ def ingest_paths(
             writer.add(pending.popleft().result())
     writer.flush()
     return summary
-
-
-def ingest_body(
-    con: duckdb.DuckDBPyConnection,
-    body: bytes,
-    *,
-    source: str,
-    content_type: str,
-    content_encoding: str | None = None,
-    tenant_attribute: str | None = None,
-) -> BatchCounts:
-    """Ingest one OTLP/HTTP request body as one batch. Raises ``ingest.decode.DecodeError`` if undecodable."""
-    decoded = decode_bytes(body, source, content_type, content_encoding)
-    return _store(con, process_decoded(decoded, source, len(body), tenant_attribute))

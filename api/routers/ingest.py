@@ -23,7 +23,7 @@ from api.deps import DbDep, IngestAuth, MetricsDep, ReadAuth, SettingsDep
 from api.routers.otlp import read_body_to
 from api.schemas import PageDep, Since, Until, window
 from api.settings import Settings
-from ingest.otlp_http import BodyTooLarge
+from ingest.decode import BodyTooLarge
 from ingest.pipeline import IngestSummary, ingest_paths
 
 router = APIRouter(prefix="/ingest", tags=["ingest"])

@@ -25,8 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from api.deps import require
 from api.ingest_service import IngestService, QueueFull, ShuttingDown
 from api.security import Principal
-from ingest.decode import DecodeError
-from ingest.otlp_http import BodyTooLarge, UnsupportedMedia, check_headers, media_type, quarantined_body
+from ingest.decode import BodyTooLarge, DecodeError
+from ingest.otlp_http import UnsupportedMedia, check_headers, media_type, quarantined_body
 from ingest.records import Quarantined
 
 router = APIRouter(tags=["otlp"])
