@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -25,6 +26,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def wait_healthy(url: str, *, alive: Callable[[], bool], timeout_s: float = 60.0, poll_s: float = 0.1) -> bool:
+    """Poll ``url``/healthz until it answers 200 (True), or until ``alive()`` turns False or the time is up (False).
+
+    For servers started as another process (``spanprism serve`` in tests and benchmarks): ``alive`` is usually
+    ``lambda: proc.poll() is None``, so a server that died at start is noticed at once rather than at the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while alive() and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    return False
 
 
 @contextmanager

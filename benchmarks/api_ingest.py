@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api.db import open_db  # noqa: E402
-from api.server import free_port  # noqa: E402
+from api.server import free_port, wait_healthy  # noqa: E402
 from ingest.load import BatchInput, store_batches  # noqa: E402
 from ingest.otlp_http import process_body  # noqa: E402
 
@@ -134,13 +134,8 @@ def _serve(db: Path, port: int, workers: int, log: Path) -> subprocess.Popen[byt
     cmd = [str(Path(sys.executable).parent / "spanprism"), "--db", str(db), "serve", "--port", str(port),
            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    if wait_healthy(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None):
+        return proc
     proc.kill()
     raise RuntimeError(f"server did not start; see {log}")
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from api.db import open_db  # noqa: E402
-from api.server import free_port  # noqa: E402
+from api.server import free_port, wait_healthy  # noqa: E402
 from attribution.jobs import run_attribution  # noqa: E402
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
@@ -118,16 +118,8 @@ def serving(path: Path) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
+        if not wait_healthy(url, alive=lambda: proc.poll() is None, timeout_s=120):
+            raise RuntimeError("the server did not start")
         yield url
     finally:
         proc.terminate()

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from test_api_otlp import genai_spans, new_key, stored
 
 from api import cli
-from api.server import free_port
+from api.server import free_port, wait_healthy
 
 BIN = Path(sys.executable).parent / "spanprism"
 
@@ -178,15 +177,7 @@ def served(tmp_path: Path):
                             env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
+        assert wait_healthy(url, alive=lambda: proc.poll() is None), (tmp_path / "serve.log").read_text()
         yield url, port, db
     finally:
         proc.terminate()

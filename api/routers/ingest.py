@@ -29,8 +29,8 @@ from ingest.pipeline import IngestSummary, ingest_paths
 router = APIRouter(prefix="/ingest", tags=["ingest"])
 
 
-class IngestResult(BaseModel):
-    """What one upload stored (the ``spanprism ingest --json`` summary)."""
+class IngestCounts(BaseModel):
+    """What was stored from some input: the counts an upload and a batch row share."""
 
     spans_seen: int
     calls_stored: int
@@ -38,21 +38,20 @@ class IngestResult(BaseModel):
     non_llm_skipped: int
     quarantined: int
     conventions: dict[str, int]
+
+
+class IngestResult(IngestCounts):
+    """What one upload stored (the ``spanprism ingest --json`` summary)."""
+
     batches: int
     errors: list[str]
 
 
-class BatchPublic(BaseModel):
+class BatchPublic(IngestCounts):
     id: str
     source: str
     started_at: datetime
     finished_at: datetime | None
-    spans_seen: int
-    calls_stored: int
-    duplicates: int
-    non_llm_skipped: int
-    quarantined: int
-    conventions: dict[str, int]
 
 
 class BatchesPublic(BaseModel):
