@@ -21,7 +21,7 @@ import orjson
 
 from attribution.baselines import create_baseline
 from attribution.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT, list_regressions
-from attribution.rollups import RollupConfig, _rollup_select
+from attribution.rollups import RollupConfig, rollup_select
 from models.schema import ROUTE_COLUMNS
 from models.tables import ROLLUP_METRICS
 
@@ -226,7 +226,7 @@ def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metri
                        cache_min_input_tokens=config.cache_min_input_tokens)  # fmt: skip
     where = " AND ".join(f"k_{c} IS NOT DISTINCT FROM ${c}" for c in names)
     return con.execute(
-        f"SELECT b, {_SELECT_EXPR.get(metric, metric)}, n_calls FROM ({_rollup_select(cfg, step_s)})"
+        f"SELECT b, {_SELECT_EXPR.get(metric, metric)}, n_calls FROM ({rollup_select(cfg, step_s)})"
         f" WHERE {where} ORDER BY b",
         {**names, "lo": since, "hi": until},
     ).fetchall()

@@ -84,7 +84,8 @@ def _keyed(config: RollupConfig) -> str:
     return series_key_sql([f"k_{c}" for c in config.series_columns])
 
 
-def _rollup_select(config: RollupConfig, grain: int) -> str:
+def rollup_select(config: RollupConfig, grain: int) -> str:
+    """The SELECT that aggregates ``llm_calls`` into rollup rows at ``grain`` seconds (the panels API reuses it)."""
     ok = "coalesce(status, 'ok') <> 'error'"
     q = "quantile_cont"
     eligible = f"input_tokens >= {int(config.cache_min_input_tokens)} AND cache_read_tokens IS NOT NULL"
@@ -126,7 +127,7 @@ def _rollup_insert(config: RollupConfig, grain: int) -> str:
       n_cache_reported, n_cache_eligible,
       q_e2e[1], q_e2e[2], q_e2e[3], e2e_gmean_ms, q_ttft[1], q_ttft[2], ttft_gmean_ms,
       q_itl[1], q_itl[2], itl_gmean_ms, queue_p95_ms, {", ".join(tok)}, cache_read_ratio, cache_hit_rate
-    FROM ({_rollup_select(config, grain)})"""
+    FROM ({rollup_select(config, grain)})"""
 
 
 def _dimensions_insert(config: RollupConfig) -> str:

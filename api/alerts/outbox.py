@@ -80,7 +80,7 @@ def enqueue(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], rules
     new = 0
     queued = existing(cur)
     triggered = {(rid, dest) for rid, dest, event in queued if event == "trigger"}
-    for rid, dest, rule_id, event, rec in [*plan(records, rules, triggered), *_withdrawn(cur, records, queued, now)]:
+    for rid, dest, rule_id, event, rec in [*plan(records, rules, triggered), *_withdrawn(cur, queued, now)]:
         if (rid, dest, event) in queued:  # skip the no-op inserts; the unique key stays the guarantee
             continue
         queued.add((rid, dest, event))
@@ -94,25 +94,20 @@ def enqueue(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], rules
     return new
 
 
-def _withdrawn(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], queued: set[tuple[str, str, str]],
+def _withdrawn(cur: duckdb.DuckDBPyConnection, queued: set[tuple[str, str, str]],
                now: datetime) -> list[tuple[str, str, str | None, str, dict[str, Any]]]:  # fmt: skip
     """Resolves for triggered regressions that are no longer stored at all.
 
     A nightly re-detection can replace an episode by one with another onset (another id) or drop it; the page it
     raised must still resolve, or it stays open at the receiver forever. The payload is the trigger's record, marked
-    ``"withdrawn": true`` and resolved now.
+    ``"withdrawn": true`` and resolved now. Only those triggers' payloads are read (the SQL finds them).
     """
-    present = {str(rec["id"]) for rec in records}
     rows = cur.execute("SELECT regression_id, destination_id, payload FROM alert_outbox WHERE event = 'trigger'"
+                       " AND regression_id NOT IN (SELECT id FROM regressions)"
                        " ORDER BY regression_id, destination_id").fetchall()  # fmt: skip
-    gone = []
-    for rid, dest, payload in rows:
-        if rid in present or (rid, dest, "resolve") in queued:
-            continue
-        rec = {**orjson.loads(payload), "status": "resolved", "end": now.isoformat().replace("+00:00", "Z"),
-               "withdrawn": True}  # fmt: skip
-        gone.append((rid, dest, None, "resolve", rec))
-    return gone
+    end = now.isoformat().replace("+00:00", "Z")
+    return [(rid, dest, None, "resolve", {**orjson.loads(payload), "status": "resolved", "end": end, "withdrawn": True})
+            for rid, dest, payload in rows if (rid, dest, "resolve") not in queued]  # fmt: skip
 
 
 def settle_blocked(cur: duckdb.DuckDBPyConnection, now: datetime) -> int:
