@@ -1,1 +1,1 @@
-"""spanprism package."""
+"""The service edge: FastAPI app, OTLP receiver, scheduler wiring, alert delivery, CLI and settings."""

@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.database import Database
-from api.metrics import Metrics
-from api.routers import alerts, baselines, calls, health, jobs, keys, otlp, quarantine, regressions, series
-from api.routers import ingest as ingest_routes
-from api.services import Service, ServiceFactory
-from api.settings import Settings
-from attribution.panels import open_regressions_by_label
+from spanprism.api.metrics import Metrics
+from spanprism.api.routers import alerts, baselines, calls, health, jobs, keys, otlp, quarantine, regressions, series
+from spanprism.api.routers import ingest as ingest_routes
+from spanprism.api.services.lifecycle import Service, ServiceFactory
+from spanprism.api.settings import Settings
+from spanprism.api.storage.database import Database
+from spanprism.attribution.store.panels import open_regressions_by_label
 
 log = logging.getLogger("spanprism.app")
 
@@ -28,9 +28,9 @@ API_PREFIX = "/api/v1"
 
 def _service_factories() -> list[ServiceFactory]:
     """The background services, in start order (imported here so a bare app import stays light)."""
-    from api.alerts.worker import alert_worker
-    from api.ingest_service import ingest_service
-    from api.scheduler import job_runner_service, scheduler_service
+    from spanprism.api.alerts.worker import alert_worker
+    from spanprism.api.services.ingest import ingest_service
+    from spanprism.api.services.scheduler import job_runner_service, scheduler_service
 
     # The attribution runner (app.state.job_runner) before its scheduler; both before the alerts that consume it.
     # The OTLP ingest writer first: it is stopped last, after the jobs that read what it stores.

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.database import Database
-from api.metrics import Metrics
-from api.security import Principal, authenticate, hash_key
-from api.settings import Settings
+from spanprism.api.metrics import Metrics
+from spanprism.api.security import Principal, authenticate, hash_key
+from spanprism.api.settings import Settings
+from spanprism.api.storage.database import Database
 
 ANONYMOUS_READER = Principal("anonymous", frozenset({"read"}))
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.deps import SettingsDep
-from attribution.reasons import REASONS
-from attribution.scoring import LABELS
+from spanprism.api.deps import SettingsDep
+from spanprism.attribution.classifier.reasons import REASONS
+from spanprism.attribution.evaluation.scoring import LABELS
 
 Label = Literal[LABELS]  # type: ignore[valid-type]
 

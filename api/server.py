@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from api import logs
+from spanprism.api import logs
 
 
 def serve_forever(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:

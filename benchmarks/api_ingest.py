@@ -6,9 +6,9 @@ Builds ``--bodies`` pre-encoded protobuf ExportTraceServiceRequests of ``--spans
 spans each (OTel SDK spans, realistic attributes, a non-LLM HTTP child for every 4th call; unique ids per
 body), then measures side by side in one run:
 
-* ``decode``        — ``ingest.otlp_http.process_body`` (decode + normalize) of every body in this process:
+* ``decode``        — ``spanprism.ingest.otlp_http.process_body`` (decode + normalize) of every body in this process:
                       the CPU floor of the receiver, no HTTP, no storage;
-* ``decode+store``  — the same, then ``ingest.load.store_batches`` of each body into a fresh DuckDB file;
+* ``decode+store``  — the same, then ``spanprism.ingest.load.store_batches`` of each body into a fresh DuckDB file;
 * ``http_wN``       — a real ``spanprism serve`` subprocess (``ingest_workers=N``) and ``--clients`` threads
                       posting the bodies; a body counts once it is acknowledged (after its commit). 503 answers
                       are retried after a short pause and counted.
@@ -42,10 +42,10 @@ from opentelemetry.trace import SpanKind, set_span_in_context
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from api.db import open_db  # noqa: E402
-from api.server import free_port, wait_healthy  # noqa: E402
-from ingest.load import BatchInput, store_batches  # noqa: E402
-from ingest.otlp_http import process_body  # noqa: E402
+from spanprism.api.server import free_port, wait_healthy  # noqa: E402
+from spanprism.api.storage.connect import open_db  # noqa: E402
+from spanprism.ingest.load import BatchInput, store_batches  # noqa: E402
+from spanprism.ingest.otlp_http import process_body  # noqa: E402
 
 KEY = "bench-admin-key"
 PROTO = "application/x-protobuf"

@@ -31,10 +31,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from synth_calls import START, SeriesSpec, Shift, generate_calls  # noqa: E402
 
-from api.db import open_db  # noqa: E402
-from attribution.detect import DetectionConfig  # noqa: E402
-from attribution.jobs import run_attribution  # noqa: E402
-from attribution.records import list_regressions  # noqa: E402
+from spanprism.api.storage.connect import open_db  # noqa: E402
+from spanprism.attribution.detection.episodes import DetectionConfig  # noqa: E402
+from spanprism.attribution.passes.detect_pass import run_attribution  # noqa: E402
+from spanprism.attribution.store.records import list_regressions  # noqa: E402
 
 LEVELS = (0.02, 0.07, 0.2, 0.6)  # calls/s; 0.07 ≈ 20 calls per 5-min bucket
 
@@ -131,7 +131,7 @@ def _match(specs: list[SeriesSpec], shifts: list[Shift], by_service: dict[str, l
 
 def simulator(days: float, n_series: int, seed: int) -> None:
     """Detection against the labelled episodes of attribution/simulate.py (when it is present)."""
-    from attribution.simulate import SimulationConfig, simulate
+    from spanprism.attribution.simulator.simulate import SimulationConfig, simulate
 
     t0 = time.perf_counter()
     result = simulate(SimulationConfig(seed=seed, days=days, series=n_series, clean_days=2.0, rate_max=2.0))
@@ -206,7 +206,7 @@ def synthetic_rollups(rng: np.random.Generator, n_series: int, days: int, grain:
 
 def rollup_sql(n_calls: int, seed: int) -> None:
     """Time refresh_rollups on ``n_calls`` real calls spread over 100 series and 7 days."""
-    from attribution.rollups import refresh_rollups
+    from spanprism.attribution.store.rollups import refresh_rollups
 
     rate = n_calls / (100 * 7 * 86400)
     specs = [SeriesSpec(service=f"svc{i % 10}", model=f"m{i // 10}", rate=rate) for i in range(100)]

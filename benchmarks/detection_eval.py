@@ -1,8 +1,8 @@
 """Detection recall and false alarms on the realistic simulator, through the real product path.
 
-For each seed: ``attribution/simulate.py`` writes OTLP span exports + ``labels.jsonl`` (``api.evaluation``),
+For each seed: ``attribution/simulate.py`` writes OTLP span exports + ``labels.jsonl`` (``api.cli.evaluation``),
 the real ingest pipeline loads them into a DuckDB file, ``run_attribution`` detects, and
-``attribution.scoring.score`` matches the stored regression records against the injected episodes. Prints recall
+``evaluation.scoring.score`` matches the stored regression records against the injected episodes. Prints recall
 over all injected episodes, recall over the episodes whose p95 moved ≥ 15 % (as the simulator measured it),
 false alarms per series-week, and recall per scenario family; ``--misses`` lists every missed episode.
 
@@ -28,12 +28,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from api.db import open_db  # noqa: E402
-from api.evaluation import evaluate_folder, read_labels, write_simulation  # noqa: E402
-from attribution.jobs import run_attribution  # noqa: E402
-from attribution.records import list_regressions  # noqa: E402
-from attribution.scoring import Score, moved_pct, score  # noqa: E402
-from attribution.simulate import SimulationConfig  # noqa: E402
+from spanprism.api.cli.evaluation import evaluate_folder, read_labels, write_simulation  # noqa: E402
+from spanprism.api.storage.connect import open_db  # noqa: E402
+from spanprism.attribution.evaluation.scoring import Score, moved_pct, score  # noqa: E402
+from spanprism.attribution.passes.detect_pass import run_attribution  # noqa: E402
+from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
+from spanprism.attribution.store.records import list_regressions  # noqa: E402
 
 #: Tables the attribution job writes; cleared in the working copy so every run starts from ingested calls only.
 DERIVED_TABLES = ("episodes", "regressions", "baselines", "series_rollups", "rollup_dimensions", "rollup_batches",

@@ -1,7 +1,7 @@
 """End-to-end accuracy on held-out simulated workloads: detection AND attribution through the real product path.
 
-Per seed: simulated OTLP exports (``api.evaluation.write_simulation``) → the real ingest pipeline → detection →
-the shipped classifier (``api.cli_attribution.attribute``) → ``attribution.scoring.score`` against
+Per seed: simulated OTLP exports (``api.cli.evaluation.write_simulation``) → the real ingest pipeline → detection →
+the shipped classifier (``api.cli.attribution.attribute``) → ``attribution.evaluation.scoring.score`` against
 ``labels.jsonl``. The seeds default to ones used neither for training the classifier (1000–1039) nor for tuning
 detection (11, 12). Prints pooled detection recall, false alarms per series-week, per-class precision/recall/F1
 on detected episodes, the confusion matrix and reason accuracy; ``--json`` writes them too.
@@ -26,13 +26,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from detection_eval import DERIVED_TABLES, prepare  # noqa: E402
 
-from api.cli_attribution import attribute  # noqa: E402
-from api.cli_sim import print_score  # noqa: E402
-from api.db import open_db  # noqa: E402
-from api.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, read_labels, write_simulation  # noqa: E402
-from attribution.records import list_regressions  # noqa: E402
-from attribution.scoring import LABELS, Score, score  # noqa: E402
-from attribution.simulate import SimulationConfig  # noqa: E402
+from spanprism.api.cli.attribution import attribute  # noqa: E402
+from spanprism.api.cli.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, read_labels, write_simulation  # noqa: E402
+from spanprism.api.cli.sim import print_score  # noqa: E402
+from spanprism.api.storage.connect import open_db  # noqa: E402
+from spanprism.attribution.evaluation.scoring import LABELS, Score, score  # noqa: E402
+from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
+from spanprism.attribution.store.records import list_regressions  # noqa: E402
 
 ATTRIBUTION_TABLES = ("regression_attributions",)
 

@@ -8,7 +8,7 @@ child process so the peak-RSS numbers do not mix:
 
 * ``orjson``  — ``orjson.loads`` of every line and a span count: the practical floor of any ingester;
 * ``duckdb``  — DuckDB's own ``read_json`` of the file, unnested down to spans and counted;
-* ``ingest_wN`` — ``ingest.pipeline.ingest_paths(con, [file], workers=N)`` into a fresh DuckDB file;
+* ``ingest_wN`` — ``spanprism.ingest.pipeline.ingest_paths(con, [file], workers=N)`` into a fresh DuckDB file;
 * ``memcheck`` — the same ingest (1 worker) on a file 5× smaller: peak RSS should be about the same (streaming).
 
 It prints a table and writes ``DIR/ingest_benchmark.json``. See benchmarks/README.md.
@@ -103,7 +103,7 @@ def iter_rows(n: int, seed: int) -> Iterator[dict[str, Any]]:
 def generate(path: Path, llm_spans: int, seed: int) -> dict[str, Any]:
     """Write the export file (skipped when an identical one exists) and describe it."""
     sys.path.insert(0, str(ROOT))
-    from attribution.otlp_writer import write_export
+    from spanprism.attribution.simulator.otlp.writer import write_export
 
     meta = path.with_suffix(".meta.json")
     if path.exists() and meta.exists():
@@ -161,8 +161,8 @@ def child_duckdb(path: str, scratch: str) -> dict[str, Any]:
 
 def child_ingest(path: str, workers: int, db: str) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from api.db import open_db
-    from ingest.pipeline import ingest_paths
+    from spanprism.api.storage.connect import open_db
+    from spanprism.ingest.pipeline import ingest_paths
 
     for leftover in (db, db + ".wal"):
         Path(leftover).unlink(missing_ok=True)

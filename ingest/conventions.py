@@ -1,8 +1,8 @@
 """Which spans are LLM calls, which convention they speak, and the key priority tables of CONVENTIONS.md §7.
 
 Every canonical field has a tuple of source keys checked in order (first present wins); the tuples are module
-constants so the hot path never builds them. Token keys live in :mod:`ingest.tokens`, timing keys in
-:mod:`ingest.timing`, endpoint keys in :mod:`ingest.endpoints`.
+constants so the hot path never builds them. Token keys live in :mod:`spanprism.ingest.tokens`, timing keys in
+:mod:`spanprism.ingest.timing`, endpoint keys in :mod:`spanprism.ingest.endpoints`.
 
 Decisions documented here:
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from ingest.coerce import as_bool, as_str, first_str, json_object
-from ingest.endpoints import provider_from_host
+from spanprism.ingest.coerce import as_bool, as_str, first_str, json_object
+from spanprism.ingest.endpoints import provider_from_host
 
 LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "completion", "generate"})
 #: Legacy OpenLLMetry ``llm.request.type`` values that are generations, mapped to the semconv operation.

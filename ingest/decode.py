@@ -41,8 +41,8 @@ from typing import BinaryIO
 import orjson
 import zstandard
 
-from ingest import otlp_json, otlp_proto
-from ingest.framing import (
+from spanprism.ingest import otlp_json, otlp_proto
+from spanprism.ingest.framing import (
     GZIP_MAGIC,
     PREFIX_BYTES,
     ZSTD_MAGIC,
@@ -54,8 +54,8 @@ from ingest.framing import (
     iter_whole,
     read_up_to,
 )
-from ingest.otlp_json import DecodeError, show
-from ingest.records import DecodeResult, Quarantined, RawChunk, SpanRecord
+from spanprism.ingest.otlp_json import DecodeError, show
+from spanprism.ingest.records import DecodeResult, Quarantined, RawChunk, SpanRecord
 
 __all__ = ["SUPPORTED_FORMATS", "BodyTooLarge", "DecodeError", "RejectedChunk", "decode_bytes", "decode_chunk",
            "iter_chunks", "open_input", "sniff", "undo_content_encoding"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ingest.coerce import as_str, first_str
+from spanprism.ingest.coerce import as_str, first_str
 
 #: server_address fallbacks after ``server.address``: URLs whose host is the LLM endpoint.
 URL_KEYS: tuple[str, ...] = ("gen_ai.openai.api_base", "url.full", "http.url")

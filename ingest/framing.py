@@ -3,7 +3,7 @@
 :class:`Buffer` keeps the unconsumed bytes in front of the stream; the framers below never hold more
 than about ``chunk_bytes`` (or one record of at most ``max_record_bytes``). A record over the limit is
 skipped while reading, never buffered whole, and comes out as a :class:`RejectedChunk` that
-``decode_chunk`` turns into one quarantined item. Format sniffing and decoding live in ``ingest.decode``.
+``decode_chunk`` turns into one quarantined item. Format sniffing and decoding live in ``spanprism.ingest.decode``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ingest.records import RawChunk
+from spanprism.ingest.records import RawChunk
 
 __all__ = ["GZIP_MAGIC", "PREFIX_BYTES", "ZSTD_MAGIC", "Buffer", "Joined", "RejectedChunk", "iter_length_prefixed",
            "iter_lines", "iter_whole", "read_up_to"]

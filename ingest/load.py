@@ -21,9 +21,9 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from ingest.records import Quarantined
-from models.schema import LLM_CALLS_SCHEMA, conform
-from models.transaction import transaction
+from spanprism.ingest.records import Quarantined
+from spanprism.models.schema import LLM_CALLS_SCHEMA, conform
+from spanprism.models.transaction import transaction
 
 _TS = pa.timestamp("us", tz="UTC")
 

@@ -1,7 +1,7 @@
 """Normalize decoded spans into canonical ``llm_calls`` rows (pure; the loader writes them).
 
-``normalize(spans)`` keeps the spans that are LLM calls (see :func:`ingest.conventions.is_llm_span`), maps
-every instrumentation convention onto the columns of ``models.schema.LLM_CALLS_SCHEMA`` (CONVENTIONS.md §7,
+``normalize(spans)`` keeps the spans that are LLM calls (see :func:`spanprism.ingest.conventions.is_llm_span`), maps
+every instrumentation convention onto the columns of ``spanprism.models.schema.LLM_CALLS_SCHEMA`` (CONVENTIONS.md §7,
 first present wins), and quarantines the LLM spans that cannot be trusted, each with a precise reason and
 its raw bytes. Rows are built as tuples in column order and turned into one Arrow table per call, which keeps
 the per-span cost to dictionary lookups.
@@ -22,13 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from ingest import conventions as cv
-from ingest.coerce import Rejected, as_str, first_str
-from ingest.endpoints import DEPLOYMENT_HEADER, URL_KEYS, deployment, endpoint, region
-from ingest.records import NormalizeResult, Quarantined, SpanRecord
-from ingest.timing import EventSummary, derive_timing, summarize_events
-from ingest.tokens import extract_tokens
-from models.schema import LLM_CALL_COLUMNS, LLM_CALLS_SCHEMA
+from spanprism.ingest import conventions as cv
+from spanprism.ingest.coerce import Rejected, as_str, first_str
+from spanprism.ingest.endpoints import DEPLOYMENT_HEADER, URL_KEYS, deployment, endpoint, region
+from spanprism.ingest.records import NormalizeResult, Quarantined, SpanRecord
+from spanprism.ingest.timing import EventSummary, derive_timing, summarize_events
+from spanprism.ingest.tokens import extract_tokens
+from spanprism.models.schema import LLM_CALL_COLUMNS, LLM_CALLS_SCHEMA
 
 #: Keys read only by the rarely-needed extractors (request id, deployment, prompt key, invocation parameters):
 #: a span carrying none of them skips those calls, which keeps the typical span cheap.

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gc
 
-from ingest.decode import DecodeError, decode_bytes, undo_content_encoding
-from ingest.pipeline import ChunkOutput, process_decoded
-from ingest.records import Quarantined
-from models.schema import LLM_CALLS_SCHEMA
+from spanprism.ingest.decode import DecodeError, decode_bytes, undo_content_encoding
+from spanprism.ingest.pipeline import ChunkOutput, process_decoded
+from spanprism.ingest.records import Quarantined
+from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "zstd")
 MEDIA_TYPES = ("application/json", "application/x-protobuf", "application/protobuf")
@@ -41,7 +41,7 @@ def process_body(data: bytes, *, source: str, content_type: str, content_encodin
     """Decode and normalize one request body. Raises :class:`DecodeError` (or a subclass) if unusable as a whole."""
     check_headers(content_type, content_encoding)
     body = undo_content_encoding(data, content_encoding, limit)
-    # As in ingest.pipeline.process_chunk: the walk makes many short-lived, acyclic containers that the cyclic
+    # As in spanprism.ingest.pipeline.process_chunk: the walk makes many short-lived, acyclic containers that the cyclic
     # GC would rescan again and again.
     was_enabled = gc.isenabled()
     gc.disable()

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ingest.records import Quarantined, SpanEvent, SpanRecord
+from spanprism.ingest.records import Quarantined, SpanEvent, SpanRecord
 
 __all__ = ["KIND_NAMES", "STATUS_NAMES", "DecodeError", "SpanError", "any_value", "attributes", "decode_request",
            "decode_span", "parse_enum", "show", "span_id", "span_json"]

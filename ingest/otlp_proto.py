@@ -17,8 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from ingest.otlp_json import DecodeError, SpanError
-from ingest.records import Quarantined, SpanEvent, SpanRecord
+from spanprism.ingest.otlp_json import DecodeError, SpanError
+from spanprism.ingest.records import Quarantined, SpanEvent, SpanRecord
 
 __all__ = ["decode_request"]
 

@@ -22,10 +22,10 @@ from typing import BinaryIO
 import duckdb
 import pyarrow as pa
 
-from ingest.decode import decode_chunk, iter_chunks, open_input
-from ingest.load import BatchCounts, store_batch
-from ingest.normalize import normalize
-from ingest.records import DecodeResult, Quarantined, RawChunk
+from spanprism.ingest.decode import decode_chunk, iter_chunks, open_input
+from spanprism.ingest.load import BatchCounts, store_batch
+from spanprism.ingest.normalize import normalize
+from spanprism.ingest.records import DecodeResult, Quarantined, RawChunk
 
 #: Inputs smaller than this are processed in-process: spawning workers costs more than it saves.
 PARALLEL_MIN_BYTES = 16 << 20

@@ -85,7 +85,7 @@ class DecodeResult:
 
 @dataclass(slots=True)
 class NormalizeResult:
-    """Canonical rows (``models.schema.LLM_CALLS_SCHEMA``) plus counts for the ingest summary."""
+    """Canonical rows (``spanprism.models.schema.LLM_CALLS_SCHEMA``) plus counts for the ingest summary."""
 
     table: pa.Table
     quarantined: list[Quarantined] = field(default_factory=list)

@@ -18,10 +18,10 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
-from ingest import otlp_json, otlp_proto
-from ingest.decode import DecodeError, decode_chunk, iter_chunks, open_input, show
-from ingest.pipeline import ChunkOutput, process_decoded
-from ingest.records import DecodeResult, Quarantined
+from spanprism.ingest import otlp_json, otlp_proto
+from spanprism.ingest.decode import DecodeError, decode_chunk, iter_chunks, open_input, show
+from spanprism.ingest.pipeline import ChunkOutput, process_decoded
+from spanprism.ingest.records import DecodeResult, Quarantined
 
 _SPAN = re.compile(r"span \d+$")
 _RESOURCE = re.compile(r"resourceSpans\[\d+\]$")

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ingest.coerce import Rejected, seconds
-from ingest.records import SpanEvent
+from spanprism.ingest.coerce import Rejected, seconds
+from spanprism.ingest.records import SpanEvent
 
 CHUNK_EVENTS = frozenset({"gen_ai.content.completion.chunk", "llm.content.completion.chunk"})
 FIRST_TOKEN_EVENT = "First Token Stream Event"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ingest.coerce import Rejected, json_object, token_count
+from spanprism.ingest.coerce import Rejected, json_object, token_count
 
 INPUT_KEYS: tuple[str, ...] = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
 OUTPUT_KEYS: tuple[str, ...] = (

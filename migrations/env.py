@@ -1,21 +1,15 @@
 """Alembic environment for spanprism (DuckDB through duckdb_engine).
 
 Frozen history: nothing here imports application code. The caller passes a live connection in
-``config.attributes["connection"]`` (see ``api/db.py``) or a URL in ``sqlalchemy.url``.
+``config.attributes["connection"]`` (see ``api/storage/connect.py``) or a URL in ``sqlalchemy.url``.
 """
 
 from __future__ import annotations
 
 from alembic import context
-from alembic.ddl.impl import DefaultImpl
 from sqlalchemy import create_engine
 
-
-class AlembicDuckDBImpl(DefaultImpl):
-    """Teach Alembic the duckdb dialect name (it behaves like PostgreSQL for DDL)."""
-
-    __dialect__ = "duckdb"
-    transactional_ddl = True
+from spanprism.migrations import dialect  # noqa: F401  (registers the duckdb implementation)
 
 
 def _run(connection) -> None:

@@ -1,7 +1,7 @@
 """SQLAlchemy tables of the spanprism data model (DuckDB through duckdb_engine).
 
 The Alembic migrations in ``migrations/`` create exactly these; a test compares them. ``llm_calls`` mirrors
-:data:`models.schema.LLM_CALLS_SCHEMA` column for column.
+:data:`spanprism.models.schema.LLM_CALLS_SCHEMA` column for column.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
-from models.schema import LLM_CALLS_SCHEMA
+from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 # A constraint naming convention from day one keeps migrations reproducible.
 NAMING = {

@@ -14,7 +14,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from models.schema import conform
+from spanprism.models.schema import conform
 
 T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 REGIONS = {"eastus": (120.0, 12.0), "westeurope": (260.0, 18.0)}  # network ms, ITL ms

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.app import create_app
-from api.server import running
-from api.settings import Settings
+from spanprism.api.app import create_app
+from spanprism.api.server import running
+from spanprism.api.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
 

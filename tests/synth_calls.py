@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.schema import conform
+from spanprism.models.schema import conform
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 

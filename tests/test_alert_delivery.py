@@ -16,16 +16,16 @@ import orjson
 import pytest
 from conftest import live_server
 
-from api.alerts import outbox
-from api.alerts.delivery import retry_after
-from api.alerts.destinations import insert_destination
-from api.alerts.rules import Rule, insert_rule
-from api.alerts.webhook import verify_signature
-from api.alerts.worker import AlertWorker, Deliverer, enqueue_pass
-from api.database import Database
-from api.metrics import Metrics
-from api.server import free_port
-from api.settings import Settings
+from spanprism.api.alerts import outbox
+from spanprism.api.alerts.delivery import retry_after
+from spanprism.api.alerts.destinations import insert_destination
+from spanprism.api.alerts.rules import Rule, insert_rule
+from spanprism.api.alerts.webhook import verify_signature
+from spanprism.api.alerts.worker import AlertWorker, Deliverer, enqueue_pass
+from spanprism.api.metrics import Metrics
+from spanprism.api.server import free_port
+from spanprism.api.settings import Settings
+from spanprism.api.storage.database import Database
 
 EXEMPLAR = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
 

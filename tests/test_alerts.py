@@ -12,16 +12,16 @@ import pytest
 from conftest import ADMIN_KEY, live_server
 from test_alert_delivery import Receiver, add_destination, fast_settings, insert_regression, rows
 
-from api.alerts import config as alerts_config
-from api.alerts.delivery import backoff_s
-from api.alerts.destinations import load_destination
-from api.alerts.outbox import enqueue, plan
-from api.alerts.render import severity
-from api.alerts.rules import Rule
-from api.alerts.worker import Deliverer, enqueue_pass
-from api.cli import main
-from api.database import Database
-from api.metrics import Metrics
+from spanprism.api.alerts import config as alerts_config
+from spanprism.api.alerts.delivery import backoff_s
+from spanprism.api.alerts.destinations import load_destination
+from spanprism.api.alerts.outbox import enqueue, plan
+from spanprism.api.alerts.render import severity
+from spanprism.api.alerts.rules import Rule
+from spanprism.api.alerts.worker import Deliverer, enqueue_pass
+from spanprism.api.cli import main
+from spanprism.api.metrics import Metrics
+from spanprism.api.storage.database import Database
 
 SLACK_TOKEN = "T0SECRET/B0SECRET/slackTokenXYZ123"
 ROUTING_KEY = "pd-routing-key-SECRET-0123456789ab"

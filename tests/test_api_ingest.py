@@ -24,8 +24,8 @@ from google.protobuf.json_format import MessageToJson
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from test_api_otlp import genai_spans, new_key, stored
 
-from api import cli
-from api.server import free_port, wait_healthy
+from spanprism.api import cli
+from spanprism.api.server import free_port, wait_healthy
 
 BIN = Path(sys.executable).parent / "spanprism"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import ADMIN_KEY
 from test_alert_delivery import insert_regression, resolve
 
-from api.cli import main
+from spanprism.api.cli import main
 
 
 def test_health_ready_metrics(server):

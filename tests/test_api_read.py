@@ -16,11 +16,11 @@ import duckdb
 import pytest
 from conftest import ADMIN_KEY, Live, live_server
 
-from api.cli import main
-from api.database import Database
-from api.routers.series import PanelCache
-from attribution.records import list_regressions
-from models.tables import ROLLUP_METRICS
+from spanprism.api.cli import main
+from spanprism.api.routers.series import PanelCache
+from spanprism.api.storage.database import Database
+from spanprism.attribution.store.records import list_regressions
+from spanprism.models.tables import ROLLUP_METRICS
 
 API = "/api/v1"
 #: The simulated world ends 2026-10-03 12:00 UTC; health and panels are read as of this hour.

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from test_api_read import serve_world
 
-from api.app import create_app
-from api.ingest_service import ingest_service
-from api.scheduler import job_runner_service
-from api.settings import Settings
+from spanprism.api.app import create_app
+from spanprism.api.services.ingest import ingest_service
+from spanprism.api.services.scheduler import job_runner_service
+from spanprism.api.settings import Settings
 
 EXCLUDED = [("POST", "/api/v1/jobs/attribute"), ("POST", "/api/v1/alerts/destinations/{dest_id}/test")]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attribution.baselines import BASELINES, History, ParamsBatch, baseline_names, create_baseline
-from attribution.baselines.robust import nanmad_sd, nanmedian, nanquantile, profile_inflation
+from spanprism.attribution.baselines import BASELINES, History, ParamsBatch, baseline_names, create_baseline
+from spanprism.attribution.baselines.robust import nanmad_sd, nanmedian, nanquantile, profile_inflation
 
 START = pd.Timestamp("2026-03-02", tz="UTC")  # a Monday
 GRAIN = 300

@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import pytest
 from classifier_synth import calls
 
-from attribution.classifier import (
+from spanprism.attribution.classifier.features import FEATURE_NAMES
+from spanprism.attribution.classifier.model import (
     DEFAULT_ARTIFACT,
     LABELS,
     ArtifactError,
@@ -25,10 +26,9 @@ from attribution.classifier import (
     LogisticModel,
     load_default,
 )
-from attribution.features import FEATURE_NAMES
-from attribution.reasons import REASONS, pick_reason
-from attribution.simulate import SimulationConfig, simulate
-from attribution.training import LabelledWindow, labelled_windows, simulation_examples, train
+from spanprism.attribution.classifier.reasons import REASONS, pick_reason
+from spanprism.attribution.evaluation.training import LabelledWindow, labelled_windows, simulation_examples, train
+from spanprism.attribution.simulator.simulate import SimulationConfig, simulate
 
 RECORD_FIELDS = {"label", "reason", "confidence", "contributions_ms", "evidence", "exemplars"}
 #: Share of a scenario's episodes that must get the right label (the held-out bar is macro-F1 ≥ 0.9).
@@ -74,7 +74,7 @@ def test_tampered_artifacts_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="checksum"):
         Attributor.load(tmp_path / "edited.json")
     # A consistent checksum over a model that no longer reproduces its self-test is refused too.
-    from attribution.classifier import _checksum
+    from spanprism.attribution.classifier.model import _checksum
 
     raw["checksum"] = _checksum({k: v for k, v in raw.items() if k != "checksum"})
     (tmp_path / "rehashed.json").write_text(json.dumps(raw))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
-from api.db import open_db
-from api.evaluation import read_labels
-from attribution.labeling import feedback_examples
+from spanprism.api.cli import main
+from spanprism.api.cli.evaluation import read_labels
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.passes.label_pass import feedback_examples
 
 RECORD_KEYS = {"id", "series", "start", "end", "status", "metric", "baseline", "observed", "change_pct", "label",
                "reason", "confidence", "contributions_ms", "evidence", "exemplars"}  # fmt: skip

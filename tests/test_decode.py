@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
-from ingest.decode import (
+from spanprism.ingest.decode import (
     SUPPORTED_FORMATS,
     DecodeError,
     RejectedChunk,
@@ -45,7 +45,7 @@ from ingest.decode import (
     open_input,
     sniff,
 )
-from ingest.records import DecodeResult, RawChunk
+from spanprism.ingest.records import DecodeResult, RawChunk
 
 HERE = Path(__file__).resolve().parent
 CANONICAL = HERE / "fixtures" / "decode" / "canonical.jsonl"

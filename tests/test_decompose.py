@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from attribution.decompose import LABELS, decompose, parse_metric
-from attribution.shapley import exact_shapley, quantile_coupling, weighted_quantile
-from models.schema import conform
+from spanprism.attribution.decomposition.decompose import LABELS, decompose, parse_metric
+from spanprism.attribution.decomposition.shapley import exact_shapley, quantile_coupling, weighted_quantile
+from spanprism.models.schema import conform
 
 GOLDEN = Path(__file__).parent / "golden" / "decompose"
 #: name → (region, network ms, prefill ms per uncached token, ITL ms)

@@ -9,13 +9,20 @@ import pyarrow as pa
 import pytest
 from synth_calls import SeriesSpec, Shift, Surge, at, generate_calls, insert_calls
 
-from api.db import open_db
-from attribution import store
-from attribution.baselines import create_baseline
-from attribution.cusum import EpisodeTracker
-from attribution.detect import FAMILIES, DetectionConfig, Episode, FamilyPanel, detect_family, prefer_finer
-from attribution.jobs import run_attribution
-from attribution.records import list_regressions
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.baselines import create_baseline
+from spanprism.attribution.detection.cusum import EpisodeTracker
+from spanprism.attribution.detection.episodes import (
+    FAMILIES,
+    DetectionConfig,
+    Episode,
+    FamilyPanel,
+    detect_family,
+    prefer_finer,
+)
+from spanprism.attribution.passes.detect_pass import run_attribution
+from spanprism.attribution.store import state as store
+from spanprism.attribution.store.records import list_regressions
 
 DAY = 288
 START_S = 1_772_409_600  # 2026-03-02 00:00 UTC, a Monday

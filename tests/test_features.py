@@ -8,9 +8,7 @@ import pyarrow as pa
 import pytest
 from classifier_synth import calls
 
-from attribution.decompose import decompose
-from attribution.feature_windows import route_tv, window_of
-from attribution.features import (
+from spanprism.attribution.classifier.features import (
     EVIDENCE_ONLY,
     FEATURE_NAMES,
     EpisodeContext,
@@ -18,6 +16,8 @@ from attribution.features import (
     episode_features,
     feature_vector,
 )
+from spanprism.attribution.classifier.windows import route_tv, window_of
+from spanprism.attribution.decomposition.decompose import decompose
 
 
 def feats(base: pa.Table, epi: pa.Table, metric: str = "e2e_p95_ms", **kw: object) -> dict[str, float]:

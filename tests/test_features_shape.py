@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from classifier_synth import calls
 
-from attribution.decompose import decompose
-from attribution.feature_windows import window_of
-from attribution.features import EpisodeContext, episode_features
-from attribution.features_shape import shape_features, unrecorded_dims
-from attribution.reasons import pick_reason
-from attribution.training import LabelledWindow, _as_recorded
+from spanprism.attribution.classifier.features import EpisodeContext, episode_features
+from spanprism.attribution.classifier.reasons import pick_reason
+from spanprism.attribution.classifier.shape import shape_features, unrecorded_dims
+from spanprism.attribution.classifier.windows import window_of
+from spanprism.attribution.decomposition.decompose import decompose
+from spanprism.attribution.evaluation.training import LabelledWindow, _as_recorded
 
 ROUTES = ("region", "server_address")
 

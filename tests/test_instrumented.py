@@ -37,8 +37,8 @@ from instrumented.golden import golden_diff, golden_view
 from instrumented.harness import LIBS, ChildRun, run_children
 from instrumented.otlp_capture import read_records
 
-from api.db import open_db
-from ingest.pipeline import IngestSummary, ingest_paths
+from spanprism.api.storage.connect import open_db
+from spanprism.ingest.pipeline import IngestSummary, ingest_paths
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pytest
 from synth_calls import SeriesSpec, Shift, at, generate_calls
 
-from api.cli import main
-from api.db import open_db
-from attribution import runs
-from attribution.classifier import FEATURE_NAMES, fit_attributor
-from attribution.records import list_regressions
-from attribution.scoring import LABELS
-from ingest.load import store_batch
+from spanprism.api.cli import main
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.classifier.model import FEATURE_NAMES, fit_attributor
+from spanprism.attribution.evaluation.scoring import LABELS
+from spanprism.attribution.passes import runs
+from spanprism.attribution.store.records import list_regressions
+from spanprism.ingest.load import store_batch
 
 SPECS = [SeriesSpec(service="checkout", rate=0.05), SeriesSpec(service="search", rate=0.04, ttft_ms=300.0)]
 SHIFT = Shift(0, at(3, 8), 5 * 3600, 1.9, "ttft")

@@ -1,4 +1,9 @@
-"""Imports flow one way: api → attribution, ingest → models; migrations import nothing of ours."""
+"""Imports flow one way, between packages and between the rooms inside them.
+
+Packages: api → attribution, ingest → models; migrations import nothing of ours. Rooms (second-level sub-packages,
+or a package's root modules) have their own allowed set, so that e.g. the simulator stays a self-contained wing
+that only evaluation (and the CLI that drives it) imports, and detection never reaches into the classifier.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,90 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"api", "attribution", "ingest", "models", "migrations"}
-ALLOWED = {
-    "api": {"api", "attribution", "ingest", "models", "migrations"},
-    "attribution": {"attribution", "models"},
-    "ingest": {"ingest", "models"},
-    "models": {"models"},
+PACKAGES = ("api", "attribution", "ingest", "models", "migrations")
+
+# room → rooms it may import (besides itself). A room is "pkg.sub" for a sub-package, "pkg" for root modules.
+_ATTRIBUTION_CORE = {"attribution", "attribution.baselines", "models"}
+ALLOWED: dict[str, set[str]] = {
+    "models": set(),
     "migrations": set(),
+    "migrations.versions": set(),
+    "ingest": {"models"},
+    "attribution": {"models"},
+    "attribution.baselines": _ATTRIBUTION_CORE,
+    "attribution.detection": _ATTRIBUTION_CORE,
+    "attribution.decomposition": _ATTRIBUTION_CORE,
+    "attribution.store": _ATTRIBUTION_CORE | {"attribution.detection"},
+    "attribution.classifier": _ATTRIBUTION_CORE | {"attribution.decomposition", "attribution.store"},
+    "attribution.passes": _ATTRIBUTION_CORE
+    | {"attribution.detection", "attribution.decomposition", "attribution.classifier", "attribution.store"},
+    "attribution.simulator": {"models"},
+    "attribution.evaluation": _ATTRIBUTION_CORE
+    | {"attribution.decomposition", "attribution.classifier", "attribution.store", "attribution.simulator"},
+    "api.storage": {"migrations", "models"},
+}
+_PRODUCT = {r for r in ALLOWED if r.startswith("attribution") and r != "attribution.simulator"} | {"ingest", "models"}
+ALLOWED |= {
+    "api": {"api.storage", "api.services", "api.routers", "api.alerts"} | _PRODUCT,
+    "api.services": {"api", "api.storage"} | _PRODUCT,
+    "api.alerts": {"api", "api.storage"} | _PRODUCT,
+    "api.routers": {"api", "api.storage", "api.services", "api.alerts"} | _PRODUCT,
+    # The CLI drives the simulator (`simulate`, `evaluate`, `demo`), so it is the one api room allowed in.
+    "api.cli": {"api", "api.storage", "api.services", "api.alerts", "api.routers", "attribution.simulator"} | _PRODUCT,
 }
 
 
-def _imports(path: Path) -> set[str]:
+def _room(module: str) -> str:
+    """``spanprism.attribution.detection.cusum`` → ``attribution.detection``; root modules → their package."""
+    parts = module.split(".")[1:]
+    if len(parts) >= 2 and (ROOT / parts[0] / parts[1] / "__init__.py").exists():
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def _imported_rooms(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
-    return found & OURS
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        bare = [n for n in names if n.split(".")[0] in PACKAGES]
+        assert not bare, f"{path.relative_to(ROOT)} imports {bare}: ours are imported as spanprism.*"
+        found.update(_room(n) for n in names if n.startswith("spanprism."))
+    return found
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_dependency_direction(package):
-    for path in (ROOT / package).rglob("*.py"):
-        bad = _imports(path) - ALLOWED[package]
-        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+def _python_files() -> list[Path]:
+    return [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+
+
+def test_every_room_has_a_rule_and_a_docstring():
+    rooms = {_room("spanprism." + ".".join(p.relative_to(ROOT).with_suffix("").parts)) for p in _python_files()}
+    assert rooms <= set(ALLOWED), f"rooms without an import rule: {sorted(rooms - set(ALLOWED))}"
+    for room in rooms:
+        init = ROOT / room.replace(".", "/") / "__init__.py"
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(ROOT)} says nothing of what it owns"
+
+
+@pytest.mark.parametrize("path", _python_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_dependency_direction(path: Path):
+    me = _room("spanprism." + ".".join(path.relative_to(ROOT).with_suffix("").parts))
+    bad = _imported_rooms(path) - ALLOWED[me] - {me}
+    assert not bad, f"{path.relative_to(ROOT)} ({me}) imports {sorted(bad)}"
+
+
+def test_tests_and_benchmarks_use_the_installed_names():
+    for folder in ("tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            _imported_rooms(path)
+
+
+def test_benchmarks_import_nothing_from_tests():
+    for path in (ROOT / "benchmarks").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                assert node.module.split(".")[0] not in {"tests", "support"}, f"{path.name} imports {node.module}"

@@ -8,10 +8,10 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from api.db import open_db
-from ingest.load import store_batch
-from ingest.records import Quarantined
-from models.schema import conform
+from spanprism.api.storage.connect import open_db
+from spanprism.ingest.load import store_batch
+from spanprism.ingest.records import Quarantined
+from spanprism.models.schema import conform
 
 
 def _calls(n: int, *, trace: str = "a" * 32) -> pa.Table:

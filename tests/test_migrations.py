@@ -5,9 +5,9 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from api import db
-from models import tables
-from models.schema import LLM_CALLS_SCHEMA
+from spanprism.api.storage import connect as db
+from spanprism.models import tables
+from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 
 def _columns(path, table: str) -> list[str]:
@@ -67,3 +67,20 @@ def test_open_db_upgrades_on_first_use(tmp_path):
 def test_memory_db_is_refused():
     with pytest.raises(ValueError):
         db.open_db(":memory:")
+
+
+@pytest.mark.parametrize("upgraded", [False, True])
+def test_db_current_in_a_fresh_process(tmp_path, upgraded):
+    """`spanprism db current` runs no migration, so Alembic's duckdb dialect must be known without env.py."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.duckdb"
+    if upgraded:
+        db.upgrade(path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spanprism.api.cli", "--db", str(path), "db", "current"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (db.head_revision() in proc.stdout) is upgraded

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.normalize import normalize
-from ingest.records import NormalizeResult, SpanRecord
-from models.schema import LLM_CALLS_SCHEMA, SOURCE_CONVENTIONS
+from spanprism.ingest.normalize import normalize
+from spanprism.ingest.records import NormalizeResult, SpanRecord
+from spanprism.models.schema import LLM_CALLS_SCHEMA, SOURCE_CONVENTIONS
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "normalize"

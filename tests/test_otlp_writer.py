@@ -1,8 +1,8 @@
-"""attribution.otlp_writer: structure of the OTLP JSON it writes, and round trips through the ingest pipeline.
+"""attribution.simulator.otlp.writer: structure of the OTLP JSON it writes, and round trips through the ingest pipeline.
 
 Structural tests check the envelope and value encoding (CONVENTIONS §6), each convention's keys, the chunk
 timing (TTFT and mean ITL exact, p95 close) and the OpenLIT non-streaming trap. Round-trip tests write rows
-in every convention, ingest them with ``ingest.pipeline.ingest_paths`` and compare the stored canonical rows
+in every convention, ingest them with ``spanprism.ingest.pipeline.ingest_paths`` and compare the stored canonical rows
 with the originals on every field that convention can carry.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from attribution.otlp_encoding import chunk_gaps_ms, to_ns
-from attribution.otlp_writer import CONVENTIONS, encode_call, iter_export_lines, write_export
+from spanprism.attribution.simulator.otlp.encoding import chunk_gaps_ms, to_ns
+from spanprism.attribution.simulator.otlp.writer import CONVENTIONS, encode_call, iter_export_lines, write_export
 
 HEX = re.compile(r"^[0-9a-f]+$")
 ANY_VALUE_KEYS = {"stringValue", "boolValue", "intValue", "doubleValue", "arrayValue", "kvlistValue", "bytesValue"}
@@ -316,8 +316,8 @@ def expected(row: Mapping[str, Any], convention: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory) -> tuple[dict[str, dict], dict[str, dict], Any, Any]:
     """All conventions' rows written to one export (with non-LLM siblings) and ingested once."""
-    from api.db import open_db
-    from ingest.pipeline import ingest_paths
+    from spanprism.api.storage.connect import open_db
+    from spanprism.ingest.pipeline import ingest_paths
 
     folder = tmp_path_factory.mktemp("roundtrip")
     originals = {row["span_id"]: row for seed, conv in enumerate(CONVENTIONS) for row in rows_for(conv, 100 + seed)}
@@ -389,8 +389,8 @@ def _timing_mismatches(row: Mapping[str, Any], got: Mapping[str, Any], conventio
 def test_arrow_rows_encode_like_dict_rows() -> None:
     import pyarrow as pa
 
-    from attribution.otlp_writer import iter_table_rows
-    from models.schema import conform
+    from spanprism.attribution.simulator.otlp.writer import iter_table_rows
+    from spanprism.models.schema import conform
 
     rows = rows_for("otel_semconv", seed=12)
     table = conform(pa.Table.from_pylist(rows))

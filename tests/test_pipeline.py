@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
-from api.db import open_db
-from attribution.otlp_writer import write_export
-from ingest import pipeline
-from ingest.pipeline import expand_sources, ingest_paths
+from spanprism.api.cli import main
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.simulator.otlp.writer import write_export
+from spanprism.ingest import pipeline
+from spanprism.ingest.pipeline import expand_sources, ingest_paths
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 CONVENTIONS = ("otel_semconv", "openinference", "openllmetry", "openlit", "langfuse", "vllm")
@@ -127,7 +127,7 @@ def test_cli_ingest_from_stdin(tmp_path: Path) -> None:
     write_export(path, _rows(9), seed=4)
     db = tmp_path / "stdin.duckdb"
     done = subprocess.run(
-        [sys.executable, "-m", "api.cli", "--db", str(db), "ingest", "--json", "-"],
+        [sys.executable, "-m", "spanprism.api.cli", "--db", str(db), "ingest", "--json", "-"],
         input=path.read_bytes(), capture_output=True, check=False, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()

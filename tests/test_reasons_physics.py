@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from attribution.decompose import decompose
-from attribution.feature_windows import window_of
-from attribution.features import EpisodeContext, episode_features
-from attribution.features_shape import host_intercept_shift_ms, input_growth_taper
-from attribution.reasons import PREFIX_TAPER, REGION_RTT_MS, pick_reason
-from models.schema import conform
+from spanprism.attribution.classifier.features import EpisodeContext, episode_features
+from spanprism.attribution.classifier.reasons import PREFIX_TAPER, REGION_RTT_MS, pick_reason
+from spanprism.attribution.classifier.shape import host_intercept_shift_ms, input_growth_taper
+from spanprism.attribution.classifier.windows import window_of
+from spanprism.attribution.decomposition.decompose import decompose
+from spanprism.models.schema import conform
 
 T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 #: host -> (region, network round trip ms, per-token speed multiplier)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from api.db import open_db
-from attribution.records import list_regressions
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.store.records import list_regressions
 
 
 def _insert(con, rid: str, change: float | None) -> None:

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from synth_calls import SeriesSpec, at, generate_calls, insert_calls
 
-from api.db import open_db
-from attribution.rollups import RollupConfig, pending_batches, refresh_rollups, series_key_sql
-from models.schema import conform
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.store.rollups import RollupConfig, pending_batches, refresh_rollups, series_key_sql
+from spanprism.models.schema import conform
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 

@@ -23,13 +23,13 @@ import pytest
 from conftest import ADMIN_KEY, live_server
 from synth_calls import SeriesSpec, Shift, at, generate_calls
 
-from api.cli import main
-from api.db import open_db
-from api.scheduler import crontab_day_of_week, job_runner_service, nightly_trigger, scheduler_service
-from attribution import runs
-from attribution.classifier import FEATURE_NAMES, fit_attributor
-from attribution.scoring import LABELS
-from ingest.load import store_batch
+from spanprism.api.cli import main
+from spanprism.api.services.scheduler import crontab_day_of_week, job_runner_service, nightly_trigger, scheduler_service
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.classifier.model import FEATURE_NAMES, fit_attributor
+from spanprism.attribution.evaluation.scoring import LABELS
+from spanprism.attribution.passes import runs
+from spanprism.ingest.load import store_batch
 
 SERVICES = [job_runner_service, scheduler_service]
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_cli_attribute_goes_through_the_server_that_holds_the_file(tmp_path, see
         # Another process finds the file locked and uses the server on the configured host/port.
         port = live.url.rsplit(":", 1)[1]
         env = {**os.environ, "SPANPRISM_PORT": port, "SPANPRISM_API_KEY": ADMIN_KEY}
-        proc = subprocess.run([sys.executable, "-m", "api.cli", "--db", str(live.settings.db), "jobs", "run",
+        proc = subprocess.run([sys.executable, "-m", "spanprism.api.cli", "--db", str(live.settings.db), "jobs", "run",
                                "nightly", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)  # fmt: skip
         assert proc.returncode == 0, proc.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from attribution.scoring import moved_pct, score
+from spanprism.attribution.evaluation.scoring import moved_pct, score
 
 HORIZON = datetime(2026, 10, 5, tzinfo=UTC)
 

@@ -21,8 +21,8 @@ from conftest import Live, live_server
 from test_alert_delivery import Receiver
 from test_api_read import build_world
 
-from api.alerts.webhook import verify_signature
-from attribution.records import list_regressions
+from spanprism.api.alerts.webhook import verify_signature
+from spanprism.attribution.store.records import list_regressions
 
 SECRET = "e2e-hmac-secret"
 

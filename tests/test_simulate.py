@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from attribution.scenarios import FAMILY_SPECS
-from attribution.simulate import FAMILIES, SimulationConfig, simulate, write_labels
-from models.schema import LLM_CALLS_SCHEMA
+from spanprism.attribution.simulator.scenarios import FAMILY_SPECS
+from spanprism.attribution.simulator.simulate import FAMILIES, SimulationConfig, simulate, write_labels
+from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 SMALL = SimulationConfig(seed=3, days=1.6, series=4, rate_min=0.05, rate_max=0.4)
 LABELS = {"prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth", "unexplained",

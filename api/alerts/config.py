@@ -29,9 +29,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from api.alerts.destinations import KINDS, config_id, get_destination, insert_destination
-from api.alerts.rules import Rule, insert_rule
-from api.database import Database
+from spanprism.api.alerts.destinations import KINDS, config_id, get_destination, insert_destination
+from spanprism.api.alerts.rules import Rule, insert_rule
+from spanprism.api.storage.database import Database
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

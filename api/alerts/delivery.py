@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from api.alerts import pagerduty, slack, webhook
-from api.alerts.destinations import DEFAULT_PAGERDUTY_URL, Destination, mask
-from api.alerts.render import Links
+from spanprism.api.alerts import pagerduty, slack, webhook
+from spanprism.api.alerts.destinations import DEFAULT_PAGERDUTY_URL, Destination, mask
+from spanprism.api.alerts.render import Links
 
 
 @dataclass(frozen=True)

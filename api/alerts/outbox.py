@@ -27,8 +27,8 @@ from typing import Any
 import duckdb
 import orjson
 
-from api.alerts.rules import Rule
-from attribution.records import MIN_REPORTED_CHANGE_PCT
+from spanprism.api.alerts.rules import Rule
+from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT
 
 STATUSES = ("pending", "sent", "failed", "expired")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.alerts.render import Links, severity, summary, top_contributions
+from spanprism.api.alerts.render import Links, severity, summary, top_contributions
 
 
 def event(record: dict[str, Any], action: str, routing_key: str, links: Links, *,

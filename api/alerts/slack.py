@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.alerts.render import Links, metric_line, series_name, summary, top_contributions
+from spanprism.api.alerts.render import Links, metric_line, series_name, summary, top_contributions
 
 
 def _clip(text: str, limit: int) -> str:

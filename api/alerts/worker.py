@@ -16,15 +16,15 @@ from typing import Any
 
 import httpx
 
-from api.alerts import outbox
-from api.alerts.delivery import Outcome, backoff_s, install_log_redaction, prepare, send
-from api.alerts.destinations import load_destination
-from api.alerts.render import Links
-from api.alerts.rules import list_rules
-from api.database import Database
-from api.metrics import Metrics
-from api.settings import Settings
-from attribution.records import list_regressions
+from spanprism.api.alerts import outbox
+from spanprism.api.alerts.delivery import Outcome, backoff_s, install_log_redaction, prepare, send
+from spanprism.api.alerts.destinations import load_destination
+from spanprism.api.alerts.render import Links
+from spanprism.api.alerts.rules import list_rules
+from spanprism.api.metrics import Metrics
+from spanprism.api.settings import Settings
+from spanprism.api.storage.database import Database
+from spanprism.attribution.store.records import list_regressions
 
 log = logging.getLogger("spanprism.alerts")
 
@@ -142,7 +142,7 @@ class AlertWorker:
         self.deliverer: Deliverer | None = None
 
     def start(self) -> None:
-        from api.alerts.config import sync_from_env
+        from spanprism.api.alerts.config import sync_from_env
 
         sync_from_env(self.db)
         runner = getattr(self.app_state, "job_runner", None)
@@ -186,5 +186,5 @@ class AlertWorker:
 
 
 def alert_worker(settings: Settings, db: Database, metrics: Metrics, app_state: Any) -> AlertWorker:
-    """The service factory listed in ``api.app._service_factories``."""
+    """The service factory listed in ``spanprism.api.app._service_factories``."""
     return AlertWorker(settings, db, metrics, app_state)

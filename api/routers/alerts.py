@@ -8,12 +8,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from api.alerts import destinations as dst
-from api.alerts import rules as rl
-from api.alerts.delivery import install_log_redaction, prepare, send
-from api.alerts.outbox import STATUSES, list_outbox
-from api.alerts.render import SAMPLE_RECORD, Links
-from api.deps import AdminAuth, DbDep, SettingsDep
+from spanprism.api.alerts import destinations as dst
+from spanprism.api.alerts import rules as rl
+from spanprism.api.alerts.delivery import install_log_redaction, prepare, send
+from spanprism.api.alerts.outbox import STATUSES, list_outbox
+from spanprism.api.alerts.render import SAMPLE_RECORD, Links
+from spanprism.api.deps import AdminAuth, DbDep, SettingsDep
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import DbDep, ReadAuth
-from api.schemas import BaselineList, BaselinePublic, PageDep
-from attribution import panels
+from spanprism.api.deps import DbDep, ReadAuth
+from spanprism.api.schemas import BaselineList, BaselinePublic, PageDep
+from spanprism.attribution.store import panels
 
 router = APIRouter(tags=["baselines"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from api.deps import DbDep, ReadAuth, SettingsDep
-from api.schemas import CallList, PageDep, Since, Until, window
-from attribution import panels
+from spanprism.api.deps import DbDep, ReadAuth, SettingsDep
+from spanprism.api.schemas import CallList, PageDep, Since, Until, window
+from spanprism.attribution.store import panels
 
 router = APIRouter(tags=["calls"])
 

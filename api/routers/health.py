@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import db as dbmod
-from api.deps import DbDep, MetricsDep
+from spanprism.api.deps import DbDep, MetricsDep
+from spanprism.api.storage import connect as dbmod
 
 router = APIRouter(tags=["operations"])
 

@@ -18,13 +18,13 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from api.database import Database
-from api.deps import DbDep, IngestAuth, MetricsDep, ReadAuth, SettingsDep
-from api.routers.otlp import read_body_to
-from api.schemas import PageDep, Since, Until, window
-from api.settings import Settings
-from ingest.decode import BodyTooLarge
-from ingest.pipeline import IngestSummary, ingest_paths
+from spanprism.api.deps import DbDep, IngestAuth, MetricsDep, ReadAuth, SettingsDep
+from spanprism.api.routers.otlp import read_body_to
+from spanprism.api.schemas import PageDep, Since, Until, window
+from spanprism.api.settings import Settings
+from spanprism.api.storage.database import Database
+from spanprism.ingest.decode import BodyTooLarge
+from spanprism.ingest.pipeline import IngestSummary, ingest_paths
 
 router = APIRouter(prefix="/ingest", tags=["ingest"])
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 
-from api.deps import AdminAuth, ReadAuth, SettingsDep
-from api.scheduler import JobRunner
-from attribution import runs
+from spanprism.api.deps import AdminAuth, ReadAuth, SettingsDep
+from spanprism.api.services.scheduler import JobRunner
+from spanprism.attribution.passes import runs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

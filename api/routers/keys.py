@@ -8,8 +8,8 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
-from api.deps import AdminAuth, DbDep, principal_cache
-from api.security import create_key, list_keys, revoke_key
+from spanprism.api.deps import AdminAuth, DbDep, principal_cache
+from spanprism.api.security import create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 

@@ -22,12 +22,12 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from api.deps import require
-from api.ingest_service import IngestService, QueueFull, ShuttingDown
-from api.security import Principal
-from ingest.decode import BodyTooLarge, DecodeError
-from ingest.otlp_http import UnsupportedMedia, check_headers, media_type, quarantined_body
-from ingest.records import Quarantined
+from spanprism.api.deps import require
+from spanprism.api.security import Principal
+from spanprism.api.services.ingest import IngestService, QueueFull, ShuttingDown
+from spanprism.ingest.decode import BodyTooLarge, DecodeError
+from spanprism.ingest.otlp_http import UnsupportedMedia, check_headers, media_type, quarantined_body
+from spanprism.ingest.records import Quarantined
 
 router = APIRouter(tags=["otlp"])
 

@@ -1,6 +1,6 @@
 """Quarantined records: list them (raw bytes not inline), fetch one's raw bytes, re-drive them with current code.
 
-Re-drive re-decodes and normalizes each selected record's raw bytes (``ingest.redrive``). A record that now
+Re-drive re-decodes and normalizes each selected record's raw bytes (``spanprism.ingest.redrive``). A record that now
 parses has its calls stored (one new ingest batch, source ``redrive``) and gets ``redriven_at``; one that still
 fails stays, with its reason updated to what the current code says. Both happen in one transaction.
 """
@@ -14,13 +14,13 @@ import pyarrow as pa
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, model_validator
 
-from api.database import Database
-from api.deps import AdminAuth, DbDep, MetricsDep, ReadAuth, SettingsDep
-from api.schemas import PageDep, window
-from api.settings import Settings
-from ingest.load import BatchInput, store_batches
-from ingest.pipeline import ChunkOutput, merge_outputs
-from ingest.redrive import redrive_record
+from spanprism.api.deps import AdminAuth, DbDep, MetricsDep, ReadAuth, SettingsDep
+from spanprism.api.schemas import PageDep, window
+from spanprism.api.settings import Settings
+from spanprism.api.storage.database import Database
+from spanprism.ingest.load import BatchInput, store_batches
+from spanprism.ingest.pipeline import ChunkOutput, merge_outputs
+from spanprism.ingest.redrive import redrive_record
 
 router = APIRouter(prefix="/quarantine", tags=["quarantine"])
 

@@ -10,10 +10,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
-from api.database import Database
-from api.deps import AdminAuth, DbDep, ReadAuth, SettingsDep
-from api.routers.series import cached_json
-from api.schemas import (
+from spanprism.api.deps import AdminAuth, DbDep, ReadAuth, SettingsDep
+from spanprism.api.routers.series import cached_json
+from spanprism.api.schemas import (
     FeedbackCreate,
     FeedbackPublic,
     Label,
@@ -24,9 +23,10 @@ from api.schemas import (
     Until,
     window,
 )
-from attribution.classifier import Attributor, load_default
-from attribution.labeling import list_feedback, record_feedback, regression_features
-from attribution.records import list_regressions
+from spanprism.api.storage.database import Database
+from spanprism.attribution.classifier.model import Attributor, load_default
+from spanprism.attribution.passes.label_pass import list_feedback, record_feedback, regression_features
+from spanprism.attribution.store.records import list_regressions
 
 router = APIRouter(prefix="/regressions", tags=["regressions"])
 

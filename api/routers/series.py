@@ -16,9 +16,8 @@ import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.database import Database
-from api.deps import DbDep, ReadAuth, SettingsDep
-from api.schemas import (
+from spanprism.api.deps import DbDep, ReadAuth, SettingsDep
+from spanprism.api.schemas import (
     MetricName,
     MetricNames,
     MetricSeries,
@@ -30,10 +29,11 @@ from api.schemas import (
     Until,
     window,
 )
-from attribution import panels
-from attribution.detect import FAMILIES
-from attribution.rollups import RollupConfig
-from models.schema import ROUTE_COLUMNS
+from spanprism.api.storage.database import Database
+from spanprism.attribution.detection.episodes import FAMILIES
+from spanprism.attribution.store import panels
+from spanprism.attribution.store.rollups import RollupConfig
+from spanprism.models.schema import ROUTE_COLUMNS
 
 router = APIRouter(tags=["series"])
 

@@ -1,9 +1,9 @@
 """Baselines: what a metric normally is for a series at a given time. One module per kind, one contract.
 
-See :mod:`attribution.baselines.base` for the contract and the registry.
+See :mod:`spanprism.attribution.baselines.base` for the contract and the registry.
 """
 
-from attribution.baselines.base import (
+from spanprism.attribution.baselines.base import (
     BASELINES,
     Baseline,
     History,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from attribution.baselines.robust import MAD_TO_SD, nanmedian, nanmedian_and_quantile
+from spanprism.attribution.baselines.robust import MAD_TO_SD, nanmedian, nanmedian_and_quantile
 
 DAY_S = 86400
 #: |deviation| 90th percentile → MAD under normality (0.6745 / 1.645).
@@ -32,8 +32,8 @@ TAIL_TO_MAD = 0.6745 / 1.6449
 
 #: name → "module:Class"; modules are imported only when a baseline is created.
 BASELINES: dict[str, str] = {
-    "rolling": "attribution.baselines.rolling:RollingBaseline",
-    "seasonal": "attribution.baselines.seasonal:SeasonalBaseline",
+    "rolling": "spanprism.attribution.baselines.rolling:RollingBaseline",
+    "seasonal": "spanprism.attribution.baselines.seasonal:SeasonalBaseline",
 }
 
 

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from attribution.baselines.base import DAY_S, Baseline, History
-from attribution.baselines.robust import count_valid, nanmad_sd, nanmedian, profile_inflation, spread_upper
+from spanprism.attribution.baselines.base import DAY_S, Baseline, History
+from spanprism.attribution.baselines.robust import count_valid, nanmad_sd, nanmedian, profile_inflation, spread_upper
 
 
 class RollingBaseline(Baseline):

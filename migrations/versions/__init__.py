@@ -1,1 +1,1 @@
-"""spanprism package."""
+"""Alembic revision scripts, one per schema step; never edited once released."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.pipeline import IngestSummary
+from spanprism.ingest.pipeline import IngestSummary
 
 #: Golden timings only grow with machine load (+170 ms seen on a 7 ms call with two copies of this module and
 #: benchmarks sharing the 2 cores), so a golden timing pins presence and scale: [golden / 2 − 5 ms,

@@ -1,0 +1,68 @@
+"""The server's one handle on the DuckDB file: shared reads, serialized writes.
+
+DuckDB allows one writing *process*; inside it, many cursors of one connection may read at once, and concurrent
+writers only conflict. The service keeps writes to one at a time with ``write_lock`` (the OTLP writer thread,
+attribution passes, the alert outbox and API edits all take it), so a write never fails on a conflict and the file
+has exactly one writer, as DESIGN.md asks. ``generation`` moves on every finished attribution pass so read
+caches (dashboard panels) know when to drop their answers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from spanprism.api.storage import connect as db
+from spanprism.models.transaction import transaction
+
+
+class Database:
+    """An open, migrated DuckDB file with a read cursor factory and a process-wide write lock."""
+
+    def __init__(self, path: str | os.PathLike[str], *, migrate: bool = True) -> None:
+        self.path = Path(path)
+        self.con = db.open_db(self.path, migrate=migrate)
+        self.write_lock = threading.RLock()
+        self.generation = 0
+        self._closed = False
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own for one request or job step (cursors are cheap; one per thread is required)."""
+        cur = self.con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside BEGIN … COMMIT, holding the write lock for the whole unit of work."""
+        with self.write_lock, transaction(self.con) as cur:
+            yield cur
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor holding the write lock, for code that manages its own transactions (ingest, attribution)."""
+        with self.write_lock:
+            cur = self.con.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
+    def bump_generation(self) -> None:
+        """Tell read caches that stored results changed (call after an attribution pass)."""
+        self.generation += 1
+
+    def close(self) -> None:
+        """Close the connection once (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            with self.write_lock:
+                self.con.close()

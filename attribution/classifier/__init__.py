@@ -1,0 +1,1 @@
+"""The attribution classifier: episode features, reasons, exemplars, the fitted model."""

@@ -1,0 +1,52 @@
+"""Exemplar traces of an episode: the calls that look like its typical *regressed* call.
+
+The typical regressed call is a synthetic point: the episode's p90 of the regressed quantity (the slow calls the
+p95 is made of, without the one-off outliers at the very top) with median covariates (input, cache-read and
+output tokens). The exemplars are the episode's ok calls nearest to it in a standardized space of log tokens and
+log latency, so a reader who opens them sees a slow call of ordinary shape, not a freak. Ties are broken by
+(trace_id, span_id): the answer does not depend on row order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from spanprism.attribution.classifier.windows import Window, window_of
+
+#: How many exemplars to return (at least 3 whenever the episode has 3 ok calls).
+DEFAULT_COUNT = 5
+TYPICAL_QUANTILE = 0.9
+
+
+def _quantity(w: Window, metric: str) -> np.ndarray:
+    if metric.startswith("ttft_"):
+        return w.ttft
+    if metric.startswith("itl_"):
+        return w.itl
+    return w.duration
+
+
+def _robust_scale(x: np.ndarray) -> float:
+    mad = float(np.median(np.abs(x - np.median(x)))) * 1.4826
+    return mad if mad > 1e-9 else max(float(np.std(x)), 1.0)
+
+
+def pick_exemplars(episode_calls: pa.Table, *, metric: str = "e2e_p95_ms", count: int = DEFAULT_COUNT) -> list[dict]:
+    """Up to ``count`` ``{"trace_id", "span_id"}`` of episode calls nearest to the typical regressed call."""
+    w = window_of(episode_calls)
+    latency = _quantity(w, metric)
+    keep = np.isfinite(latency) & (latency > 0)
+    if not np.any(keep):  # e.g. a TTFT metric on calls without TTFT: fall back to the span duration
+        latency, keep = w.duration, w.duration > 0
+    idx = np.flatnonzero(keep)
+    if idx.size == 0:
+        return []
+    coords = np.column_stack([np.log1p(w.input[idx]), np.log1p(w.cached[idx]), np.log1p(w.output[idx]),
+                              np.log(latency[idx])])
+    target = np.median(coords, axis=0)
+    target[-1] = np.quantile(coords[:, -1], TYPICAL_QUANTILE)
+    scales = np.array([_robust_scale(coords[:, j]) for j in range(coords.shape[1])])
+    dist = np.sqrt((((coords - target) / scales) ** 2).sum(axis=1))
+    order = np.lexsort((w.span_id[idx], w.trace_id[idx], np.round(dist, 12)))
+    return [{"trace_id": str(w.trace_id[idx[i]]), "span_id": str(w.span_id[idx[i]])} for i in order[:count]]

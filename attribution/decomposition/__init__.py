@@ -1,0 +1,1 @@
+"""Latency decomposition: how many milliseconds of a change each mechanism caused."""

@@ -1,0 +1,1 @@
+"""Regression detection: per-series episode tests over rollups (CUSUM state machine, episodes)."""

@@ -1,0 +1,1 @@
+"""Scoring attribution against injected ground truth, and training the classifier on simulations."""

@@ -1,0 +1,227 @@
+"""The attribution pass: give every detected regression its label, reason, confidence, contributions and exemplars.
+
+For each regression it reads the series' calls in the episode window and in a clean baseline window just before
+it (other regressions of the series cut out), builds the cross-series context (how many other series of the same
+provider regressed at the same time), asks the :class:`~attribution.classifier.model.Attributor`, and stores the answer
+in ``regression_attributions``. A regression is re-attributed only when detection updated it since.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from spanprism.attribution.classifier.features import EpisodeContext
+from spanprism.attribution.classifier.model import VERSION, Attribution, Attributor
+from spanprism.attribution.classifier.reasons import REASONS
+from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT
+from spanprism.models.transaction import transaction
+
+_SERIES = ("service", "provider", "request_model", "operation")
+_MIN_BASELINE_CALLS = 30
+
+
+@dataclass(slots=True)
+class LabelSummary:
+    """What one attribution pass did."""
+
+    attributed: int = 0
+    skipped_no_data: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Regression:
+    id: str
+    series: tuple[Any, ...]
+    tenant: str | None
+    start: datetime
+    end: datetime | None
+    metric: str
+    provider: str | None
+
+
+def _pending(con: duckdb.DuckDBPyConnection, *, force: bool) -> list[_Regression]:
+    fresh = "" if force else " AND (a.regression_id IS NULL OR a.attributed_at < r.updated_at)"
+    rows = con.execute(
+        "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time, r.metric"
+        " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
+        f" WHERE r.change_pct >= ?{fresh} ORDER BY r.start_time, r.id",
+        [MIN_REPORTED_CHANGE_PCT],
+    ).fetchall()
+    return [_Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2]) for r in rows]
+
+
+def _series_where(reg: _Regression) -> tuple[str, list[Any]]:
+    clauses = [f"{col} IS NOT DISTINCT FROM ?" for col in _SERIES]
+    params = list(reg.series)
+    if reg.tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(reg.tenant)
+    return " AND ".join(clauses), params
+
+
+def _calls(con: duckdb.DuckDBPyConnection, reg: _Regression, lo: datetime, hi: datetime, cut: list[tuple]) -> pa.Table:
+    where, params = _series_where(reg)
+    # Other regressions of the series are cut out of the baseline: they are not "normal".
+    for start, end in cut:
+        where += " AND NOT (start_time >= ? AND start_time < ?)"
+        params += [start, end]
+    return con.sql(
+        f"SELECT * FROM llm_calls WHERE {where} AND start_time >= ? AND start_time < ? ORDER BY start_time",
+        params=[*params, lo, hi],
+    ).to_arrow_table()
+
+
+def _other_windows(con: duckdb.DuckDBPyConnection, reg: _Regression, until: datetime) -> list[tuple]:
+    rows = con.execute(
+        "SELECT start_time, coalesce(end_time, ?) FROM regressions WHERE id <> ? AND service IS NOT DISTINCT FROM ?"
+        " AND provider IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+        " AND operation IS NOT DISTINCT FROM ?",
+        [until, reg.id, *reg.series],
+    ).fetchall()
+    return [(s, e) for s, e in rows]
+
+
+def _context(con: duckdb.DuckDBPyConnection, reg: _Regression, end: datetime) -> EpisodeContext:
+    """Other series of the same provider with traffic in the window, and how many of them regressed meanwhile."""
+    if reg.provider is None:
+        return EpisodeContext()
+    peers = con.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT service, request_model, operation FROM llm_calls"
+        " WHERE provider = ? AND start_time >= ? AND start_time < ?"
+        " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+        " AND operation IS NOT DISTINCT FROM ?))",
+        [reg.provider, reg.start, end, reg.series[0], reg.series[2], reg.series[3]],
+    ).fetchall()[0][0]
+    regressed = con.execute(
+        "SELECT count(DISTINCT series_key) FROM regressions WHERE provider = ? AND id <> ?"
+        " AND start_time < ? AND coalesce(end_time, ?) > ?"
+        " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+        " AND operation IS NOT DISTINCT FROM ?)",
+        [reg.provider, reg.id, end, end, reg.start, reg.series[0], reg.series[2], reg.series[3]],
+    ).fetchall()[0][0]
+    return EpisodeContext(peers=int(peers), peers_regressed=int(min(regressed, peers)))
+
+
+def _windows(con: duckdb.DuckDBPyConnection, reg: _Regression, baseline_hours: float) -> tuple[pa.Table, pa.Table]:
+    where, params = _series_where(reg)
+    last = con.execute(f"SELECT max(start_time) FROM llm_calls WHERE {where}", params).fetchall()[0][0]
+    end = reg.end or (last + timedelta(microseconds=1) if last else reg.start)
+    episode = _calls(con, reg, reg.start, end, [])
+    cut = _other_windows(con, reg, end)
+    baseline = pa.table({})
+    for hours in (baseline_hours, baseline_hours * 3):  # sparse series: look further back before giving up
+        baseline = _calls(con, reg, reg.start - timedelta(hours=hours), reg.start, cut)
+        if baseline.num_rows >= _MIN_BASELINE_CALLS:
+            break
+    return baseline, episode
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _store(con: duckdb.DuckDBPyConnection, reg_id: str, att: Attribution, version: str, n: tuple[int, int]) -> None:
+    fields = att.to_record_fields()
+    with transaction(con) as cur:
+        cur.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [reg_id])
+        cur.execute(
+            "INSERT INTO regression_attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                reg_id, fields["label"], fields["reason"], fields["confidence"], _json(att.probabilities),
+                _json(fields["contributions_ms"]), _json(fields["evidence"]), _json(fields["exemplars"]),
+                version, n[0], n[1], datetime.now(UTC),
+            ],
+        )  # fmt: skip
+
+
+def regression_features(
+    con: duckdb.DuckDBPyConnection, attributor: Attributor, regression_id: str, *, baseline_hours: float = 24.0
+) -> dict[str, float] | None:
+    """The classifier features of one stored regression (for post-mortem feedback); None without enough data."""
+    regs = [r for r in _pending(con, force=True) if r.id == regression_id]
+    if not regs:
+        return None
+    reg = regs[0]
+    baseline, episode = _windows(con, reg, baseline_hours)
+    if baseline.num_rows < 3 or episode.num_rows < 3:
+        return None
+    end = reg.end or episode.column("start_time")[-1].as_py()
+    att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, reg, end))
+    return dict(att.features)
+
+
+def record_feedback(con: duckdb.DuckDBPyConnection, regression_id: str, *, label: str, reason: str | None = None,
+                    note: str | None = None, features: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Store the true label (and reason, note) of a regression from a post-mortem; returns the stored row.
+
+    ``features`` (from :func:`regression_features`) are kept with the label so that ``spanprism train
+    --with-feedback`` can learn from it. Raises ValueError for an unknown label or a reason of another label.
+    """
+    if label not in REASONS:
+        raise ValueError(f"unknown label {label!r}; known: {', '.join(REASONS)}")
+    if reason is not None and reason not in REASONS[label]:
+        raise ValueError(f"reason {reason!r} does not belong to {label}")
+    row = {"id": uuid.uuid4().hex, "regression_id": regression_id, "label": label, "reason": reason, "note": note,
+           "created_at": datetime.now(UTC)}  # fmt: skip
+    con.execute(
+        "INSERT INTO regression_feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [row["id"], regression_id, label, reason, note, _json(features) if features else None, row["created_at"]],
+    )
+    return row
+
+
+def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[dict[str, Any]]:
+    """Every post-mortem label recorded for one regression, oldest first."""
+    rows = con.execute(
+        "SELECT id, label, reason, note, created_at FROM regression_feedback WHERE regression_id = ?"
+        " ORDER BY created_at, id",
+        [regression_id],
+    ).fetchall()
+    return [{"id": r[0], "label": r[1], "reason": r[2], "note": r[3], "created_at": r[4]} for r in rows]
+
+
+def feedback_examples(con: duckdb.DuckDBPyConnection) -> list[tuple[dict[str, float], str, str | None]]:
+    """Post-mortem labels with their features, newest label per regression, for ``spanprism train --with-feedback``."""
+    rows = con.execute(
+        "SELECT features, label, reason FROM (SELECT *, row_number() OVER (PARTITION BY regression_id"
+        " ORDER BY created_at DESC) AS k FROM regression_feedback) WHERE k = 1 AND features IS NOT NULL"
+        " ORDER BY regression_id"
+    ).fetchall()
+    return [(orjson.loads(f), label, reason) for f, label, reason in rows]
+
+
+def label_regressions(
+    con: duckdb.DuckDBPyConnection,
+    attributor: Attributor,
+    *,
+    force: bool = False,
+    baseline_hours: float = 24.0,
+    seed: int = 0,
+) -> LabelSummary:
+    """Attribute every regression that is new or changed since its last attribution (all of them if ``force``)."""
+    summary = LabelSummary()
+    version = str(attributor.metadata.get("version", VERSION))
+    for reg in _pending(con, force=force):
+        baseline, episode = _windows(con, reg, baseline_hours)
+        if baseline.num_rows < 3 or episode.num_rows < 3:
+            summary.skipped_no_data.append(reg.id)
+            continue
+        end = reg.end or episode.column("start_time")[-1].as_py()
+        try:
+            att = attributor.attribute(
+                baseline, episode, metric=reg.metric, context=_context(con, reg, end), seed=seed
+            )
+        except ValueError as exc:  # e.g. a TTFT metric on a window without streaming calls
+            summary.failed[reg.id] = str(exc)
+            continue
+        _store(con, reg.id, att, version, (baseline.num_rows, episode.num_rows))
+        summary.attributed += 1
+    return summary

@@ -1,0 +1,247 @@
+"""Attribution passes and their ``job_runs`` records: which window to run, running it, remembering the outcome.
+
+A *pass* is detection (:func:`spanprism.attribution.passes.detect_pass.run_attribution`) then attribution
+(:func:`attribution.passes.label_pass.label_regressions`); :func:`attribute` composes them for the CLI, the demo and the
+scheduler alike. :func:`execute` runs one recorded pass of a kind:
+
+- ``incremental``: from the end of the last *covering* successful pass minus :data:`OVERLAP`, pulled back to the
+  oldest call of any ingest batch that arrived since that pass started (late data, and the window of a pass that
+  failed or was interrupted in between). No such batch → ``skipped``, no work.
+- ``nightly``: the last ``lookback_days`` of stored data (all history when 0), also pulled back to late data;
+  rollups, baselines and regressions of that span are rebuilt and re-attributed.
+- ``manual``: the requested ``[since, until)``, or everything.
+
+Passes are idempotent per window (regression ids are hashes of series, family and onset; rollups and regressions
+of a replayed span are replaced), so a window run twice — after a crash, a retry or an overlap — changes nothing.
+A run left ``running`` (or ``queued``) by a dead process is marked ``interrupted`` by :func:`mark_interrupted`;
+since windows start from the last *successful* pass, the next incremental pass catches its window up.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from spanprism.attribution.classifier.model import Attributor, load_default
+from spanprism.attribution.passes.detect_pass import run_attribution
+from spanprism.attribution.passes.label_pass import label_regressions
+
+log = logging.getLogger("spanprism.runs")
+
+KINDS = ("incremental", "nightly", "manual")
+TRIGGERS = ("scheduler", "api", "cli")
+STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "interrupted")
+FINISHED = frozenset({"succeeded", "failed", "skipped", "interrupted"})
+#: How long ``skipped`` runs (idle ticks, 288 a day at the default interval) stay in ``job_runs``.
+SKIPPED_KEPT = timedelta(days=7)
+#: How far an incremental window reaches back before the previous one ended: the largest rollup grain, so a
+#: coarse bucket that was still filling when the last pass ran is recomputed whole.
+OVERLAP = timedelta(hours=1)
+_COLUMNS = ("id", "kind", "trigger", "status", "queued_at", "started_at", "finished_at", "window_start",
+            "window_end", "counts", "error")  # fmt: skip
+_TIMES = ("queued_at", "started_at", "finished_at", "window_start", "window_end")
+
+
+def attribute(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    classifier: Attributor | str | Path | None = None,
+) -> dict[str, Any]:
+    """Detection then attribution over ``[since, until)`` (all data when both are None); returns the counts."""
+    attributor = classifier if isinstance(classifier, Attributor) else load_default(classifier)
+    detected = run_attribution(con, since=since, until=until)
+    labelled = label_regressions(con, attributor)
+    return {
+        "series": detected.series,
+        "regressions_open": detected.regressions_open,
+        "regressions_resolved": detected.regressions_resolved,
+        "attributed": labelled.attributed,
+        "not_enough_data": len(labelled.skipped_no_data),
+        "failed": labelled.failed,
+        "seconds": {k: round(v, 2) for k, v in detected.timings.items()},
+    }
+
+
+# --- run records --------------------------------------------------------------------------------------------------
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` as an aware UTC time (a naive time means UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def new_run(kind: str, trigger: str, *, since: datetime | None = None, until: datetime | None = None,
+            now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """A ``queued`` run record (not stored yet). A manual run's requested range is its window until it runs."""
+    if kind not in KINDS or trigger not in TRIGGERS:
+        raise ValueError(f"unknown run kind/trigger {kind!r}/{trigger!r}")
+    if since is not None and until is not None and as_utc(since) >= as_utc(until):  # type: ignore[operator]
+        raise ValueError("since must be before until")
+    now = now or datetime.now(UTC)
+    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:10]}"
+    return {"id": run_id, "kind": kind, "trigger": trigger, "status": "queued", "queued_at": now, "started_at": None,
+            "finished_at": None, "window_start": as_utc(since), "window_end": as_utc(until), "counts": {},
+            "error": None}  # fmt: skip
+
+
+def save_run(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> None:
+    """Insert or update one run record (autocommit: a record is never part of a pass's transaction)."""
+    values = [orjson.dumps(record["counts"]).decode() if c == "counts" else record[c] for c in _COLUMNS]
+    con.execute(f"INSERT OR REPLACE INTO job_runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values)  # fmt: skip
+
+
+def _record(row: tuple) -> dict[str, Any]:
+    record = dict(zip(_COLUMNS, row, strict=True))
+    record["counts"] = orjson.loads(record["counts"] or "{}")
+    for col in _TIMES:
+        record[col] = as_utc(record[col])
+    return record
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the API and ``--json`` show it: ISO-8601 UTC times."""
+    return {k: (v.isoformat() if k in _TIMES and v is not None else v) for k, v in record.items()}
+
+
+def get_run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any] | None:
+    """One stored run record, or None."""
+    rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE id = ?", [run_id]).fetchall()
+    return _record(rows[0]) if rows else None
+
+
+def list_runs(con: duckdb.DuckDBPyConnection, *, kind: str | None = None, status: str | None = None,
+              limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """Stored runs, newest first, optionally of one kind/status; returns (page, total matching)."""
+    where = " AND ".join(f"{col} = ?" for col, v in (("kind", kind), ("status", status)) if v is not None)
+    params = [v for v in (kind, status) if v is not None]
+    clause = f" WHERE {where}" if where else ""
+    total = con.execute(f"SELECT count(*) FROM job_runs{clause}", params).fetchall()[0][0]
+    rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs{clause} ORDER BY queued_at DESC, id DESC"
+                       " LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()  # fmt: skip
+    return [_record(r) for r in rows], total
+
+
+def mark_interrupted(con: duckdb.DuckDBPyConnection, *, now: datetime | None = None) -> int:
+    """Mark runs a dead process left ``running`` or ``queued`` as ``interrupted``; returns how many.
+
+    Call it only when this process owns the file (server start, a CLI run): then no such run can be alive.
+    """
+    now = now or datetime.now(UTC)
+    rows = con.execute("UPDATE job_runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, ?)"
+                       " WHERE status IN ('running', 'queued') RETURNING id",
+                       [now, "the process stopped before the run finished"]).fetchall()  # fmt: skip
+    return len(rows)
+
+
+# --- windows ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one pass covers: the range handed to the detection job and the data span recorded on the run."""
+
+    since: datetime | None
+    until: datetime | None
+    start: datetime | None
+    end: datetime | None
+    covering: bool  # covers every call stored when the pass started (a later incremental pass may build on it)
+
+
+def last_covering_success(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+    """The newest succeeded pass that covered all data stored when it started (incremental windows build on it)."""
+    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE status = 'succeeded'"
+                      " ORDER BY started_at DESC")  # fmt: skip
+    while rows := cur.fetchmany(100):
+        for row in rows:
+            record = _record(row)
+            if record["counts"].get("covering"):
+                return record
+    return None
+
+
+def _new_data(con: duckdb.DuckDBPyConnection, after: datetime | None) -> tuple[datetime, datetime] | None:
+    """Time span of the calls of batches stored after ``after`` (or never rolled up); None when there are none."""
+    batches = [r[0] for r in con.execute(
+        "SELECT id FROM ingest_batches WHERE calls_stored > 0 AND (finished_at > ? OR ? IS NULL"
+        " OR id NOT IN (SELECT ingest_batch FROM rollup_batches))", [after, after]).fetchall()]  # fmt: skip
+    if not batches:
+        return None
+    lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM llm_calls WHERE ingest_batch IN"
+                         " (SELECT unnest(?::VARCHAR[]))", [batches]).fetchall()[0]  # fmt: skip
+    return None if lo is None else (as_utc(lo), as_utc(hi))  # type: ignore[return-value]
+
+
+def _data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
+    lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM llm_calls").fetchall()[0]
+    return None if lo is None else (as_utc(lo), as_utc(hi))  # type: ignore[return-value]
+
+
+def plan(con: duckdb.DuckDBPyConnection, kind: str, *, since: datetime | None = None, until: datetime | None = None,
+         lookback_days: float = 0) -> Window | None:  # fmt: skip
+    """The window a pass of ``kind`` should cover now, or None when there is nothing to do."""
+    span = _data_span(con)
+    if span is None:
+        return None
+    last = last_covering_success(con)
+    new = _new_data(con, last["started_at"] if last else None)
+    if kind == "manual":
+        since, until = as_utc(since), as_utc(until)
+        lo = max(span[0], since) if since else span[0]
+        hi = min(span[1], until) if until else span[1]
+        covering = until is None and (since is None or new is None or since <= new[0])
+        return Window(since, until, lo, hi, covering) if lo <= hi else None
+    if kind == "nightly":
+        start = span[1] - timedelta(days=lookback_days) if lookback_days > 0 else None
+        if start is not None and new is not None:
+            start = min(start, new[0])
+        start = None if start is None or start <= span[0] else start
+        return Window(start, None, start or span[0], span[1], True)
+    if last is None:  # the first pass ever covers everything
+        return Window(None, None, span[0], span[1], True)
+    if new is None:
+        return None
+    start = min(last["window_end"] - OVERLAP, new[0]) if last["window_end"] else new[0]
+    return Window(start, None, start, span[1], True)
+
+
+# --- one pass -----------------------------------------------------------------------------------------------------
+
+
+def execute(con: duckdb.DuckDBPyConnection, record: dict[str, Any], *,
+            classifier: Attributor | str | Path | None = None, lookback_days: float = 0,
+            now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the pass ``record`` asks for and store its outcome; returns the final record (never raises on a pass
+    failure: the error is recorded as ``failed``). The caller must hold the only writer (``db.writer()``)."""
+    record = {**record, "status": "running", "started_at": now or datetime.now(UTC), "error": None}
+    save_run(con, record)
+    try:
+        window = plan(con, record["kind"], since=record["window_start"], until=record["window_end"],
+                      lookback_days=lookback_days)  # fmt: skip
+        if window is None:
+            reason = "no new data since the last successful pass" if record["kind"] == "incremental" else "no data"
+            record.update(status="skipped", counts={"reason": reason})
+            # An idle server records a skipped tick every few minutes; keep only the recent ones.
+            con.execute("DELETE FROM job_runs WHERE status = 'skipped' AND finished_at < ?",
+                        [record["started_at"] - SKIPPED_KEPT])  # fmt: skip
+        else:
+            record.update(window_start=window.start, window_end=window.end)
+            counts = attribute(con, since=window.since, until=window.until, classifier=classifier)
+            record.update(status="succeeded", counts={**counts, "covering": window.covering})
+    except Exception as exc:  # a failed pass is a recorded outcome; the next pass catches its window up
+        log.exception("attribution pass %s failed", record["id"])
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    record["finished_at"] = datetime.now(UTC)
+    save_run(con, record)
+    return record

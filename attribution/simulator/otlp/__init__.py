@@ -1,0 +1,1 @@
+"""Writing simulated calls as OTLP JSON exports in every convention spanprism reads."""

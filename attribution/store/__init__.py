@@ -1,0 +1,1 @@
+"""What attribution reads and writes in DuckDB: rollups, baselines, episodes, regression records, panels."""

@@ -1,0 +1,326 @@
+"""Dashboard panel queries: series health, a metric over time with its baseline band, the route mix, raw calls.
+
+Pure functions over a caller's DuckDB cursor (the API owns HTTP, caching and limits). A panel step that equals a
+stored rollup grain reads ``series_rollups`` directly; a coarser step re-aggregates additive counts from the
+rollups and computes everything else (quantiles, ratios) from ``llm_calls`` with the very SELECT the rollups are
+built with, so a 15-minute p95 is the p95 of the calls in those 15 minutes, never an average of 5-minute p95s.
+The baseline band comes from the stored baseline parameters through the baseline kind's own ``expected``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+
+from spanprism.attribution.baselines import create_baseline
+from spanprism.attribution.store.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT, list_regressions
+from spanprism.attribution.store.rollups import RollupConfig, rollup_select
+from spanprism.models.schema import ROUTE_COLUMNS
+from spanprism.models.tables import ROLLUP_METRICS
+
+#: Counts that add up across buckets (so a coarser step sums them from the rollups).
+ADDITIVE_METRICS: tuple[str, ...] = ("n_calls", "n_errors")
+#: Every metric a panel may ask for: the rollup statistics, call/error counts and the error rate.
+METRIC_NAMES: tuple[str, ...] = (*ROLLUP_METRICS, *ADDITIVE_METRICS, "error_rate")
+#: The latency statistics whose health ``/series`` reports.
+HEALTH_METRICS: tuple[str, ...] = ("e2e_p95_ms", "ttft_p95_ms", "itl_p95_ms")
+#: Half-width of the band in baseline noise units (baselines are fitted on ln values: the band is asymmetric in ms).
+BAND_Z = 2.0
+# Where each metric sits in the rollup SELECT (its quantile lists are 1-based DuckDB arrays).
+_SELECT_EXPR: dict[str, str] = {
+    "e2e_p50_ms": "q_e2e[1]", "e2e_p95_ms": "q_e2e[2]", "e2e_p99_ms": "q_e2e[3]",
+    "ttft_p50_ms": "q_ttft[1]", "ttft_p95_ms": "q_ttft[2]", "itl_p50_ms": "q_itl[1]", "itl_p95_ms": "q_itl[2]",
+    **{f"{c}_p{q}": f"q_{c}[{i}]" for c in ("input_tokens", "uncached_input_tokens", "cache_read_tokens",
+                                             "output_tokens") for i, q in ((1, 50), (2, 95))},
+    "error_rate": "n_errors / n_calls",
+}  # fmt: skip
+_STEP = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_step(text: str | int, *, base_grain: int) -> int:
+    """Seconds of a panel step like ``5m``, ``1h``, ``1d`` or ``900``; a multiple of the base grain dividing a day."""
+    match = _STEP.match(str(text))
+    if not match:
+        raise ValueError(f"step {text!r} is not like 5m, 15m, 1h, 1d or seconds")
+    step = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if step <= 0 or step % base_grain or (step < 86400 and 86400 % step) or (step > 86400 and step % 86400):
+        raise ValueError(f"step must be a multiple of {base_grain}s that divides a day (or whole days)")
+    return step
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC ISO-8601 with a ``Z`` (the form the regression records use)."""
+    if value is None:
+        return None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+# --- series -----------------------------------------------------------------------------------------------------
+
+_SERIES_FILTERS = {"series_key": "series_key", "service": "service", "provider": "provider", "model": "request_model",
+                   "operation": "operation", "tenant": "tenant"}  # fmt: skip
+
+
+def _series_where(filters: Mapping[str, str | None]) -> tuple[str, list[Any]]:
+    used = {k: v for k, v in filters.items() if v is not None}
+    clauses = [f"{_SERIES_FILTERS[k]} = ?" for k in used]
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", list(used.values())
+
+
+def _series_dict(row: Sequence[Any]) -> dict[str, Any]:
+    label = " / ".join(str(x) for x in row[1:6] if x is not None)  # what a dashboard's series picker shows
+    return {"series_key": row[0], "label": label, "service": row[1], "provider": row[2], "model": row[3],
+            "operation": row[4], "tenant": row[5], "first_bucket": iso(row[6]), "last_bucket": iso(row[7])}  # fmt: skip
+
+
+def list_series(con: duckdb.DuckDBPyConnection, *, filters: Mapping[str, str | None], limit: int,
+                offset: int) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """One page of the ``series`` table (ordered by service, provider, model, operation) and the total count."""
+    where, params = _series_where(filters)
+    total = con.execute(f"SELECT count(*) FROM series{where}", params).fetchall()[0][0]
+    rows = con.execute(
+        "SELECT series_key, service, provider, request_model, operation, tenant, first_bucket, last_bucket"
+        f" FROM series{where} ORDER BY service, provider, request_model, operation, tenant, series_key"
+        " LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    ).fetchall()
+    return [_series_dict(r) for r in rows], int(total)
+
+
+def get_series(con: duckdb.DuckDBPyConnection, series_key: str) -> dict[str, Any] | None:
+    """One series by key, or None."""
+    rows = con.execute(
+        "SELECT series_key, service, provider, request_model, operation, tenant, first_bucket, last_bucket"
+        " FROM series WHERE series_key = ?",
+        [series_key],
+    ).fetchall()
+    return _series_dict(rows[0]) if rows else None
+
+
+def series_health(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], *, at: datetime,
+                  config: RollupConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Add traffic, latest p95s against their baselines, open regressions and a status to each series as of ``at``.
+
+    ``status`` is ``no_data`` without calls in the hour before ``at``, ``degraded`` with an open regression, else ok.
+    Latest p95s come from the coarsest stored grain's most recent bucket starting within two hours before ``at``.
+    """
+    config = config or RollupConfig()
+    keys = [s["series_key"] for s in series]
+    if not keys:
+        return []
+    base, coarse = config.base_grain, config.grains[-1]
+    calls = {r[0]: r[1:] for r in con.execute(
+        "SELECT series_key, sum(n_calls) FILTER (WHERE bucket_start >= ?), sum(n_calls) FROM series_rollups"
+        " WHERE grain_s = ? AND series_key IN (SELECT unnest(?)) AND bucket_start >= ? AND bucket_start < ?"
+        " GROUP BY series_key",
+        [at - timedelta(hours=1), base, keys, at - timedelta(days=1), at]).fetchall()}  # fmt: skip
+    cols = ", ".join(f"arg_max({m}, bucket_start) FILTER (WHERE {m} IS NOT NULL)" for m in HEALTH_METRICS)
+    latest = {r[0]: r[1:] for r in con.execute(
+        f"SELECT series_key, max(bucket_start), {cols} FROM series_rollups WHERE grain_s = ?"
+        " AND series_key IN (SELECT unnest(?)) AND bucket_start >= ? AND bucket_start < ? GROUP BY series_key",
+        [coarse, keys, at - timedelta(hours=2), at]).fetchall()}  # fmt: skip
+    regs = _open_regressions(con, keys, at)
+    for s in series:
+        key = s["series_key"]
+        n_hour, n_day = calls.get(key, (None, None))
+        s["calls_1h"], s["calls_24h"] = int(n_hour or 0), int(n_day or 0)
+        when, *values = latest.get(key, (None, None, None, None))
+        s["latest"] = {m: _versus_baseline(con, key, m, v, when) for m, v in zip(HEALTH_METRICS, values, strict=True)}
+        s["open_regressions"], s["worst_open_label"] = regs.get(key, (0, None))
+        s["status"] = "no_data" if not s["calls_1h"] else "degraded" if s["open_regressions"] else "ok"
+    return series
+
+
+def _open_regressions(con: duckdb.DuckDBPyConnection, keys: list[str], at: datetime) -> dict[str, tuple[int, str]]:
+    default = ATTRIBUTION_FIELDS["label"]
+    rows = con.execute(
+        f"SELECT r.series_key, count(*), arg_max(coalesce(a.label, '{default}'), r.change_pct)"
+        " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
+        " WHERE r.status = 'open' AND r.change_pct >= ? AND r.start_time < ? AND r.series_key IN (SELECT unnest(?))"
+        " GROUP BY r.series_key",
+        [MIN_REPORTED_CHANGE_PCT, at, keys],
+    ).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+
+def _versus_baseline(con: duckdb.DuckDBPyConnection, key: str, metric: str, value: float | None,
+                     when: datetime | None) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {"time": iso(when), "value": _num(value), "baseline": None, "change_pct": None}
+    if value is None or when is None:
+        return out
+    band = baseline_band(con, key, metric, np.array([int(when.timestamp())]))
+    if band is not None and band[0][0] is not None:
+        out["baseline"] = band[0][0]
+        out["change_pct"] = round(100.0 * (float(value) / band[0][0] - 1.0), 2)
+    return out
+
+
+# --- a metric over time, with its baseline band -------------------------------------------------------------------
+
+
+def load_params(con: duckdb.DuckDBPyConnection, series_key: str, metric: str) -> dict[str, Any] | None:
+    """The stored baseline parameters of one series and metric (as written), or None."""
+    rows = con.execute("SELECT params FROM baselines WHERE series_key = ? AND metric = ?", [series_key, metric])
+    found = rows.fetchall()
+    return orjson.loads(found[0][0]) if found else None
+
+
+Band = tuple[list[float | None], list[float | None], list[float | None]]
+
+
+def baseline_band(con: duckdb.DuckDBPyConnection, series_key: str, metric: str, ts: np.ndarray) -> Band | None:
+    """(expected, lower, upper) in the metric's units at epoch seconds ``ts``; None when no baseline is stored.
+
+    Baselines model ln(value): the expected value is exp(center) and the band exp(center ± BAND_Z·scale).
+    """
+    params = load_params(con, series_key, metric)
+    if params is None:
+        return None
+    try:
+        center, scale = create_baseline(str(params["kind"])).expected(params, ts)
+    except (KeyError, ValueError):  # a kind or version this code no longer knows: no band rather than a 500
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid, lo, hi = np.exp(center), np.exp(center - BAND_Z * scale), np.exp(center + BAND_Z * scale)
+    return [_num(x) for x in mid.tolist()], [_num(x) for x in lo.tolist()], [_num(x) for x in hi.tolist()]
+
+
+def _bucket(step_s: int, column: str) -> str:
+    return f"to_timestamp((epoch_us({column}) // {step_s * 1_000_000}) * {step_s})"
+
+
+def _from_rollups(con: duckdb.DuckDBPyConnection, key: str, metric: str, grain: int, step_s: int,
+                  since: datetime, until: datetime) -> list[tuple]:  # fmt: skip
+    if step_s == grain:
+        value, calls = metric, "n_calls"
+    else:  # only additive counts reach here
+        value, calls = f"sum({metric})", "sum(n_calls)"
+    group = "" if step_s == grain else " GROUP BY 1"
+    return con.execute(
+        f"SELECT {_bucket(step_s, 'bucket_start')} AS t, {value}, {calls} FROM series_rollups"
+        f" WHERE series_key = ? AND grain_s = ? AND bucket_start >= ? AND bucket_start < ?{group} ORDER BY 1",
+        [key, grain, since, until],
+    ).fetchall()
+
+
+def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metric: str, step_s: int,
+                since: datetime, until: datetime, config: RollupConfig) -> list[tuple]:  # fmt: skip
+    names = {"service": series["service"], "provider": series["provider"], "request_model": series["model"],
+             "operation": series["operation"]}  # fmt: skip
+    if series.get("tenant") is not None:
+        names["tenant"] = series["tenant"]
+    cfg = RollupConfig(grains=config.grains, series_columns=tuple(names),
+                       cache_min_input_tokens=config.cache_min_input_tokens)  # fmt: skip
+    where = " AND ".join(f"k_{c} IS NOT DISTINCT FROM ${c}" for c in names)
+    return con.execute(
+        f"SELECT b, {_SELECT_EXPR.get(metric, metric)}, n_calls FROM ({rollup_select(cfg, step_s)})"
+        f" WHERE {where} ORDER BY b",
+        {**names, "lo": since, "hi": until},
+    ).fetchall()
+
+
+def metric_points(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metric: str, *, step_s: int,
+                  since: datetime, until: datetime,
+                  config: RollupConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Buckets of ``step_s`` in [since, until) with data: time, value, calls and the baseline band (or nulls)."""
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {metric!r}")
+    config = config or RollupConfig()
+    key = series["series_key"]
+    if step_s in config.grains:
+        rows = _from_rollups(con, key, metric, step_s, step_s, since, until)
+    elif metric in ADDITIVE_METRICS:
+        grain = max(g for g in config.grains if step_s % g == 0)
+        rows = _from_rollups(con, key, metric, grain, step_s, since, until)
+    else:
+        rows = _from_calls(con, series, metric, step_s, since, until, config)
+    ts = np.array([int(r[0].timestamp()) for r in rows], dtype=np.int64)
+    band = baseline_band(con, key, metric, ts) if len(ts) else None
+    mid, lo, hi = band or ([None] * len(rows),) * 3
+    return [{"time": iso(r[0]), "value": _num(r[1]), "calls": int(r[2] or 0), "baseline": mid[i], "lower": lo[i],
+             "upper": hi[i]} for i, r in enumerate(rows)]  # fmt: skip
+
+
+def route_mix(con: duckdb.DuckDBPyConnection, series_key: str, *, step_s: int, since: datetime, until: datetime,
+              dimension: str | None = None, config: RollupConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Calls and share of each route value per step (base-grain counts summed), for one or every route dimension.
+
+    A value of ``''`` means the calls did not report that dimension.
+    """
+    if dimension is not None and dimension not in ROUTE_COLUMNS:
+        raise ValueError(f"unknown dimension {dimension!r}")
+    grain = (config or RollupConfig()).base_grain
+    dims = [dimension] if dimension else list(ROUTE_COLUMNS)
+    rows = con.execute(
+        f"SELECT t, dimension, value, n, n / sum(n) OVER (PARTITION BY t, dimension) FROM ("
+        f" SELECT {_bucket(step_s, 'bucket_start')} AS t, dimension, value, sum(n_calls) AS n FROM rollup_dimensions"
+        " WHERE series_key = ? AND grain_s = ? AND bucket_start >= ? AND bucket_start < ?"
+        " AND dimension IN (SELECT unnest(?)) GROUP BY ALL) ORDER BY t, dimension, n DESC, value",
+        [series_key, grain, since, until, dims],
+    ).fetchall()
+    return [{"time": iso(r[0]), "dimension": r[1], "value": r[2], "calls": int(r[3]), "share": round(float(r[4]), 6)}
+            for r in rows]  # fmt: skip
+
+
+# --- baselines and raw calls --------------------------------------------------------------------------------------
+
+
+def list_baselines(con: duckdb.DuckDBPyConnection, *, series_key: str | None, metric: str | None, limit: int,
+                   offset: int) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """Stored baselines (newest fit first) with their parsed parameters, and the total count."""
+    clauses, params = [], []
+    for column, value in (("series_key", series_key), ("metric", metric)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    total = con.execute(f"SELECT count(*) FROM baselines{where}", params).fetchall()[0][0]
+    rows = con.execute(
+        "SELECT series_key, metric, kind, version, grain_s, fitted_until, updated_at, params FROM baselines"
+        f"{where} ORDER BY series_key, metric LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    ).fetchall()
+    out = [{"series_key": r[0], "metric": r[1], "kind": r[2], "version": r[3], "grain_s": r[4],
+            "fitted_until": iso(r[5]), "updated_at": iso(r[6]), "params": orjson.loads(r[7])}
+           for r in rows]  # fmt: skip
+    return out, int(total)
+
+
+def list_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], *, since: datetime, until: datetime,
+               limit: int, offset: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Raw ``llm_calls`` rows of one series in [since, until), oldest first (times as ISO strings)."""
+    names = {"service": series["service"], "provider": series["provider"], "request_model": series["model"],
+             "operation": series["operation"]}  # fmt: skip
+    if series.get("tenant") is not None:
+        names["tenant"] = series["tenant"]
+    where = " AND ".join(f"{c} IS NOT DISTINCT FROM ?" for c in names)
+    cur = con.execute(
+        f"SELECT * FROM llm_calls WHERE {where} AND start_time >= ? AND start_time < ?"
+        " ORDER BY start_time, trace_id, span_id LIMIT ? OFFSET ?",
+        [*names.values(), since, until, limit, offset],
+    )
+    columns = [d[0] for d in cur.description]
+    return [{c: (iso(v) if isinstance(v, datetime) else _num(v) if isinstance(v, float) else v)
+             for c, v in zip(columns, row, strict=True)} for row in cur.fetchall()]  # fmt: skip
+
+
+def open_regressions_by_label(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """How many reported regressions are open, per label (``unexplained`` until attributed) — a scrape-time gauge."""
+    counts: dict[str, float] = {}
+    for record in list_regressions(con, status="open"):
+        label = record.get("label") or "unexplained"
+        counts[label] = counts.get(label, 0.0) + 1.0
+    return counts

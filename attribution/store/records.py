@@ -1,0 +1,158 @@
+"""Regression records: episodes of one series merged into one regression, read back as DESIGN.md dicts.
+
+Detection stores episodes (per metric family) and regressions (per series and time span; the primary metric is
+the episode metric with the largest relative change, every moved metric is kept in ``regressions.metrics``).
+Attribution is not this module's business: when a table named :data:`ATTRIBUTION_TABLE` exists (keyed by
+``regression_id``), :func:`list_regressions` merges whichever of ``label``, ``reason``, ``confidence``,
+``contributions_ms``, ``evidence`` and ``exemplars`` it has; until then a regression is ``unexplained`` with
+empty contributions, evidence and exemplars.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import orjson
+
+from spanprism.attribution.detection.episodes import Episode, stable_id
+
+#: The table the attribution step writes (one row per regression_id). Its absence is normal.
+ATTRIBUTION_TABLE = "regression_attributions"
+ATTRIBUTION_FIELDS: dict[str, Any] = {
+    "label": "unexplained", "reason": None, "confidence": 0.0,
+    "contributions_ms": {}, "evidence": [], "exemplars": [],
+}  # fmt: skip
+_JSON_FIELDS = ("contributions_ms", "evidence", "exemplars")
+#: A regression is reported only when its primary (p50/p95) metric rose at least this much. An episode can open on
+#: the geometric mean while the reported quantiles barely move; such a "regression" would show +0 % to a reader.
+MIN_REPORTED_CHANGE_PCT = 10.0
+_FAR = datetime.max.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _group(episodes: list[Episode], gap_s: int) -> list[list[Episode]]:
+    groups: list[list[Episode]] = []
+    end = _FAR
+    for ep in sorted(episodes, key=lambda e: (e.series_key, e.start, e.family)):
+        if groups and groups[-1][0].series_key == ep.series_key and (ep.start - end).total_seconds() <= gap_s:
+            groups[-1].append(ep)
+            end = _FAR if ep.end is None or end == _FAR else max(end, ep.end)
+        else:
+            groups.append([ep])
+            end = _FAR if ep.end is None else ep.end
+    return groups
+
+
+def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, str | None]], *,
+                      merge_gap_s: int, now: datetime) -> list[dict[str, Any]]:  # fmt: skip
+    """One ``regressions`` row per series and overlapping (or nearly adjacent) episodes; sets ``regression_id``."""
+    rows = []
+    for group in _group(episodes, merge_gap_s):
+        key = group[0].series_key
+        start = min(e.start for e in group)
+        rid = stable_id(key, "regression", start.isoformat())
+        primary = max(group, key=lambda e: -math.inf if e.change_pct != e.change_pct else e.change_pct)
+        is_open = any(e.end is None for e in group)
+        moved = [{"metric": e.metric, "family": e.family, "baseline": e.baseline, "observed": e.observed,
+                  "change_pct": e.change_pct, "start": _iso(e.start), "end": _iso(e.end), "episode_id": e.id}
+                 for e in sorted(group, key=lambda e: -(e.change_pct if e.change_pct == e.change_pct else -1e9))]
+        for e in group:
+            e.regression_id = rid
+        name = names.get(key, {})
+        rows.append({
+            "id": rid, "series_key": key, "service": name.get("service"), "provider": name.get("provider"),
+            "request_model": name.get("request_model"), "operation": name.get("operation"),
+            "tenant": name.get("tenant"), "start_time": start, "detected_at": min(e.detected_at for e in group),
+            "end_time": None if is_open else max(e.end for e in group if e.end is not None),
+            "status": "open" if is_open else "resolved", "metric": primary.metric,
+            "baseline": _clean(primary.baseline), "observed": _clean(primary.observed),
+            "change_pct": _clean(primary.change_pct), "metrics": orjson.dumps(moved).decode(), "updated_at": now,
+        })  # fmt: skip
+    return rows
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None or x != x else float(x)
+
+
+def _attribution_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [ATTRIBUTION_TABLE]
+    ).fetchall()
+    present = {r[0] for r in rows}
+    if "regression_id" not in present:
+        return []
+    return [c for c in ATTRIBUTION_FIELDS if c in present]
+
+
+def _series_filter(series: str | Mapping[str, str] | None) -> tuple[str, list[Any]]:
+    if series is None:
+        return "", []
+    if isinstance(series, str):
+        return " AND r.series_key = ?", [series]
+    column = {"service": "service", "provider": "provider", "model": "request_model",
+              "request_model": "request_model", "operation": "operation", "tenant": "tenant"}  # fmt: skip
+    unknown = set(series) - set(column)
+    if unknown:
+        raise ValueError(f"unknown series fields {sorted(unknown)}")
+    return "".join(f" AND r.{column[k]} = ?" for k in series), list(series.values())
+
+
+def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None, status: str | None = None,
+                     series: str | Mapping[str, str] | None = None, since: datetime | None = None,
+                     until: datetime | None = None, detail: bool = False,
+                     min_change_pct: float = MIN_REPORTED_CHANGE_PCT) -> list[dict[str, Any]]:  # fmt: skip
+    """Regression records as DESIGN.md dicts, newest first (only those whose metric rose ≥ ``min_change_pct``).
+
+    ``series`` is a series key or a mapping over service/provider/model/operation[/tenant]; ``since``/``until``
+    keep regressions overlapping that range. ``detail=True`` adds ``metrics`` (every metric that moved).
+    """
+    extra = _attribution_columns(con)
+    join = f" LEFT JOIN {ATTRIBUTION_TABLE} a ON a.regression_id = r.id" if extra else ""
+    sql = (f"SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
+           f" r.status, r.metric, r.baseline, r.observed, r.change_pct, r.metrics"
+           f"{''.join(f', a.{c}' for c in extra)} FROM regressions r{join} WHERE r.change_pct >= ?")  # fmt: skip
+    params: list[Any] = [min_change_pct]
+    if status is not None:
+        sql += " AND r.status = ?"
+        params.append(status)
+    if since is not None:
+        sql += " AND (r.end_time IS NULL OR r.end_time > ?)"
+        params.append(since)
+    if until is not None:
+        sql += " AND r.start_time < ?"
+        params.append(until)
+    where, args = _series_filter(series)
+    rows = con.execute(sql + where + " ORDER BY r.start_time DESC, r.id", params + args).fetchall()
+    records = [_record(row, extra, detail) for row in rows]
+    return [r for r in records if label is None or r["label"] == label]
+
+
+def _record(row: tuple, extra: list[str], detail: bool) -> dict[str, Any]:
+    series = {"service": row[1], "provider": row[2], "model": row[3], "operation": row[4]}
+    if row[5] is not None:
+        series["tenant"] = row[5]
+    rec: dict[str, Any] = {
+        "id": row[0], "series": series, "start": _iso(row[6]), "end": _iso(row[7]), "status": row[8],
+        "metric": row[9], "baseline": row[10], "observed": row[11], "change_pct": row[12],
+    }  # fmt: skip
+    merged = dict(zip(extra, row[14:], strict=True))
+    for name, default in ATTRIBUTION_FIELDS.items():
+        value = merged.get(name)
+        if isinstance(value, str) and name in _JSON_FIELDS:
+            value = orjson.loads(value)
+        rec[name] = copy.deepcopy(default) if value is None else value
+    if detail:
+        rec["metrics"] = orjson.loads(row[13])
+    return rec
