@@ -81,6 +81,7 @@ async def _authenticate(request: Request, key: str, settings: Settings) -> Princ
     cache = principal_cache(request)
     principal = cache.get(key)
     if principal is None:
+
         def lookup() -> Principal | None:
             with request.app.state.db.read() as cur:
                 return authenticate(cur, key, settings.admin_key)

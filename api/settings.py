@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     )
     chunk_bytes: int = Field(4 << 20, description="Bytes per ingest chunk read and decoded at a time.")
     classifier: Path | None = Field(
-        None, description="Attribution classifier artifact (JSON) to use instead of the shipped one, e.g. after "
-        "`spanprism train --with-feedback --out FILE`."
+        None,
+        description="Attribution classifier artifact (JSON) to use instead of the shipped one, e.g. after "
+        "`spanprism train --with-feedback --out FILE`.",
     )
 
     # --- server (`spanprism serve`) ---------------------------------------------------------------------------
@@ -56,7 +57,8 @@ class Settings(BaseSettings):
     max_page_size: int = Field(1000, description="Largest `limit` a list endpoint accepts.")
     max_range_days: int = Field(93, description="Longest time range (days) one read request may ask for.")
     public_url: str | None = Field(
-        None, description="Base URL of this server as users reach it (links in alerts), e.g. `https://spanprism.example`."
+        None,
+        description="Base URL of this server as users reach it (links in alerts), e.g. `https://spanprism.example`.",
     )
 
     # --- scheduled attribution (api/scheduler.py) ---------------------------------------------------------------
@@ -67,13 +69,16 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Minutes between incremental attribution passes (a pass with no new data is `skipped`)."
     )
     nightly_cron: str = Field(
-        "0 2 * * *", description="Crontab expression (minute hour day month day-of-week, 0 = Sunday) of the nightly "
-        "pass that rebuilds baselines and re-attributes."
+        "0 2 * * *",
+        description="Crontab expression (minute hour day month day-of-week, 0 = Sunday) of the nightly "
+        "pass that rebuilds baselines and re-attributes.",
     )
     nightly_timezone: str = Field("UTC", description="IANA time zone the nightly cron expression is read in.")
     nightly_lookback_days: float = Field(
-        0.0, ge=0, description="Days of data (back from the newest call) the nightly pass rebuilds, rollups included; "
-        "0 = re-detect all history from the stored rollups (cheaper: rebuilding rollups dominates)."
+        0.0,
+        ge=0,
+        description="Days of data (back from the newest call) the nightly pass rebuilds, rollups included; "
+        "0 = re-detect all history from the stored rollups (cheaper: rebuilding rollups dominates).",
     )
     misfire_grace_s: int = Field(
         300, gt=0, description="Seconds a scheduled pass may start late (server busy or asleep) before it is dropped."
@@ -90,8 +95,9 @@ class Settings(BaseSettings):
     )
     alert_backoff_max_s: float = Field(300.0, description="Largest retry delay cap (seconds) between alert attempts.")
     trace_url_template: str | None = Field(
-        None, description="Link for exemplar traces in alerts, e.g. `https://tempo.example/trace/{trace_id}` "
-        "(`{trace_id}` and `{span_id}` are filled in); a destination's own option wins."
+        None,
+        description="Link for exemplar traces in alerts, e.g. `https://tempo.example/trace/{trace_id}` "
+        "(`{trace_id}` and `{span_id}` are filled in); a destination's own option wins.",
     )
 
     @classmethod

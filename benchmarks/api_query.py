@@ -237,8 +237,10 @@ def main() -> None:
                 print(_row(name, clients, lat), flush=True)
             offset += args.requests
         # The Python client threads above share the 2 cores with the server; wrk shows what the server does alone.
-        print("\nwrk, 50 connections, 10 s each (cold rows cycle through distinct URLs, so they stay cold only until"
-              " the cache holds them all)\n")
+        print(
+            "\nwrk, 50 connections, 10 s each (cold rows cycle through distinct URLs, so they stay cold only until"
+            " the cache holds them all)\n"
+        )
         print("| request | requests | non-2xx | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|")
         for name, make in cases.items():
             got = measure_wrk(50, [make(i + offset) for i in range(args.requests)], url, 10)

@@ -87,8 +87,9 @@ def quality(days: int, per_level: int, seed: int) -> None:
     _report(specs, kind, shifts, regs, days, alarms)
 
 
-def _report(specs: list[SeriesSpec], kind: list, shifts: list[Shift], regs: list[dict], days: int,
-            alarms: dict) -> None:
+def _report(
+    specs: list[SeriesSpec], kind: list, shifts: list[Shift], regs: list[dict], days: int, alarms: dict
+) -> None:
     by_service: dict[str, list[dict]] = {}
     for r in regs:
         by_service.setdefault(r["series"]["service"], []).append(r)
@@ -109,8 +110,9 @@ def _report(specs: list[SeriesSpec], kind: list, shifts: list[Shift], regs: list
     print(pd.DataFrame(rows).to_string(index=False))
 
 
-def _match(specs: list[SeriesSpec], shifts: list[Shift], by_service: dict[str, list[dict]],
-           alarms: dict) -> tuple[str, str]:
+def _match(
+    specs: list[SeriesSpec], shifts: list[Shift], by_service: dict[str, list[dict]], alarms: dict
+) -> tuple[str, str]:
     """Shifts overlapped by a regression of their series, and alarm delay in buckets after the first shifted one."""
     found, delays = 0, []
     for s in shifts:

@@ -112,8 +112,10 @@ def print_misses(labels: list[dict], result: Score) -> None:
             moved = moved_pct(label)
             hours = (_ts(label["end"]) - _ts(label["start"])) / 3600
             shown = "?" if moved is None else f"{moved:+.0f}%"
-            print(f"    MISS {label['family']:40s} {label['series']['service']:14s} moved {shown:>6s} {hours:.1f} h "
-                  f"ramp {label.get('ramp_s', 0) / 60:.0f} min rate {label['_rate']:.3f}/s {label['start']}")
+            print(
+                f"    MISS {label['family']:40s} {label['series']['service']:14s} moved {shown:>6s} {hours:.1f} h "
+                f"ramp {label.get('ramp_s', 0) / 60:.0f} min rate {label['_rate']:.3f}/s {label['start']}"
+            )
 
 
 def _ts(text: str) -> float:

@@ -90,8 +90,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the pooled numbers here")
     parser.add_argument("--classifier", type=Path, help="classifier artifact (default: the shipped one)")
-    parser.add_argument("--conventions", default="rich",
-                        help="'rich' (default), 'all' or a comma-separated list: how each series is recorded")
+    parser.add_argument(
+        "--conventions",
+        default="rich",
+        help="'rich' (default), 'all' or a comma-separated list: how each series is recorded",
+    )
     args = parser.parse_args()
     conventions = _conventions(args.conventions)
     scores = []

@@ -49,8 +49,15 @@ ROUTES = (
     ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "api.openai.com", None, None, "fp_0ba0d124f1"),
     ("azure.ai.openai", "gpt-4o", "gpt-4o-2024-11-20", "contoso-eus2.openai.azure.com", "eastus2", "gpt4o", "fp_b7"),
     ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "api.anthropic.com", None, None, None),
-    ("aws.bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0", "anthropic.claude-3-5-sonnet-20240620-v1:0",
-     "bedrock-runtime.us-west-2.amazonaws.com", "us-west-2", None, None),
+    (
+        "aws.bedrock",
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "bedrock-runtime.us-west-2.amazonaws.com",
+        "us-west-2",
+        None,
+        None,
+    ),
 )
 
 
@@ -62,8 +69,9 @@ def _load_samples() -> tuple[list[int], list[tuple[float, float, int]]]:
     for path in sorted((DATA / "llmperf").glob("*.json")):
         for rec in json.loads(path.read_text()):
             if not rec.get("error_code") and rec.get("ttft_s") and rec.get("number_output_tokens", 0) > 1:
-                latencies.append((rec["ttft_s"] * 1000, rec["inter_token_latency_s"] * 1000,
-                                  int(rec["number_output_tokens"])))
+                latencies.append(
+                    (rec["ttft_s"] * 1000, rec["inter_token_latency_s"] * 1000, int(rec["number_output_tokens"]))
+                )
     return inputs, latencies
 
 
@@ -83,20 +91,47 @@ def iter_rows(n: int, seed: int) -> Iterator[dict[str, Any]]:
         streaming = rng.random() < 0.7
         cached = (rng.choice((0, 0, 1, 2, 3)) * inp // 4) // 128 * 128
         row: dict[str, Any] = {
-            "trace_id": f"{rng.getrandbits(128) | 1:032x}", "span_id": f"{rng.getrandbits(64) | 1:016x}",
-            "parent_span_id": f"{rng.getrandbits(64) | 1:016x}", "service": rng.choice(MIX[conv][1]),
-            "source_convention": conv, "operation": "chat", "provider": provider, "request_model": req,
-            "response_model": resp, "system_fingerprint": fp, "server_address": host, "region": region,
-            "deployment": dep, "prompt_key": f"prompt_v{i % 7}", "start_time": t0 + i * 20_000,
-            "streaming": streaming, "status": "ok", "finish_reason": "stop", "input_tokens": inp,
-            "cache_read_tokens": cached, "output_tokens": out, "response_id": f"chatcmpl-{i:x}",
-            "session_id": f"s{i % 997}", "ttft_ms": ttft if streaming else None, "itl_ms": itl if streaming else None,
-            "itl_p95_ms": itl * 1.7 if streaming else None, "queue_ms": rng.uniform(0, 30),
+            "trace_id": f"{rng.getrandbits(128) | 1:032x}",
+            "span_id": f"{rng.getrandbits(64) | 1:016x}",
+            "parent_span_id": f"{rng.getrandbits(64) | 1:016x}",
+            "service": rng.choice(MIX[conv][1]),
+            "source_convention": conv,
+            "operation": "chat",
+            "provider": provider,
+            "request_model": req,
+            "response_model": resp,
+            "system_fingerprint": fp,
+            "server_address": host,
+            "region": region,
+            "deployment": dep,
+            "prompt_key": f"prompt_v{i % 7}",
+            "start_time": t0 + i * 20_000,
+            "streaming": streaming,
+            "status": "ok",
+            "finish_reason": "stop",
+            "input_tokens": inp,
+            "cache_read_tokens": cached,
+            "output_tokens": out,
+            "response_id": f"chatcmpl-{i:x}",
+            "session_id": f"s{i % 997}",
+            "ttft_ms": ttft if streaming else None,
+            "itl_ms": itl if streaming else None,
+            "itl_p95_ms": itl * 1.7 if streaming else None,
+            "queue_ms": rng.uniform(0, 30),
             "duration_ms": ttft + itl * (out - 1) + 1.0,
         }
         if rng.random() < 0.02:
-            row.update(status="error", error_type="RateLimitError", input_tokens=None, output_tokens=None,
-                       cache_read_tokens=None, ttft_ms=None, itl_ms=None, itl_p95_ms=None, finish_reason=None)
+            row.update(
+                status="error",
+                error_type="RateLimitError",
+                input_tokens=None,
+                output_tokens=None,
+                cache_read_tokens=None,
+                ttft_ms=None,
+                itl_ms=None,
+                itl_p95_ms=None,
+                finish_reason=None,
+            )
         yield row
 
 
@@ -111,15 +146,29 @@ def generate(path: Path, llm_spans: int, seed: int) -> dict[str, Any]:
         if info.get("llm_spans") == llm_spans and info.get("seed") == seed and info.get("bytes") == path.stat().st_size:
             return info | {"reused": True}
     started = time.perf_counter()
-    counts = write_export(path, iter_rows(llm_spans, seed), lambda r: r["source_convention"], with_content=True,
-                          extra_non_llm=NON_LLM_RATIO, spans_per_line=50, seed=seed)
-    info = {"llm_spans": counts.llm_spans, "non_llm_spans": counts.non_llm_spans, "lines": counts.lines,
-            "bytes": counts.bytes, "seed": seed, "seconds": time.perf_counter() - started}
+    counts = write_export(
+        path,
+        iter_rows(llm_spans, seed),
+        lambda r: r["source_convention"],
+        with_content=True,
+        extra_non_llm=NON_LLM_RATIO,
+        spans_per_line=50,
+        seed=seed,
+    )
+    info = {
+        "llm_spans": counts.llm_spans,
+        "non_llm_spans": counts.non_llm_spans,
+        "lines": counts.lines,
+        "bytes": counts.bytes,
+        "seed": seed,
+        "seconds": time.perf_counter() - started,
+    }
     meta.write_text(json.dumps(info))
     return info
 
 
 # --- child-process measurements --------------------------------------------------------------------------------
+
 
 def _peaks() -> dict[str, float]:
     """Peak RSS (MiB) of this process and of its largest finished child (ingest worker processes)."""
@@ -172,8 +221,14 @@ def child_ingest(path: str, workers: int, db: str) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     stored = con.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
     con.close()
-    return {"spans": summary.spans_seen, "calls_stored": summary.calls_stored, "stored_rows": int(stored),
-            "non_llm_skipped": summary.non_llm_skipped, "quarantined": summary.quarantined, "seconds": seconds}
+    return {
+        "spans": summary.spans_seen,
+        "calls_stored": summary.calls_stored,
+        "stored_rows": int(stored),
+        "non_llm_skipped": summary.non_llm_skipped,
+        "quarantined": summary.quarantined,
+        "seconds": seconds,
+    }
 
 
 def _child_main(argv: list[str]) -> None:
@@ -198,6 +253,7 @@ def run_child(*args: str) -> dict[str, Any]:
 
 # --- orchestration ---------------------------------------------------------------------------------------------
 
+
 def measure(out: Path, spans: int, seed: int, workers: list[int], memcheck: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     big = out / f"otlp_{spans}.jsonl"
@@ -221,14 +277,18 @@ def measure(out: Path, spans: int, seed: int, workers: list[int], memcheck: bool
 def print_table(results: dict[str, Any]) -> None:
     info = results["file"]
     total = info["llm_spans"] + info["non_llm_spans"]
-    print(f"\nfile: {info['path']}  {total:,} spans ({info['llm_spans']:,} LLM), {info['bytes'] / 2**20:,.0f} MiB, "
-          f"{info['bytes'] / total:,.0f} B/span, written in {info['seconds']:.0f} s")
+    print(
+        f"\nfile: {info['path']}  {total:,} spans ({info['llm_spans']:,} LLM), {info['bytes'] / 2**20:,.0f} MiB, "
+        f"{info['bytes'] / total:,.0f} B/span, written in {info['seconds']:.0f} s"
+    )
     print(f"{'run':<20}{'spans':>11}{'seconds':>9}{'spans/s':>10}{'vs orjson':>10}{'peak RSS':>10}{'workers':>9}")
     for name, run in results["runs"].items():
         rate, ratio = run.get("spans_per_s"), run.get("ratio_to_orjson")
-        print(f"{name:<20}{run.get('spans', 0):>11,}{run.get('seconds', float('nan')):>9.1f}"
-              f"{(f'{rate:,.0f}' if rate else '-'):>10}{(f'{ratio:.0%}' if ratio else '-'):>10}"
-              f"{run.get('peak_rss_mib', float('nan')):>8.0f}Mi{run.get('peak_worker_rss_mib', 0):>7.0f}Mi")
+        print(
+            f"{name:<20}{run.get('spans', 0):>11,}{run.get('seconds', float('nan')):>9.1f}"
+            f"{(f'{rate:,.0f}' if rate else '-'):>10}{(f'{ratio:.0%}' if ratio else '-'):>10}"
+            f"{run.get('peak_rss_mib', float('nan')):>8.0f}Mi{run.get('peak_worker_rss_mib', 0):>7.0f}Mi"
+        )
         if run.get("error"):
             print(f"    error: {run['error']}")
 
@@ -238,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child_main(argv[1:])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="example: benchmarks/ingest.py --spans 200000 --out /tmp/bench")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="example: benchmarks/ingest.py --spans 200000 --out /tmp/bench"
+    )
     parser.add_argument("--spans", type=int, default=1_000_000, help="LLM spans in the main file (default 1,000,000)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/spanprism-bench"), help="working folder")
     parser.add_argument("--workers", default="1,2", help="comma-separated ingest worker counts (default 1,2)")

@@ -57,8 +57,18 @@ from spanprism.ingest.framing import (
 from spanprism.ingest.otlp_json import DecodeError, show
 from spanprism.ingest.records import DecodeResult, Quarantined, RawChunk, SpanRecord
 
-__all__ = ["SUPPORTED_FORMATS", "BodyTooLarge", "DecodeError", "RejectedChunk", "decode_bytes", "decode_chunk",
-           "iter_chunks", "open_input", "sniff", "undo_content_encoding"]
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "BodyTooLarge",
+    "DecodeError",
+    "RejectedChunk",
+    "decode_bytes",
+    "decode_chunk",
+    "iter_chunks",
+    "open_input",
+    "sniff",
+    "undo_content_encoding",
+]
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("jsonl", "json", "proto", "proto_lp", "proto_lp_zstd")
 # Decompressed size cap for one legacy zstd record or one HTTP body: decode_chunk is pure and the chunk does
@@ -126,8 +136,9 @@ def _is_document(body: bytes) -> bool:
     return not following.startswith(b"{")
 
 
-def iter_chunks(stream: BinaryIO, source: str, *, chunk_bytes: int = 4 << 20,
-                max_record_bytes: int = 64 << 20) -> Iterator[RawChunk]:
+def iter_chunks(
+    stream: BinaryIO, source: str, *, chunk_bytes: int = 4 << 20, max_record_bytes: int = 64 << 20
+) -> Iterator[RawChunk]:
     """Sniff the stream's format and yield chunks of whole records (see the module docstring)."""
     head = read_up_to(stream, _SNIFF_BYTES)
     if head.startswith(GZIP_MAGIC) or head.startswith(ZSTD_MAGIC):  # not opened with open_input
@@ -138,8 +149,13 @@ def iter_chunks(stream: BinaryIO, source: str, *, chunk_bytes: int = 4 << 20,
     buffer = Buffer(head, stream, max(chunk_bytes, 1 << 16), start=skip)
     if fmt is None:
         if head.strip(_WHITESPACE):
-            yield RejectedChunk(source, "unknown", head[:PREFIX_BYTES], reason="unrecognized input: not OTLP JSON, "
-                                f"JSON lines or protobuf (first bytes: {head[:16].hex(' ')})", location="byte 0")
+            yield RejectedChunk(
+                source,
+                "unknown",
+                head[:PREFIX_BYTES],
+                reason=f"unrecognized input: not OTLP JSON, JSON lines or protobuf (first bytes: {head[:16].hex(' ')})",
+                location="byte 0",
+            )
         return
     if fmt == "jsonl":
         yield from iter_lines(buffer, source, chunk_bytes, max_record_bytes)
@@ -157,8 +173,11 @@ def decode_chunk(chunk: RawChunk) -> DecodeResult:
         return result
     decoder = _DECODERS.get(chunk.fmt)
     if decoder is None:
-        result.quarantined.append(Quarantined(chunk.source, f"byte {chunk.offset}",
-                                              f"unknown chunk format {chunk.fmt!r}", chunk.data[:PREFIX_BYTES]))
+        result.quarantined.append(
+            Quarantined(
+                chunk.source, f"byte {chunk.offset}", f"unknown chunk format {chunk.fmt!r}", chunk.data[:PREFIX_BYTES]
+            )
+        )
         return result
     # The walk allocates dozens of container objects per span and keeps them all; the cyclic GC would
     # rescan them again and again while they are young (measured: decode ~2x slower with it on). Nothing
@@ -194,7 +213,7 @@ def json_error_reason(data: bytes, exc: orjson.JSONDecodeError) -> str:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as bad:
-        return f"invalid UTF-8 at byte {bad.start}: {show(data[bad.start:bad.start + 4])}"
+        return f"invalid UTF-8 at byte {bad.start}: {show(data[bad.start : bad.start + 4])}"
     message = str(exc)
     if message.startswith("unexpected end of data"):
         return f"truncated JSON: input ends inside a value after {len(data)} bytes"
@@ -229,8 +248,8 @@ def _decode_length_prefixed(chunk: RawChunk, spans: list[SpanRecord], quarantine
     data, pos, number = chunk.data, 0, chunk.first
     compressed = chunk.fmt == "proto_lp_zstd"
     while pos + 4 <= len(data):
-        end = pos + 4 + int.from_bytes(data[pos:pos + 4], "big")
-        record, where, pos = data[pos + 4:end], f"record {number}", end
+        end = pos + 4 + int.from_bytes(data[pos : pos + 4], "big")
+        record, where, pos = data[pos + 4 : end], f"record {number}", end
         number += 1
         try:
             if compressed:
@@ -240,8 +259,9 @@ def _decode_length_prefixed(chunk: RawChunk, spans: list[SpanRecord], quarantine
             quarantined.append(Quarantined(chunk.source, where, str(exc), record[:MAX_DECOMPRESSED_BYTES]))
 
 
-def _decode_record(record: bytes, source: str, where: str, spans: list[SpanRecord],
-                   quarantined: list[Quarantined]) -> None:
+def _decode_record(
+    record: bytes, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined]
+) -> None:
     """One length-prefixed record: JSON (legacy json+zstd mode) or a serialized request."""
     if record.lstrip(_WHITESPACE)[:1] == b"{":
         try:
@@ -265,8 +285,11 @@ def _unzstd(record: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
 
 
 _DECODERS: dict[str, Callable[[RawChunk, list[SpanRecord], list[Quarantined]], None]] = {
-    "jsonl": _decode_jsonl, "json": _decode_document, "proto": _decode_proto,
-    "proto_lp": _decode_length_prefixed, "proto_lp_zstd": _decode_length_prefixed,
+    "jsonl": _decode_jsonl,
+    "json": _decode_document,
+    "proto": _decode_proto,
+    "proto_lp": _decode_length_prefixed,
+    "proto_lp_zstd": _decode_length_prefixed,
 }
 
 
@@ -286,8 +309,7 @@ def decode_bytes(data: bytes, source: str, content_type: str, content_encoding: 
     elif media in ("application/x-protobuf", "application/protobuf"):
         otlp_proto.decode_request(body, source, "request", result.spans, result.quarantined)
     else:
-        raise DecodeError(f"unsupported content type {content_type!r}: use application/json or "
-                          "application/x-protobuf")
+        raise DecodeError(f"unsupported content type {content_type!r}: use application/json or application/x-protobuf")
     return result
 
 

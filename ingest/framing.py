@@ -15,8 +15,18 @@ from typing import BinaryIO
 
 from spanprism.ingest.records import RawChunk
 
-__all__ = ["GZIP_MAGIC", "PREFIX_BYTES", "ZSTD_MAGIC", "Buffer", "Joined", "RejectedChunk", "iter_length_prefixed",
-           "iter_lines", "iter_whole", "read_up_to"]
+__all__ = [
+    "GZIP_MAGIC",
+    "PREFIX_BYTES",
+    "ZSTD_MAGIC",
+    "Buffer",
+    "Joined",
+    "RejectedChunk",
+    "iter_length_prefixed",
+    "iter_lines",
+    "iter_whole",
+    "read_up_to",
+]
 
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 PREFIX_BYTES = 64 << 10  # how much of a refused record is kept as its quarantined ``raw``
@@ -51,7 +61,7 @@ class Joined(io.RawIOBase):
             self._head = self._head[size:]
             return size
         data = self._tail.read(len(target))
-        target[:len(data)] = data
+        target[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -75,7 +85,7 @@ class Buffer:
         have = self.available()
         if have >= size or self.eof:
             return have >= size
-        parts = [self.data[self.pos:]]
+        parts = [self.data[self.pos :]]
         while have < size:
             part = self.stream.read(max(size - have, self.block))
             if not part:
@@ -87,10 +97,10 @@ class Buffer:
         return have >= size
 
     def peek(self, size: int) -> bytes:
-        return self.data[self.pos:self.pos + size]
+        return self.data[self.pos : self.pos + size]
 
     def take(self, size: int) -> bytes:
-        out = self.data[self.pos:self.pos + size]
+        out = self.data[self.pos : self.pos + size]
         self.pos += len(out)
         self.offset += len(out)
         return out
@@ -135,8 +145,15 @@ def iter_lines(buffer: Buffer, source: str, chunk_bytes: int, limit: int) -> Ite
         if cut < 0:
             offset, prefix = buffer.offset, buffer.peek(PREFIX_BYTES)
             size = _skip_line(buffer)
-            yield RejectedChunk(source, "jsonl", prefix, line, offset, location=f"line {line}",
-                                reason=f"line of {size} bytes exceeds max_record_bytes ({limit})")
+            yield RejectedChunk(
+                source,
+                "jsonl",
+                prefix,
+                line,
+                offset,
+                location=f"line {line}",
+                reason=f"line of {size} bytes exceeds max_record_bytes ({limit})",
+            )
             line += 1
             continue
         offset = buffer.offset
@@ -170,8 +187,7 @@ def _skip_line(buffer: Buffer) -> int:
     return size
 
 
-def iter_length_prefixed(buffer: Buffer, source: str, fmt: str, chunk_bytes: int,
-                          limit: int) -> Iterator[RawChunk]:
+def iter_length_prefixed(buffer: Buffer, source: str, fmt: str, chunk_bytes: int, limit: int) -> Iterator[RawChunk]:
     """proto_lp(_zstd): chunks of whole records (prefixes kept); a refused record becomes its own RejectedChunk."""
     parts: list[bytes] = []
     size = first = start = number = 0
@@ -209,8 +225,11 @@ def _next_record(buffer: Buffer, limit: int) -> tuple[bytes | None, bytes, str]:
         return None, prefix, f"record of {length} bytes exceeds max_record_bytes ({limit}){ends}"
     if not buffer.fill(4 + length):
         rest = buffer.take(buffer.available())
-        return None, rest[4:4 + PREFIX_BYTES], (f"truncated record: the length prefix announces {length} bytes, "
-                                               f"only {len(rest) - 4} remain")
+        return (
+            None,
+            rest[4 : 4 + PREFIX_BYTES],
+            (f"truncated record: the length prefix announces {length} bytes, only {len(rest) - 4} remain"),
+        )
     return buffer.take(4 + length), b"", ""
 
 
@@ -220,8 +239,13 @@ def iter_whole(buffer: Buffer, source: str, fmt: str, limit: int) -> Iterator[Ra
     if buffer.available() > limit:
         prefix = buffer.peek(PREFIX_BYTES)
         size = buffer.discard_all()
-        yield RejectedChunk(source, fmt, prefix, reason=f"{fmt} document of {size} bytes exceeds max_record_bytes "
-                            f"({limit})", location="document" if fmt == "json" else "message")
+        yield RejectedChunk(
+            source,
+            fmt,
+            prefix,
+            reason=f"{fmt} document of {size} bytes exceeds max_record_bytes ({limit})",
+            location="document" if fmt == "json" else "message",
+        )
         return
     offset = buffer.offset
     yield RawChunk(source, fmt, buffer.take(buffer.available()), 1, offset)

@@ -27,8 +27,20 @@ import orjson
 
 from spanprism.ingest.records import Quarantined, SpanEvent, SpanRecord
 
-__all__ = ["KIND_NAMES", "STATUS_NAMES", "DecodeError", "SpanError", "any_value", "attributes", "decode_request",
-           "decode_span", "parse_enum", "show", "span_id", "span_json"]
+__all__ = [
+    "KIND_NAMES",
+    "STATUS_NAMES",
+    "DecodeError",
+    "SpanError",
+    "any_value",
+    "attributes",
+    "decode_request",
+    "decode_span",
+    "parse_enum",
+    "show",
+    "span_id",
+    "span_json",
+]
 
 
 class DecodeError(ValueError):
@@ -46,8 +58,15 @@ def _enum(prefix: str, *names: str) -> dict[str, int]:
 
 KIND_NAMES = _enum("SPAN_KIND_", "UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_NAMES = _enum("STATUS_CODE_", "UNSET", "OK", "ERROR")
-_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-               float: "a number", type(None): "null"}
+_TYPE_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
 _U64 = 1 << 64
 _ZERO_IDS = frozenset({"0" * 16, "0" * 32})
 
@@ -80,8 +99,11 @@ def parse_enum(value: Any, names: dict[str, int], what: str) -> int:
 
 def _uint64(value: Any, what: str) -> int:
     """A fixed64 (times in ns): JSON number or decimal string; absent means 0 as in protobuf."""
-    if (type(value) is str and value.isdecimal()) or type(value) is int or (
-            type(value) is float and value.is_integer()):
+    if (
+        (type(value) is str and value.isdecimal())
+        or type(value) is int
+        or (type(value) is float and value.is_integer())
+    ):
         number = int(value)
     elif value is None:
         return 0
@@ -117,6 +139,7 @@ def _typed(kind: type, name: str) -> Callable[[Any], Any]:
         if type(value) is kind:
             return value
         raise SpanError(f"{name} {show(value)} is not a {kind.__name__}")
+
     return check
 
 
@@ -142,10 +165,22 @@ def _kvlist(value: Any) -> dict[str, Any]:
 
 
 _string, _boolean = _typed(str, "stringValue"), _typed(bool, "boolValue")
-_ANY = {"stringValue": _string, "boolValue": _boolean, "intValue": _int64, "doubleValue": _double,
-        "arrayValue": _array, "kvlistValue": _kvlist, "bytesValue": _bytes,
-        "string_value": _string, "bool_value": _boolean, "int_value": _int64, "double_value": _double,
-        "array_value": _array, "kvlist_value": _kvlist, "bytes_value": _bytes}
+_ANY = {
+    "stringValue": _string,
+    "boolValue": _boolean,
+    "intValue": _int64,
+    "doubleValue": _double,
+    "arrayValue": _array,
+    "kvlistValue": _kvlist,
+    "bytesValue": _bytes,
+    "string_value": _string,
+    "bool_value": _boolean,
+    "int_value": _int64,
+    "double_value": _double,
+    "array_value": _array,
+    "kvlist_value": _kvlist,
+    "bytes_value": _bytes,
+}
 
 
 def any_value(value: Any) -> Any:
@@ -260,11 +295,13 @@ def _events(events: Any) -> list[SpanEvent]:
             raise SpanError(f"event {show(event)} is not an object")
         when = event.get("timeUnixNano")
         name = event.get("name")
-        out.append({
-            "name": name if type(name) is str else _opt_str(name, "event name"),
-            "time_ns": _uint64(when if when is not None else event.get("time_unix_nano"), "event timeUnixNano"),
-            "attributes": attributes(event.get("attributes"), "event attributes"),
-        })
+        out.append(
+            {
+                "name": name if type(name) is str else _opt_str(name, "event name"),
+                "time_ns": _uint64(when if when is not None else event.get("time_unix_nano"), "event timeUnixNano"),
+                "attributes": attributes(event.get("attributes"), "event attributes"),
+            }
+        )
     return out
 
 
@@ -282,8 +319,10 @@ def _status(status: Any) -> tuple[int, str]:
     if type(status) is not dict:
         raise SpanError(f"status is {_tname(status)}, expected an object")
     code = status.get("code")
-    return (code if type(code) is int else parse_enum(code, STATUS_NAMES, "status.code"),
-            _opt_str(status.get("message"), "status.message"))
+    return (
+        code if type(code) is int else parse_enum(code, STATUS_NAMES, "status.code"),
+        _opt_str(status.get("message"), "status.message"),
+    )
 
 
 def _pick(obj: dict[str, Any], camel: str, snake: str) -> Any:
@@ -291,8 +330,9 @@ def _pick(obj: dict[str, Any], camel: str, snake: str) -> Any:
     return value if value is not None else obj.get(snake)
 
 
-def decode_span(span: Any, resource: dict[str, Any], scope: str, source: str, location: str,
-                raw: Callable[[], bytes]) -> SpanRecord:
+def decode_span(
+    span: Any, resource: dict[str, Any], scope: str, source: str, location: str, raw: Callable[[], bytes]
+) -> SpanRecord:
     """One OTLP JSON span object → SpanRecord (raises SpanError with the reason)."""
     if type(span) is not dict:
         raise SpanError(f"span is {_tname(span)}, expected an object")
@@ -300,8 +340,10 @@ def decode_span(span: Any, resource: dict[str, Any], scope: str, source: str, lo
     trace, ident, start, end = get("traceId"), get("spanId"), get("startTimeUnixNano"), get("endTimeUnixNano")
     if trace is None or ident is None or start is None or end is None:  # snake_case marshallers
         trace, ident = _pick(span, "traceId", "trace_id"), _pick(span, "spanId", "span_id")
-        start, end = _pick(span, "startTimeUnixNano", "start_time_unix_nano"), _pick(
-            span, "endTimeUnixNano", "end_time_unix_nano")
+        start, end = (
+            _pick(span, "startTimeUnixNano", "start_time_unix_nano"),
+            _pick(span, "endTimeUnixNano", "end_time_unix_nano"),
+        )
     parent = get("parentSpanId")
     if parent is None:
         parent = get("parent_span_id")
@@ -374,8 +416,14 @@ def _dump(value: Any) -> bytes:
         return repr(value).encode()
 
 
-def decode_request(doc: Any, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined],
-                   text: bytes | None = None) -> None:
+def decode_request(
+    doc: Any,
+    source: str,
+    where: str,
+    spans: list[SpanRecord],
+    quarantined: list[Quarantined],
+    text: bytes | None = None,
+) -> None:
     """Append the spans of one parsed ExportTraceServiceRequest to ``spans``.
 
     A bad resource/scope container or span is quarantined on its own (location ``"{where} span {n}"``,
@@ -405,8 +453,11 @@ def decode_request(doc: Any, source: str, where: str, spans: list[SpanRecord], q
             try:
                 scope, span_list = _scope(scope_spans)
             except SpanError as exc:
-                quarantined.append(Quarantined(source, f"{where} resourceSpans[{r_index}].scopeSpans[{s_index}]",
-                                               str(exc), _dump(scope_spans)))
+                quarantined.append(
+                    Quarantined(
+                        source, f"{where} resourceSpans[{r_index}].scopeSpans[{s_index}]", str(exc), _dump(scope_spans)
+                    )
+                )
                 continue
             for span in span_list:
                 count += 1

@@ -69,8 +69,10 @@ def _id(raw: bytes, size: int, what: str) -> str:
 
 
 def _events(span: Span) -> list[SpanEvent]:
-    return [{"name": event.name, "time_ns": event.time_unix_nano, "attributes": _attributes(event.attributes)}
-            for event in span.events]
+    return [
+        {"name": event.name, "time_ns": event.time_unix_nano, "attributes": _attributes(event.attributes)}
+        for event in span.events
+    ]
 
 
 def decode_span(span: Span, resource: dict[str, Any], scope: str, source: str, location: str) -> SpanRecord:
@@ -117,8 +119,9 @@ def parse_request(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def decode_request(data: bytes, source: str, where: str,
-                   spans: list[SpanRecord], quarantined: list[Quarantined]) -> None:
+def decode_request(
+    data: bytes, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined]
+) -> None:
     """Append the spans of one serialized request; bad spans are quarantined as ``"{where} span {n}"``."""
     request = parse_request(data)
     count = 0
@@ -127,9 +130,14 @@ def decode_request(data: bytes, source: str, where: str,
         try:
             scope_list = _scope_spans(resource_spans)
         except (ProtoDecodeError, RuntimeError, ValueError) as exc:
-            quarantined.append(Quarantined(source, f"{where} legacy instrumentation_library_spans",
-                                           f"invalid legacy InstrumentationLibrarySpans: {exc}",
-                                           resource_spans.SerializeToString()))
+            quarantined.append(
+                Quarantined(
+                    source,
+                    f"{where} legacy instrumentation_library_spans",
+                    f"invalid legacy InstrumentationLibrarySpans: {exc}",
+                    resource_spans.SerializeToString(),
+                )
+            )
             continue
         for scope_spans in scope_list:
             scope = scope_spans.scope.name

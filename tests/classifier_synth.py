@@ -54,16 +54,30 @@ def calls(
     unique = rng.random(n) < unique_key_share
     key[unique] = [f"tmpl@v1+{seed}-{i}" for i in np.flatnonzero(unique)]
     ids = rng.integers(0, 2**62, (n, 3))
-    return conform(pa.table({
-        "trace_id": [f"{a:016x}{b:016x}" for a, b in ids[:, :2]],
-        "span_id": [f"{c:016x}" for c in ids[:, 2]],
-        "service": ["rag"] * n, "provider": ["openai"] * n, "request_model": ["gpt-4o"] * n, "operation": ["chat"] * n,
-        "response_model": ["gpt-4o-2024-08-06"] * n, "region": region.tolist(),
-        "server_address": [f"{r}.api.example.com" for r in region], "prompt_key": key.tolist(),
-        "start_time": pa.array([T0 + dt.timedelta(seconds=float(s)) for s in start], pa.timestamp("us", tz="UTC")),
-        "duration_ms": ttft + decode,
-        "ttft_ms": pa.array(ttft if streaming else [None] * n, pa.float64()),
-        "streaming": [streaming] * n, "status": ["ok"] * n,
-        "input_tokens": inp, "cache_read_tokens": cached, "uncached_input_tokens": inp - cached,
-        "output_tokens": out,
-    }))
+    return conform(
+        pa.table(
+            {
+                "trace_id": [f"{a:016x}{b:016x}" for a, b in ids[:, :2]],
+                "span_id": [f"{c:016x}" for c in ids[:, 2]],
+                "service": ["rag"] * n,
+                "provider": ["openai"] * n,
+                "request_model": ["gpt-4o"] * n,
+                "operation": ["chat"] * n,
+                "response_model": ["gpt-4o-2024-08-06"] * n,
+                "region": region.tolist(),
+                "server_address": [f"{r}.api.example.com" for r in region],
+                "prompt_key": key.tolist(),
+                "start_time": pa.array(
+                    [T0 + dt.timedelta(seconds=float(s)) for s in start], pa.timestamp("us", tz="UTC")
+                ),
+                "duration_ms": ttft + decode,
+                "ttft_ms": pa.array(ttft if streaming else [None] * n, pa.float64()),
+                "streaming": [streaming] * n,
+                "status": ["ok"] * n,
+                "input_tokens": inp,
+                "cache_read_tokens": cached,
+                "uncached_input_tokens": inp - cached,
+                "output_tokens": out,
+            }
+        )
+    )

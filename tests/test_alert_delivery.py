@@ -386,8 +386,14 @@ def test_served_app_worker_alerts_after_an_attribution_pass(tmp_path, receiver):
     with live_server(tmp_path, alert_poll_s=0.05, alert_backoff_base_s=0.02, alert_backoff_max_s=0.1) as live:
         db = live.app.state.db
         assert live.app.state.alert_worker.after_pass in live.app.state.job_runner.after_pass
-        dest = live.client.post("/api/v1/alerts/destinations", json={
-            "name": "hook", "kind": "webhook", "secret": {"url": receiver.url + "/h", "hmac_secret": "s3cr3t-hmac"}})
+        dest = live.client.post(
+            "/api/v1/alerts/destinations",
+            json={
+                "name": "hook",
+                "kind": "webhook",
+                "secret": {"url": receiver.url + "/h", "hmac_secret": "s3cr3t-hmac"},
+            },
+        )
         assert dest.status_code == 201, dest.text
         rule = {"name": "chat", "destination_id": dest.json()["id"], "series": {"service": "chat-*"}}
         live.client.post("/api/v1/alerts/rules", json=rule).raise_for_status()
@@ -418,4 +424,8 @@ def test_a_triggered_regression_that_disappears_is_resolved_once(db, deliverer, 
     drain(deliverer, lambda: len(receiver.ok()) == 2)
     resolved = orjson.loads(receiver.ok()[1]["body"])
     assert (resolved["event"], resolved["id"], resolved["status"], resolved["withdrawn"]) == (
-        "resolve", "reg-gone", "resolved", True)
+        "resolve",
+        "reg-gone",
+        "resolved",
+        True,
+    )

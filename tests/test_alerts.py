@@ -97,10 +97,23 @@ def test_secrets_never_in_api_responses_nor_logs(tmp_path, receiver, caplog):
         with live_server(tmp_path, services=[]) as live:
             c = live.client
             texts = [c.post(f"{API}/destinations", json=_slack(receiver)).text]
-            pd = c.post(f"{API}/destinations", json={"name": "pd", "kind": "pagerduty", "secret": {
-                "routing_key": ROUTING_KEY}, "options": {"events_url": receiver.url + "/v2/enqueue"}})
-            hook = c.post(f"{API}/destinations", json={"name": "hook", "kind": "webhook", "secret": {
-                "url": f"{receiver.url}/hooks/{SLACK_TOKEN}", "hmac_secret": HMAC_SECRET}})
+            pd = c.post(
+                f"{API}/destinations",
+                json={
+                    "name": "pd",
+                    "kind": "pagerduty",
+                    "secret": {"routing_key": ROUTING_KEY},
+                    "options": {"events_url": receiver.url + "/v2/enqueue"},
+                },
+            )
+            hook = c.post(
+                f"{API}/destinations",
+                json={
+                    "name": "hook",
+                    "kind": "webhook",
+                    "secret": {"url": f"{receiver.url}/hooks/{SLACK_TOKEN}", "hmac_secret": HMAC_SECRET},
+                },
+            )
             texts += [pd.text, hook.text, c.get(f"{API}/destinations").text]
             texts += [c.get(f"{API}/destinations/{pd.json()['id']}").text]
             new_secret = {"secret": {"routing_key": ROUTING_KEY}}

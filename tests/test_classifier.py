@@ -90,8 +90,16 @@ def test_abstains_to_unexplained_below_the_threshold() -> None:
     d = len(FEATURE_NAMES)
     coef = np.zeros((len(LABELS), d))
     coef[0, 0] = 3.0  # only prefill_growth depends on the first feature
-    model = LogisticModel(FEATURE_NAMES, LABELS, np.zeros(d), np.ones(d), coef, np.zeros(len(LABELS)),
-                          temperature=1.0, abstain_threshold=0.5)
+    model = LogisticModel(
+        FEATURE_NAMES,
+        LABELS,
+        np.zeros(d),
+        np.ones(d),
+        coef,
+        np.zeros(len(LABELS)),
+        temperature=1.0,
+        abstain_threshold=0.5,
+    )
     x_sure, x_flat = np.zeros(d), np.zeros(d)
     x_sure[0] = 3.0
     (label_sure, conf_sure), (label_flat, conf_flat) = model.predict(np.vstack([x_sure, x_flat]))
@@ -168,8 +176,13 @@ def test_provider_incident_is_contention_on_each_series() -> None:
 
 
 def test_non_streaming_series_are_labelled_from_tokens_and_e2e() -> None:
-    families = ("prefill_growth/user_input_growth", "cache_eviction/provider_evicted",
-                "batch_contention/decode_slowdown", "routing_change/model_version_change", "output_growth")
+    families = (
+        "prefill_growth/user_input_growth",
+        "cache_eviction/provider_evicted",
+        "batch_contention/decode_slowdown",
+        "routing_change/model_version_change",
+        "output_growth",
+    )
     pairs = _scenario(9404, families, series=12)
     plain = [(w, a) for w, a in pairs if not pc.any(pc.fill_null(w.episode.column("streaming"), False)).as_py()]
     assert len(plain) >= 3
@@ -190,8 +203,7 @@ def test_longer_outputs_are_output_growth_not_contention() -> None:
         record = a.to_record_fields()
         assert set(record) == RECORD_FIELDS
         assert sum(a.contributions_ms.values()) == pytest.approx(a.observed - a.baseline, rel=1e-6, abs=1e-6)
-        ids = set(zip(w.episode.column("trace_id").to_pylist(), w.episode.column("span_id").to_pylist(),
-                      strict=True))
+        ids = set(zip(w.episode.column("trace_id").to_pylist(), w.episode.column("span_id").to_pylist(), strict=True))
         assert len(record["exemplars"]) >= 3
         assert all((x["trace_id"], x["span_id"]) in ids for x in record["exemplars"])
         assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
@@ -202,10 +214,20 @@ def test_reason_rules_only_name_reasons_of_their_label() -> None:
     for label, reasons in REASONS.items():
         got = pick_reason(label, zeros)
         assert (got is None) if not reasons else (got in reasons)
-    assert pick_reason("routing_change", {**zeros, "tv_region": 0.6, "tv_server_address": 0.6,
-                                          "tv_system_fingerprint": 0.6}) == "region_shift"
+    assert (
+        pick_reason(
+            "routing_change", {**zeros, "tv_region": 0.6, "tv_server_address": 0.6, "tv_system_fingerprint": 0.6}
+        )
+        == "region_shift"
+    )
     assert pick_reason("routing_change", {**zeros, "tv_response_model": 0.7}) == "model_version_change"
-    assert pick_reason("batch_contention", {**zeros, "streaming": 1.0, "log_itl_ratio": 0.5,
-                                            "log_ttft_ratio": 0.05}) == "decode_slowdown"
-    assert pick_reason("cache_eviction", {**zeros, "gap_5m_change": 0.6, "new_prompt_key_share": 0.9,
-                                          "new_key_repeat_share": 0.9}) == "ttl_expired"
+    assert (
+        pick_reason("batch_contention", {**zeros, "streaming": 1.0, "log_itl_ratio": 0.5, "log_ttft_ratio": 0.05})
+        == "decode_slowdown"
+    )
+    assert (
+        pick_reason(
+            "cache_eviction", {**zeros, "gap_5m_change": 0.6, "new_prompt_key_share": 0.9, "new_key_repeat_share": 0.9}
+        )
+        == "ttl_expired"
+    )

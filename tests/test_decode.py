@@ -75,9 +75,16 @@ def sdk_spans() -> tuple[ReadableSpan, ...]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     llm = provider.get_tracer("opentelemetry.instrumentation.openai_v2", "2.4b0")
     http = provider.get_tracer("opentelemetry.instrumentation.httpx")
-    attrs = {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 1200, "gen_ai.request.stream": True,
-             "gen_ai.request.temperature": 0.7, "gen_ai.response.finish_reasons": ("stop", "length"),
-             "token.ids": (1, 2, -3), "scores": (0.5, 1.25), "flags": (True, False)}
+    attrs = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.request.stream": True,
+        "gen_ai.request.temperature": 0.7,
+        "gen_ai.response.finish_reasons": ("stop", "length"),
+        "token.ids": (1, 2, -3),
+        "scores": (0.5, 1.25),
+        "flags": (True, False),
+    }
     root = llm.start_span("chat gpt-4o-mini", kind=SpanKind.CLIENT, attributes=attrs, start_time=T0)
     root.add_event("gen_ai.content.completion.chunk", {"index": 0, "text": "Hel"}, timestamp=T0 + 400_000_000)
     child = http.start_span("POST", context=set_span_in_context(root), kind=SpanKind.CLIENT, start_time=T0 + 10)
@@ -93,17 +100,33 @@ def sdk_spans() -> tuple[ReadableSpan, ...]:
 
 def expected(spans: tuple[ReadableSpan, ...]) -> list[dict[str, Any]]:
     """What decode must produce, derived from the SDK objects themselves (not from any encoding)."""
+
     def plain(attrs: Any) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(attrs).items()}
-    return sorted(({
-        "trace_id": f"{s.context.trace_id:032x}", "span_id": f"{s.context.span_id:016x}",
-        "parent_span_id": f"{s.parent.span_id:016x}" if s.parent else None, "name": s.name,
-        "kind": s.kind.value + 1,  # the SDK enum starts at INTERNAL=0, OTLP at UNSPECIFIED=0
-        "start_ns": s.start_time, "end_ns": s.end_time, "attributes": plain(s.attributes),
-        "resource": plain(s.resource.attributes), "scope": s.instrumentation_scope.name,
-        "events": [{"name": e.name, "time_ns": e.timestamp, "attributes": plain(e.attributes)} for e in s.events],
-        "status_code": s.status.status_code.value, "status_message": s.status.description or "",
-    } for s in spans), key=lambda r: r["span_id"])
+
+    return sorted(
+        (
+            {
+                "trace_id": f"{s.context.trace_id:032x}",
+                "span_id": f"{s.context.span_id:016x}",
+                "parent_span_id": f"{s.parent.span_id:016x}" if s.parent else None,
+                "name": s.name,
+                "kind": s.kind.value + 1,  # the SDK enum starts at INTERNAL=0, OTLP at UNSPECIFIED=0
+                "start_ns": s.start_time,
+                "end_ns": s.end_time,
+                "attributes": plain(s.attributes),
+                "resource": plain(s.resource.attributes),
+                "scope": s.instrumentation_scope.name,
+                "events": [
+                    {"name": e.name, "time_ns": e.timestamp, "attributes": plain(e.attributes)} for e in s.events
+                ],
+                "status_code": s.status.status_code.value,
+                "status_message": s.status.description or "",
+            }
+            for s in spans
+        ),
+        key=lambda r: r["span_id"],
+    )
 
 
 def comparable(result: DecodeResult) -> list[dict[str, Any]]:
@@ -130,6 +153,7 @@ def length_prefixed(records: list[bytes]) -> bytes:
 
 def canonical_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
     """Spec-style OTLP JSON: hex ids (upper-case, to test case folding), enums as integers, ints as strings."""
+
     def fix(node: Any) -> Any:
         if isinstance(node, list):
             return [fix(item) for item in node]
@@ -140,11 +164,13 @@ def canonical_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
             if key in out:
                 out[key] = base64.b64decode(out[key]).hex().upper()
         if isinstance(out.get("kind"), str):
-            out["kind"] = ["SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
-                           "SPAN_KIND_CLIENT"].index(out["kind"])
+            out["kind"] = ["SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT"].index(
+                out["kind"]
+            )
         if isinstance(out.get("code"), str):
             out["code"] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"].index(out["code"])
         return out
+
     return fix(MessageToDict(request))
 
 
@@ -194,10 +220,12 @@ def test_encodings_are_the_supported_formats(request_pb) -> None:
 
 def test_http_bodies_json_protobuf_and_gzip(sdk_spans, request_pb) -> None:
     proto, camel = request_pb.SerializeToString(), MessageToJson(request_pb).encode()
-    for body, content_type, encoding in [(proto, "application/x-protobuf", None),
-                                         (camel, "application/json; charset=utf-8", None),
-                                         (gzip.compress(proto), "application/x-protobuf", "gzip"),
-                                         (gzip.compress(camel), "Application/JSON", "GZIP")]:
+    for body, content_type, encoding in [
+        (proto, "application/x-protobuf", None),
+        (camel, "application/json; charset=utf-8", None),
+        (gzip.compress(proto), "application/x-protobuf", "gzip"),
+        (gzip.compress(camel), "Application/JSON", "GZIP"),
+    ]:
         result = decode_bytes(body, "http", content_type, encoding)
         assert comparable(result) == expected(sdk_spans)
         assert {s["location"] for s in result.spans} == {"request span 1", "request span 2", "request span 3"}
@@ -205,19 +233,23 @@ def test_http_bodies_json_protobuf_and_gzip(sdk_spans, request_pb) -> None:
     assert decode_bytes(b"", "http", "application/json").spans == []
 
 
-@pytest.mark.parametrize(("body", "content_type", "encoding", "reason"), [
-    (b'{"resourceSpans": [', "application/json", None, "truncated JSON"),
-    (b'{"name": "console span"}', "application/json", None, "not an OTLP envelope"),
-    (b'[{"resourceSpans": []}]', "application/json", None, "not an OTLP envelope"),
-    (b'{"resourceSpans": {"a": 1}}', "application/json", None, "resourceSpans is an object, expected a list"),
-    (b"\x0a\xff\xff\xff\x0f", "application/x-protobuf", None, "invalid protobuf"),
-    (b"{}", "text/plain", None, "unsupported content type"),
-    (gzip.compress(b"{}", mtime=0)[:10] + b"\xff" * 12, "application/json", "gzip", "invalid gzip body"),
-    (gzip.compress(b"{}", mtime=0)[:15], "application/json", "gzip", "truncated gzip body"),
-    (b"{}", "application/json", "br", "unsupported content encoding"),
-])
-def test_http_body_undecodable_as_a_whole_raises(body: bytes, content_type: str, encoding: str | None,
-                                                  reason: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "content_type", "encoding", "reason"),
+    [
+        (b'{"resourceSpans": [', "application/json", None, "truncated JSON"),
+        (b'{"name": "console span"}', "application/json", None, "not an OTLP envelope"),
+        (b'[{"resourceSpans": []}]', "application/json", None, "not an OTLP envelope"),
+        (b'{"resourceSpans": {"a": 1}}', "application/json", None, "resourceSpans is an object, expected a list"),
+        (b"\x0a\xff\xff\xff\x0f", "application/x-protobuf", None, "invalid protobuf"),
+        (b"{}", "text/plain", None, "unsupported content type"),
+        (gzip.compress(b"{}", mtime=0)[:10] + b"\xff" * 12, "application/json", "gzip", "invalid gzip body"),
+        (gzip.compress(b"{}", mtime=0)[:15], "application/json", "gzip", "truncated gzip body"),
+        (b"{}", "application/json", "br", "unsupported content encoding"),
+    ],
+)
+def test_http_body_undecodable_as_a_whole_raises(
+    body: bytes, content_type: str, encoding: str | None, reason: str
+) -> None:
     with pytest.raises(DecodeError, match=reason):
         decode_bytes(body, "http", content_type, encoding)
 
@@ -259,8 +291,11 @@ def test_canonical_fixture_hand_checked_values() -> None:
     by_name = {s["name"]: s for s in result.spans}
     chat, legacy, snake = by_name["chat gpt-4o-mini"], by_name["legacy span"], by_name["snake span"]
     assert (chat["trace_id"], chat["parent_span_id"], chat["kind"]) == ("5b8efff798038103d269b633813fc60c", None, 3)
-    assert chat["attributes"]["gen_ai.usage.raw"] == {"prompt_tokens": 1200, "details": {"cached_tokens": 1024},
-                                                       "missing": None}
+    assert chat["attributes"]["gen_ai.usage.raw"] == {
+        "prompt_tokens": 1200,
+        "details": {"cached_tokens": 1024},
+        "missing": None,
+    }
     assert chat["attributes"]["gen_ai.response.finish_reasons"] == ["stop", 2, []]
     assert chat["attributes"]["payload.bytes"] == b"hello"
     assert chat["attributes"]["empty.value"] is None and chat["attributes"]["gen_ai.request.top_p"] == 1.0
@@ -268,24 +303,40 @@ def test_canonical_fixture_hand_checked_values() -> None:
     assert (legacy["scope"], legacy["kind"], legacy["status_code"]) == ("old.library", 2, 1)
     assert legacy["attributes"]["ratio.inf"] == float("inf") and legacy["attributes"]["count.negative"] == -42
     assert (snake["trace_id"], snake["span_id"], snake["parent_span_id"]) == (
-        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "00f067aa0ba902b7")
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+        "00f067aa0ba902b7",
+    )
     assert (snake["kind"], snake["status_code"], snake["status_message"]) == (3, 2, "boom")
-    assert snake["events"] == [{"name": "First Token Stream Event", "time_ns": 1700000000100000000,
-                                "attributes": {}}]
+    assert snake["events"] == [{"name": "First Token Stream Event", "time_ns": 1700000000100000000, "attributes": {}}]
 
 
 def otlp_line(*spans: dict[str, Any], scope_spans: Any = None) -> bytes:
     """One canonical OTLP JSON line holding ``spans`` (or a raw ``scopeSpans`` value)."""
     scopes = scope_spans if scope_spans is not None else [{"scope": {"name": "s"}, "spans": list(spans)}]
-    return orjson.dumps({"resourceSpans": [{"resource": {"attributes": [
-        {"key": "service.name", "value": {"stringValue": "svc"}}]}, "scopeSpans": scopes}]})
+    return orjson.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
+                    "scopeSpans": scopes,
+                }
+            ]
+        }
+    )
 
 
 def good_span(number: int, **changes: Any) -> dict[str, Any]:
     """A valid span whose span id encodes ``number`` (so a test can tell where each one came from)."""
-    span = {"traceId": "ab" * 16, "spanId": f"{number:016x}", "name": f"span {number}", "kind": 3,
-            "startTimeUnixNano": str(T0 + number), "endTimeUnixNano": str(T0 + number + 1000),
-            "attributes": [{"key": "n", "value": {"intValue": str(number)}}]}
+    span = {
+        "traceId": "ab" * 16,
+        "spanId": f"{number:016x}",
+        "name": f"span {number}",
+        "kind": 3,
+        "startTimeUnixNano": str(T0 + number),
+        "endTimeUnixNano": str(T0 + number + 1000),
+        "attributes": [{"key": "n", "value": {"intValue": str(number)}}],
+    }
     span.update(changes)
     return span
 
@@ -331,16 +382,19 @@ def test_bad_lines_and_spans_are_quarantined_precisely_and_the_rest_lands() -> N
     assert orjson.loads(raws["line 5 resourceSpans[0].scopeSpans[0]"])["spans"] == "nope"
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    ({"intValue": "12.5"}, "intValue '12.5' is not an integer"),
-    ({"doubleValue": "fast"}, "doubleValue 'fast' is not a number"),
-    ({"stringValue": 5}, "stringValue 5 is not a str"),
-    ({"boolValue": "yes"}, "boolValue 'yes' is not a bool"),
-    ({"bytesValue": "!!"}, "bytesValue '!!' is not base64"),
-    ({"arrayValue": [1]}, "arrayValue must be an object with a 'values' list"),
-    ({"kvlistValue": {"values": [{"value": {}}]}}, "is not a {key, value} object with a string key"),
-    ("plain", "attribute value 'plain' is not an AnyValue object"),
-])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"intValue": "12.5"}, "intValue '12.5' is not an integer"),
+        ({"doubleValue": "fast"}, "doubleValue 'fast' is not a number"),
+        ({"stringValue": 5}, "stringValue 5 is not a str"),
+        ({"boolValue": "yes"}, "boolValue 'yes' is not a bool"),
+        ({"bytesValue": "!!"}, "bytesValue '!!' is not base64"),
+        ({"arrayValue": [1]}, "arrayValue must be an object with a 'values' list"),
+        ({"kvlistValue": {"values": [{"value": {}}]}}, "is not a {key, value} object with a string key"),
+        ("plain", "attribute value 'plain' is not an AnyValue object"),
+    ],
+)
 def test_bad_attribute_values_quarantine_their_span(value: Any, reason: str) -> None:
     attrs = [{"key": "ok", "value": {"stringValue": "x"}}, {"key": "bad", "value": value}]
     _, result = decode_all(otlp_line(good_span(1, attributes=attrs), good_span(2)))
@@ -352,8 +406,16 @@ def test_bad_attribute_values_quarantine_their_span(value: Any, reason: str) -> 
 def test_ten_megabyte_attribute_decodes(tmp_path: Path) -> None:
     big = "x" * 10_000_000
     path = tmp_path / "big.jsonl"
-    path.write_bytes(b"\n".join([otlp_line(good_span(1)), otlp_line(good_span(2, attributes=[
-        {"key": "gen_ai.input.messages", "value": {"stringValue": big}}])), otlp_line(good_span(3))]) + b"\n")
+    path.write_bytes(
+        b"\n".join(
+            [
+                otlp_line(good_span(1)),
+                otlp_line(good_span(2, attributes=[{"key": "gen_ai.input.messages", "value": {"stringValue": big}}])),
+                otlp_line(good_span(3)),
+            ]
+        )
+        + b"\n"
+    )
     chunks, result = decode_all(open_input(path), chunk_bytes=1 << 20)
     assert len(chunks) == 3 and not result.quarantined
     assert [s["location"] for s in result.spans] == ["line 1 span 1", "line 2 span 1", "line 3 span 1"]
@@ -373,10 +435,12 @@ def test_oversize_records_are_quarantined_with_size_and_limit(request_pb) -> Non
     _, result = decode_all(records, max_record_bytes=50_000)
     assert len(result.spans) == 6
     assert [(q.location, q.reason) for q in result.quarantined] == [
-        ("record 2", "record of 100001 bytes exceeds max_record_bytes (50000)")]
+        ("record 2", "record of 100001 bytes exceeds max_record_bytes (50000)")
+    ]
     _, result = decode_all(MessageToJson(request_pb).encode(), max_record_bytes=1000)
-    assert [q.location for q in result.quarantined] == ["document"] and "exceeds max_record_bytes" in \
-        result.quarantined[0].reason
+    assert [q.location for q in result.quarantined] == [
+        "document"
+    ] and "exceeds max_record_bytes" in result.quarantined[0].reason
 
 
 def test_broken_framing_and_records(request_pb) -> None:
@@ -388,7 +452,9 @@ def test_broken_framing_and_records(request_pb) -> None:
         length_prefixed([proto, b"\x0a\x05\xff"]): ("record 2", "invalid protobuf ExportTraceServiceRequest"),
         length_prefixed([zstd.compress(proto), b"\x28\xb5\x2f\xfd junk"]): ("record 2", "invalid zstd record"),
         length_prefixed([zstd.compress(proto), zstd.compress(b'{"resourceSpans": 1}')]): (
-            "record 2", "resourceSpans is an integer, expected a list"),
+            "record 2",
+            "resourceSpans is an integer, expected a list",
+        ),
     }
     for data, (location, reason) in cases.items():
         _, result = decode_all(data)
@@ -415,13 +481,14 @@ def test_chunks_hold_whole_lines_with_right_numbers_and_offsets() -> None:
     chunks, result = decode_all(b"\xef\xbb\xbf" + data, chunk_bytes=8192)  # with a UTF-8 BOM
     assert len(chunks) > 10 and all(0 < len(c.data) <= 8192 for c in chunks)
     for chunk in chunks:
-        assert data[chunk.offset - 3:chunk.offset - 3 + len(chunk.data)] == chunk.data
-        assert chunk.first == 1 + data[:chunk.offset - 3].count(b"\n")
+        assert data[chunk.offset - 3 : chunk.offset - 3 + len(chunk.data)] == chunk.data
+        assert chunk.first == 1 + data[: chunk.offset - 3].count(b"\n")
     for span in result.spans:
         line = int(span["location"].split()[1])
         assert int(span["span_id"], 16) // 10 == (line if line <= 50 else line - 1)
-    assert not result.quarantined and len(result.spans) == sum(len(orjson.loads(x)["resourceSpans"][0][
-        "scopeSpans"][0]["spans"]) for x in lines if x)
+    assert not result.quarantined and len(result.spans) == sum(
+        len(orjson.loads(x)["resourceSpans"][0]["scopeSpans"][0]["spans"]) for x in lines if x
+    )
 
 
 def test_stdin_like_pipe_with_gzip(sdk_spans, request_pb) -> None:
@@ -431,7 +498,8 @@ def test_stdin_like_pipe_with_gzip(sdk_spans, request_pb) -> None:
     def feed() -> None:  # dribble the bytes like a slow producer would
         with os.fdopen(write_fd, "wb", buffering=0) as pipe:
             for start in range(0, len(data), 7):
-                pipe.write(data[start:start + 7])
+                pipe.write(data[start : start + 7])
+
     writer = threading.Thread(target=feed)
     writer.start()
     with os.fdopen(read_fd, "rb") as stdin:
@@ -442,11 +510,14 @@ def test_stdin_like_pipe_with_gzip(sdk_spans, request_pb) -> None:
 
 def test_legacy_protobuf_instrumentation_library_spans(request_pb) -> None:
     """proto < 0.19 put ScopeSpans-shaped InstrumentationLibrarySpans in ResourceSpans field 1000."""
+
     def field(number: int, payload: bytes) -> bytes:
         return varint(number << 3 | 2) + varint(len(payload)) + payload
+
     rs = request_pb.resource_spans[0]
     legacy_rs = field(1, rs.resource.SerializeToString()) + b"".join(
-        field(1000, s.SerializeToString()) for s in rs.scope_spans)
+        field(1000, s.SerializeToString()) for s in rs.scope_spans
+    )
     result = decode_bytes(field(1, legacy_rs), "legacy", "application/x-protobuf")
     assert not result.quarantined and len(result.spans) == 3
     assert {s["scope"] for s in result.spans} == {s.scope.name for s in rs.scope_spans}
@@ -471,8 +542,8 @@ class Generated(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
-        piece = self.block[self.pos:self.pos + min(len(target), self.left)]
-        target[:len(piece)] = piece
+        piece = self.block[self.pos : self.pos + min(len(target), self.left)]
+        target[: len(piece)] = piece
         self.pos, self.left = (self.pos + len(piece)) % len(self.block), self.left - len(piece)
         return len(piece)
 
@@ -483,8 +554,9 @@ def test_memory_stays_bounded_by_chunk_size(pattern: bytes) -> None:
     tracemalloc.start()
     try:
         count = 0
-        for chunk in iter_chunks(open_input(Generated(pattern, 48 << 20)), "gen", chunk_bytes=1 << 20,
-                                 max_record_bytes=2 << 20):
+        for chunk in iter_chunks(
+            open_input(Generated(pattern, 48 << 20)), "gen", chunk_bytes=1 << 20, max_record_bytes=2 << 20
+        ):
             count += 1
             del chunk
         peak = tracemalloc.get_traced_memory()[1]
@@ -494,19 +566,22 @@ def test_memory_stays_bounded_by_chunk_size(pattern: bytes) -> None:
     assert peak < 8 << 20, peak
 
 
-@pytest.mark.parametrize(("head", "fmt"), [
-    (b'{"resourceSpans":[]}\n{"resourceSpans":[]}', "jsonl"),
-    (b'\n  {"resourceSpans":[]}', "jsonl"),
-    (b'{"resourceSpans": [\n  {"resource": {}}\n]}', "json"),
-    (b'{\n  "resourceSpans": []\n}', "json"),
-    (b'[\n{"resourceSpans": []}\n]', "json"),
-    (b'{"resourceSpans": [BROKEN\n{"resourceSpans": []}', "jsonl"),
-    (b"\x0a\x12\x0a\x10", "proto"),
-    (b"\x00\x00\x00\x05\x0a\x03abc", "proto_lp"),
-    (b"\x00\x00\x00\x00", "proto_lp"),
-    (b"\x00\x00\x01\x00\x28\xb5\x2f\xfd", "proto_lp_zstd"),
-    (b"hello world", None),
-    (b"", None),
-])
+@pytest.mark.parametrize(
+    ("head", "fmt"),
+    [
+        (b'{"resourceSpans":[]}\n{"resourceSpans":[]}', "jsonl"),
+        (b'\n  {"resourceSpans":[]}', "jsonl"),
+        (b'{"resourceSpans": [\n  {"resource": {}}\n]}', "json"),
+        (b'{\n  "resourceSpans": []\n}', "json"),
+        (b'[\n{"resourceSpans": []}\n]', "json"),
+        (b'{"resourceSpans": [BROKEN\n{"resourceSpans": []}', "jsonl"),
+        (b"\x0a\x12\x0a\x10", "proto"),
+        (b"\x00\x00\x00\x05\x0a\x03abc", "proto_lp"),
+        (b"\x00\x00\x00\x00", "proto_lp"),
+        (b"\x00\x00\x01\x00\x28\xb5\x2f\xfd", "proto_lp_zstd"),
+        (b"hello world", None),
+        (b"", None),
+    ],
+)
 def test_sniff(head: bytes, fmt: str | None) -> None:
     assert sniff(head) == fmt

@@ -61,8 +61,10 @@ def test_stationary_panel_has_no_episode():
 
 # How fast depends on the per-call spread: at 20 calls a bucket a 2-bucket alarm needs a TTFT-like spread
 # (log-sd 0.25, the LLMPerf measurements); e2e-like spread (0.5) needs ~100 calls a bucket for that.
-@pytest.mark.parametrize(("calls", "sigma", "factor", "delay"),
-                         [(24, 0.25, 1.3, 2), (100, 0.5, 1.3, 2), (1000, 0.5, 1.3, 2), (300, 0.5, 1.15, 6)])
+@pytest.mark.parametrize(
+    ("calls", "sigma", "factor", "delay"),
+    [(24, 0.25, 1.3, 2), (100, 0.5, 1.3, 2), (1000, 0.5, 1.3, 2), (300, 0.5, 1.15, 6)],
+)
 def test_shift_is_found_fast_and_resolves(calls, sigma, factor, delay):
     onset = 8 * DAY + 150  # 12:30 on day 8
     panel = _panel(10, calls=calls, seed=2, shift=(onset, onset + 24, factor), sigma=sigma)
@@ -134,7 +136,11 @@ def test_coarser_grain_only_adds_what_the_finer_one_missed():
               _episode(3600, 1.0, 2.0, family="e2e")]  # fmt: skip
     kept = prefer_finer(coarse + fine)
     assert sorted((e.grain_s, e.family, e.start.hour) for e in kept) == [
-        (300, "ttft", 1), (300, "ttft", 10), (3600, "e2e", 1), (3600, "ttft", 5)]
+        (300, "ttft", 1),
+        (300, "ttft", 10),
+        (3600, "e2e", 1),
+        (3600, "ttft", 5),
+    ]
 
 
 # --- the whole job on calls ------------------------------------------------------------------------------------
@@ -211,7 +217,12 @@ def test_open_episode_keeps_its_id_when_it_continues_and_resolves(tmp_path):
     specs = [SeriesSpec(service="svc", rate=0.15)]
     shift = Shift(0, at(4, 18), 4 * 3600, 1.5, "ttft")
     calls = generate_calls(specs, days=5, shifts=(shift,), seed=5)
-    cut = np.datetime64(at(4, 19, ).replace(tzinfo=None))
+    cut = np.datetime64(
+        at(
+            4,
+            19,
+        ).replace(tzinfo=None)
+    )
     starts = calls.column("start_time").to_numpy()
     first, rest = calls.filter(pa.array(starts < cut)), calls.filter(pa.array(starts >= cut))
     rest = rest.set_column(rest.schema.get_field_index("ingest_batch"), "ingest_batch",

@@ -73,8 +73,10 @@ def test_non_streaming_windows_still_get_the_net_rate() -> None:
 
 
 def test_unrecorded_dimensions_become_flags_evidence_and_the_reason() -> None:
-    base, epi = hide(calls(900, 11), (*ROUTES, "deployment")), hide(calls(450, 12, t0_h=5, hours=2,
-                                                                          latency_scale=1.6), (*ROUTES, "deployment"))
+    base, epi = (
+        hide(calls(900, 11), (*ROUTES, "deployment")),
+        hide(calls(450, 12, t0_h=5, hours=2, latency_scale=1.6), (*ROUTES, "deployment")),
+    )
     b, e = window_of(base), window_of(epi)
     assert unrecorded_dims(b, e) == ["region", "server_address", "deployment", "system_fingerprint"]
     f = episode_features(decompose(base, epi, metric="itl_p95_ms"), base, epi, EpisodeContext())
@@ -82,8 +84,11 @@ def test_unrecorded_dimensions_become_flags_evidence_and_the_reason() -> None:
     assert f["route_unrecorded_share"] == 0.8
     # A route move nobody recorded: the mix of every recorded dimension is flat, so the reason is the hidden one.
     assert pick_reason("routing_change", f) == "deployment_change"
-    visible = episode_features(decompose(calls(900, 11), calls(450, 13, t0_h=5, hours=2, west_share=0.6)),
-                               calls(900, 11), calls(450, 13, t0_h=5, hours=2, west_share=0.6))
+    visible = episode_features(
+        decompose(calls(900, 11), calls(450, 13, t0_h=5, hours=2, west_share=0.6)),
+        calls(900, 11),
+        calls(450, 13, t0_h=5, hours=2, west_share=0.6),
+    )
     assert pick_reason("routing_change", visible) == "region_shift"
 
 
@@ -92,12 +97,21 @@ def test_sparse_convention_copies_are_seeded_and_hide_only_what_they_say() -> No
     w = LabelledWindow({"label": "batch_contention"}, base, epi, "e2e_p95_ms", EpisodeContext())
     a = [_as_recorded(w, np.random.default_rng(7)) for _ in range(2)]
     assert a[0].baseline.equals(a[1].baseline) and a[0].metric == a[1].metric
-    hidden = [n for n in base.column_names if a[0].baseline.column(n).null_count == base.num_rows
-              and base.column(n).null_count < base.num_rows]
-    assert set(hidden) <= {"deployment", "region", "system_fingerprint", "server_address", "response_model",
-                           "queue_ms", "itl_ms"}
+    hidden = [
+        n
+        for n in base.column_names
+        if a[0].baseline.column(n).null_count == base.num_rows and base.column(n).null_count < base.num_rows
+    ]
+    assert set(hidden) <= {
+        "deployment",
+        "region",
+        "system_fingerprint",
+        "server_address",
+        "response_model",
+        "queue_ms",
+        "itl_ms",
+    }
     # ITL rose 1.5× on every call: the detector would report ITL, and so does the copy.
     assert a[0].metric == "itl_p95_ms"
     copies = [_as_recorded(w, np.random.default_rng(s)) for s in range(40)]
     assert sum(c.baseline.column("region").null_count > 0 for c in copies) in range(8, 33)
-

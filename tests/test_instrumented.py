@@ -71,8 +71,15 @@ class Expected:
 
 
 _OPENAI_V2 = Expected(
-    convention="otel_semconv", cache_read=False, ttft=False, chunk_events=False, streaming=(None, None),
-    server_address=False, response_id=True, fingerprint=(True, False), finish_reason=(True, False),
+    convention="otel_semconv",
+    cache_read=False,
+    ttft=False,
+    chunk_events=False,
+    streaming=(None, None),
+    server_address=False,
+    response_id=True,
+    fingerprint=(True, False),
+    finish_reason=(True, False),
 )
 EXPECTED: dict[str, Expected] = {
     # With opentelemetry-util-genai 1.1b0 both modes take the util-genai path (is_experimental_mode() is always
@@ -80,12 +87,26 @@ EXPECTED: dict[str, Expected] = {
     "openai_v2": _OPENAI_V2,
     "openai_v2_latest": _OPENAI_V2,
     "openinference": Expected(
-        convention="openinference", cache_read=True, ttft=True, chunk_events=False, streaming=(False, True),
-        server_address=False, response_id=False, fingerprint=(False, False), finish_reason=(True, True),
+        convention="openinference",
+        cache_read=True,
+        ttft=True,
+        chunk_events=False,
+        streaming=(False, True),
+        server_address=False,
+        response_id=False,
+        fingerprint=(False, False),
+        finish_reason=(True, True),
     ),
     "openllmetry": Expected(
-        convention="openllmetry", cache_read=True, ttft=True, chunk_events=True, streaming=(False, True),
-        server_address=True, response_id=True, fingerprint=(True, False), finish_reason=(True, True),
+        convention="openllmetry",
+        cache_read=True,
+        ttft=True,
+        chunk_events=True,
+        streaming=(False, True),
+        server_address=True,
+        response_id=True,
+        fingerprint=(True, False),
+        finish_reason=(True, True),
     ),
 }
 
@@ -213,8 +234,13 @@ def test_capture_is_a_collector_proto_file(lib: str, instrumented_ingested: dict
     assert len(requests) == run.exports >= 1
     spans = [s for r in requests for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
     assert len(spans) == run.spans == len(CALLS)
-    services = {a.value.string_value for r in requests for rs in r.resource_spans
-                for a in rs.resource.attributes if a.key == "service.name"}
+    services = {
+        a.value.string_value
+        for r in requests
+        for rs in r.resource_spans
+        for a in rs.resource.attributes
+        if a.key == "service.name"
+    }
     assert services == {run.service_name}
     assert set(run.encodings) == ({"gzip"} if next(s for s in LIBS if s.lib == lib).gzip else {""})
 
@@ -313,8 +339,18 @@ def test_failing_call(
     assert "<class" not in row["error_type"]
     assert row["streaming"] is EXPECTED[lib].streaming[0]  # a plain (non-streaming) request
     # The server answered nothing but the error: no model, id, fingerprint, finish reason, tokens or TTFT.
-    for key in ("response_model", "response_id", "system_fingerprint", "finish_reason", "input_tokens",
-                "output_tokens", "cache_read_tokens", "uncached_input_tokens", "ttft_ms", "itl_ms"):
+    for key in (
+        "response_model",
+        "response_id",
+        "system_fingerprint",
+        "finish_reason",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "uncached_input_tokens",
+        "ttft_ms",
+        "itl_ms",
+    ):
         assert row[key] is None, key
 
 

@@ -29,11 +29,25 @@ ANY_VALUE_KEYS = {"stringValue", "boolValue", "intValue", "doubleValue", "arrayV
 #: (provider, request model, response model, host, explicit region, deployment, fingerprint)
 ROUTES = (
     ("openai", "gpt-4o", "gpt-4o-2024-08-06", "api.openai.com", None, None, "fp_f85bea6784"),
-    ("azure.ai.openai", "gpt-4o", "gpt-4o-2024-11-20", "contoso-eus2.openai.azure.com", "eastus2", "gpt4o-prod",
-     "fp_b705f0c291"),
+    (
+        "azure.ai.openai",
+        "gpt-4o",
+        "gpt-4o-2024-11-20",
+        "contoso-eus2.openai.azure.com",
+        "eastus2",
+        "gpt4o-prod",
+        "fp_b705f0c291",
+    ),
     ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "api.anthropic.com", None, None, None),
-    ("aws.bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0", "anthropic.claude-3-5-sonnet-20240620-v1:0",
-     "bedrock-runtime.us-west-2.amazonaws.com", "us-west-2", None, None),
+    (
+        "aws.bedrock",
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "bedrock-runtime.us-west-2.amazonaws.com",
+        "us-west-2",
+        None,
+        None,
+    ),
 )
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
@@ -45,25 +59,56 @@ def make_row(rng: random.Random, i: int, *, streaming: bool, error: bool = False
     inp = rng.randrange(800, 9000)
     ttft, itl = rng.uniform(150, 1500), rng.uniform(8, 45)
     row: dict[str, Any] = {
-        "trace_id": f"{rng.getrandbits(128) | 1:032x}", "span_id": f"{rng.getrandbits(64) | 1:016x}",
+        "trace_id": f"{rng.getrandbits(128) | 1:032x}",
+        "span_id": f"{rng.getrandbits(64) | 1:016x}",
         "parent_span_id": f"{rng.getrandbits(64) | 1:016x}" if i % 3 else None,
-        "service": ("checkout", "support-bot")[i % 2], "operation": "chat", "provider": provider,
-        "request_model": req, "response_model": resp, "system_fingerprint": fp, "server_address": host,
-        "server_port": None, "region": region, "deployment": dep, "prompt_key": f"answer_v{i % 4}",
+        "service": ("checkout", "support-bot")[i % 2],
+        "operation": "chat",
+        "provider": provider,
+        "request_model": req,
+        "response_model": resp,
+        "system_fingerprint": fp,
+        "server_address": host,
+        "server_port": None,
+        "region": region,
+        "deployment": dep,
+        "prompt_key": f"answer_v{i % 4}",
         "start_time": T0 + timedelta(seconds=37 * i, microseconds=rng.randrange(10**6)),
-        "streaming": streaming, "status": "ok", "error_type": None, "finish_reason": "stop",
-        "input_tokens": inp, "cache_read_tokens": rng.choice((0, inp // 4, inp // 2)),
+        "streaming": streaming,
+        "status": "ok",
+        "error_type": None,
+        "finish_reason": "stop",
+        "input_tokens": inp,
+        "cache_read_tokens": rng.choice((0, inp // 4, inp // 2)),
         "cache_write_tokens": rng.choice((0, 256)) if provider in ("anthropic", "aws.bedrock") else None,
-        "output_tokens": out, "reasoning_tokens": None, "response_id": f"resp_{i}",
-        "provider_request_id": f"req-{i}", "session_id": f"sess-{i % 5}", "tenant": f"tenant-{i % 3}",
-        "ttft_ms": ttft if streaming else None, "itl_ms": itl if streaming else None,
-        "itl_p95_ms": itl * 1.8 if streaming else None, "queue_ms": rng.uniform(0, 40),
+        "output_tokens": out,
+        "reasoning_tokens": None,
+        "response_id": f"resp_{i}",
+        "provider_request_id": f"req-{i}",
+        "session_id": f"sess-{i % 5}",
+        "tenant": f"tenant-{i % 3}",
+        "ttft_ms": ttft if streaming else None,
+        "itl_ms": itl if streaming else None,
+        "itl_p95_ms": itl * 1.8 if streaming else None,
+        "queue_ms": rng.uniform(0, 40),
         "duration_ms": ttft + itl * (out - 1) + 0.6,
     }
     if error:
-        row.update(status="error", error_type="RateLimitError", finish_reason=None, input_tokens=None,
-                   cache_read_tokens=None, cache_write_tokens=None, output_tokens=None, ttft_ms=None, itl_ms=None,
-                   itl_p95_ms=None, response_id=None, system_fingerprint=None, duration_ms=rng.uniform(50, 400))
+        row.update(
+            status="error",
+            error_type="RateLimitError",
+            finish_reason=None,
+            input_tokens=None,
+            cache_read_tokens=None,
+            cache_write_tokens=None,
+            output_tokens=None,
+            ttft_ms=None,
+            itl_ms=None,
+            itl_p95_ms=None,
+            response_id=None,
+            system_fingerprint=None,
+            duration_ms=rng.uniform(50, 400),
+        )
     return row
 
 
@@ -79,12 +124,13 @@ def _attrs(span: Mapping[str, Any]) -> dict[str, Any]:
     """Decode an OTLP attribute list back to plain values (test helper, independent of ingest)."""
     out: dict[str, Any] = {}
     for kv in span.get("attributes", []):
-        (kind, value), = kv["value"].items()
+        ((kind, value),) = kv["value"].items()
         out[kv["key"]] = int(value) if kind == "intValue" else value
     return out
 
 
 # --- structure -------------------------------------------------------------------------------------------------
+
 
 def _check_any_value(value: Mapping[str, Any]) -> None:
     assert len(value) == 1 and set(value) <= ANY_VALUE_KEYS, value
@@ -116,8 +162,11 @@ def _check_span(span: Mapping[str, Any]) -> None:
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_export_lines_are_valid_otlp_json(convention: str) -> None:
     rows = rows_for(convention, seed=1)
-    lines = list(iter_export_lines(rows, lambda r: r["source_convention"], spans_per_line=7, with_content=True,
-                                   extra_non_llm=0.5, seed=3))
+    lines = list(
+        iter_export_lines(
+            rows, lambda r: r["source_convention"], spans_per_line=7, with_content=True, extra_non_llm=0.5, seed=3
+        )
+    )
     spans = 0
     for line in lines:
         assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -135,22 +184,54 @@ def test_export_lines_are_valid_otlp_json(convention: str) -> None:
 
 
 EXPECTED_KEYS = {
-    "otel_semconv": {"gen_ai.provider.name", "gen_ai.request.model", "gen_ai.usage.input_tokens",
-                     "gen_ai.usage.cache_read.input_tokens", "gen_ai.request.stream",
-                     "gen_ai.response.time_to_first_chunk", "server.address", "openai.response.system_fingerprint"},
+    "otel_semconv": {
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.request.stream",
+        "gen_ai.response.time_to_first_chunk",
+        "server.address",
+        "openai.response.system_fingerprint",
+    },
     "otel_semconv_legacy": {"gen_ai.system", "gen_ai.usage.prompt_tokens", "gen_ai.usage.completion_tokens"},
-    "openinference": {"openinference.span.kind", "llm.token_count.prompt", "llm.invocation_parameters",
-                      "llm.model_name", "llm.prompt_template.version"},
-    "openllmetry": {"gen_ai.usage.input_tokens", "gen_ai.is_streaming", "gen_ai.openai.api_base",
-                    "gen_ai.usage.cache_read.input_tokens"},
-    "openllmetry_legacy": {"gen_ai.usage.prompt_tokens", "llm.is_streaming", "llm.request.type",
-                           "llm.usage.total_tokens", "gen_ai.usage.cache_read_input_tokens"},
-    "openlit": {"gen_ai.server.time_to_first_token", "gen_ai.server.time_per_output_token", "gen_ai.request.stream",
-                "telemetry.sdk.name"},
-    "langfuse": {"langfuse.observation.completion_start_time", "langfuse.observation.usage_details",
-                 "langfuse.observation.type"},
-    "vllm": {"gen_ai.latency.time_to_first_token", "gen_ai.latency.e2e", "gen_ai.latency.time_in_queue",
-             "gen_ai.usage.prompt_tokens"},
+    "openinference": {
+        "openinference.span.kind",
+        "llm.token_count.prompt",
+        "llm.invocation_parameters",
+        "llm.model_name",
+        "llm.prompt_template.version",
+    },
+    "openllmetry": {
+        "gen_ai.usage.input_tokens",
+        "gen_ai.is_streaming",
+        "gen_ai.openai.api_base",
+        "gen_ai.usage.cache_read.input_tokens",
+    },
+    "openllmetry_legacy": {
+        "gen_ai.usage.prompt_tokens",
+        "llm.is_streaming",
+        "llm.request.type",
+        "llm.usage.total_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+    },
+    "openlit": {
+        "gen_ai.server.time_to_first_token",
+        "gen_ai.server.time_per_output_token",
+        "gen_ai.request.stream",
+        "telemetry.sdk.name",
+    },
+    "langfuse": {
+        "langfuse.observation.completion_start_time",
+        "langfuse.observation.usage_details",
+        "langfuse.observation.type",
+    },
+    "vllm": {
+        "gen_ai.latency.time_to_first_token",
+        "gen_ai.latency.e2e",
+        "gen_ai.latency.time_in_queue",
+        "gen_ai.usage.prompt_tokens",
+    },
 }
 
 
@@ -172,12 +253,17 @@ def test_null_fields_are_omitted_and_nonstreaming_has_no_ttft() -> None:
         assert "gen_ai.response.time_to_first_chunk" not in attrs
         assert "langfuse.observation.completion_start_time" not in attrs
         names = {e["name"] for e in span.get("events", [])}
-        assert not names & {"First Token Stream Event", "gen_ai.content.completion.chunk",
-                            "llm.content.completion.chunk"}
+        assert not names & {
+            "First Token Stream Event",
+            "gen_ai.content.completion.chunk",
+            "llm.content.completion.chunk",
+        }
 
 
-@pytest.mark.parametrize(("convention", "event"), [("openllmetry", "gen_ai.content.completion.chunk"),
-                                                   ("openllmetry_legacy", "llm.content.completion.chunk")])
+@pytest.mark.parametrize(
+    ("convention", "event"),
+    [("openllmetry", "gen_ai.content.completion.chunk"), ("openllmetry_legacy", "llm.content.completion.chunk")],
+)
 def test_chunk_events_reproduce_ttft_and_itl(convention: str, event: str) -> None:
     rng = random.Random(11)
     for i in range(12):
@@ -215,8 +301,12 @@ def test_anthropic_raw_usage_is_exclusive_where_the_library_does_it() -> None:
     row.update(input_tokens=5000, cache_read_tokens=3000, cache_write_tokens=500)
     assert _attrs(encode_call(row, "openlit"))["gen_ai.usage.input_tokens"] == 1500
     usage = orjson.loads(_attrs(encode_call(row, "langfuse"))["langfuse.observation.usage_details"])
-    assert usage == {"input_tokens": 1500, "output_tokens": row["output_tokens"], "cache_read_input_tokens": 3000,
-                     "cache_creation_input_tokens": 500}
+    assert usage == {
+        "input_tokens": 1500,
+        "output_tokens": row["output_tokens"],
+        "cache_read_input_tokens": 3000,
+        "cache_creation_input_tokens": 500,
+    }
     for convention in ("otel_semconv", "openllmetry", "openllmetry_legacy"):
         attrs = _attrs(encode_call(row, convention))
         assert attrs.get("gen_ai.usage.input_tokens", attrs.get("gen_ai.usage.prompt_tokens")) == 5000
@@ -266,12 +356,18 @@ def _expected_tokens(row: Mapping[str, Any], convention: str) -> dict[str, Any]:
     inp, cr, cw = row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]
     if convention in ("otel_semconv_legacy", "vllm"):
         cr = cw = None  # no cache keys in those conventions
-    elif inp is not None and (convention in ("openllmetry", "openlit")
-                              or (convention == "openinference" and row["provider"] == "anthropic")):
+    elif inp is not None and (
+        convention in ("openllmetry", "openlit") or (convention == "openinference" and row["provider"] == "anthropic")
+    ):
         cr = cr or 0
         cw = (cw or 0) if convention != "openllmetry" else cw
-    return {"input_tokens": inp, "output_tokens": row["output_tokens"], "cache_read_tokens": cr,
-            "cache_write_tokens": cw, "uncached_input_tokens": inp - cr if inp is not None and cr is not None else None}
+    return {
+        "input_tokens": inp,
+        "output_tokens": row["output_tokens"],
+        "cache_read_tokens": cr,
+        "cache_write_tokens": cw,
+        "uncached_input_tokens": inp - cr if inp is not None and cr is not None else None,
+    }
 
 
 def _expected_route(row: Mapping[str, Any], convention: str) -> dict[str, Any]:
@@ -297,9 +393,13 @@ def expected(row: Mapping[str, Any], convention: str) -> dict[str, Any]:
     """The canonical values ingest must recover from ``row`` written in ``convention``."""
     vllm = convention == "vllm"
     out: dict[str, Any] = {
-        "trace_id": row["trace_id"], "parent_span_id": row["parent_span_id"], "service": row["service"],
-        "source_convention": convention, "status": "ok" if vllm else row["status"],
-        "error_type": None if vllm else row["error_type"], "prompt_key": None if vllm else row["prompt_key"],
+        "trace_id": row["trace_id"],
+        "parent_span_id": row["parent_span_id"],
+        "service": row["service"],
+        "source_convention": convention,
+        "status": "ok" if vllm else row["status"],
+        "error_type": None if vllm else row["error_type"],
+        "prompt_key": None if vllm else row["prompt_key"],
         "provider": "vllm" if vllm else None if convention == "langfuse" else row["provider"],
         "operation": None if convention in ("vllm", "langfuse") else row["operation"],
         "request_model": None if vllm else row["request_model"],

@@ -77,7 +77,9 @@ def test_installed_wheel_works_beside_a_users_own_api_and_models(wheel: Path, tm
 
     # Their folders stay theirs; no bare package of ours exists to collide with them.
     assert run("import api, models, migrations; print(api.WHOSE, models.WHOSE, migrations.WHOSE)").stdout.split() == [
-        "user", "user", "user"
+        "user",
+        "user",
+        "user",
     ]
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -90,7 +92,11 @@ def test_installed_wheel_works_beside_a_users_own_api_and_models(wheel: Path, tm
     cli = "import sys; from spanprism.api.cli import main; sys.exit(main(sys.argv[1:]))"
     for action in ("upgrade", "current"):
         proc = subprocess.run(
-            [py, "-c", cli, "--db", str(db), "db", action], cwd=project, env=env, capture_output=True, text=True,
+            [py, "-c", cli, "--db", str(db), "db", action],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr

@@ -111,8 +111,14 @@ def test_two_halves_alert_once_per_regression_across_a_restart(tmp_path: Path, h
                 "alert_backoff_max_s": 0.1}  # fmt: skip
     try:
         with live_server(tmp_path, **settings) as live:
-            dest = live.client.post("/api/v1/alerts/destinations", json={
-                "name": "hook", "kind": "webhook", "secret": {"url": receiver.url + "/hook", "hmac_secret": SECRET}})
+            dest = live.client.post(
+                "/api/v1/alerts/destinations",
+                json={
+                    "name": "hook",
+                    "kind": "webhook",
+                    "secret": {"url": receiver.url + "/hook", "hmac_secret": SECRET},
+                },
+            )
             assert dest.status_code == 201, dest.text
             rule = {"name": "everything", "destination_id": dest.json()["id"]}
             assert live.client.post("/api/v1/alerts/rules", json=rule).status_code == 201

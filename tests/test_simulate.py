@@ -16,8 +16,15 @@ from spanprism.attribution.simulator.simulate import FAMILIES, SimulationConfig,
 from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 SMALL = SimulationConfig(seed=3, days=1.6, series=4, rate_min=0.05, rate_max=0.4)
-LABELS = {"prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth", "unexplained",
-          "none"}
+LABELS = {
+    "prefill_growth",
+    "cache_eviction",
+    "batch_contention",
+    "routing_change",
+    "output_growth",
+    "unexplained",
+    "none",
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +83,18 @@ def test_labels_contract(small):
 def test_families_cover_every_label_and_reason():
     assert {label for label, _ in FAMILIES.values()} == LABELS
     reasons = {r for _, r in FAMILIES.values()}
-    assert {"user_input_growth", "system_prompt_growth", "prompt_changed", "ttl_expired", "provider_evicted",
-            "queueing", "decode_slowdown", "region_shift", "deployment_change", "model_version_change"} <= reasons
+    assert {
+        "user_input_growth",
+        "system_prompt_growth",
+        "prompt_changed",
+        "ttl_expired",
+        "provider_evicted",
+        "queueing",
+        "decode_slowdown",
+        "region_shift",
+        "deployment_change",
+        "model_version_change",
+    } <= reasons
 
 
 def _arr(table: pa.Table, name: str) -> np.ndarray:
@@ -124,8 +141,9 @@ class Window:
     def __init__(self, result, label: dict) -> None:
         s = label["series"]
         calls = result.calls
-        mask = pc.and_(pc.equal(calls.column("service"), s["service"]), pc.equal(calls.column("provider"),
-                                                                                 s["provider"]))
+        mask = pc.and_(
+            pc.equal(calls.column("service"), s["service"]), pc.equal(calls.column("provider"), s["provider"])
+        )
         series = calls.filter(mask)
         t = _arr(series, "start_time").astype("datetime64[s]").astype(np.int64)
         start = int(np.datetime64(label["start"].rstrip("Z")).astype("datetime64[s]").astype(np.int64))
@@ -145,6 +163,7 @@ class Window:
     def ratio(self) -> tuple[float, float]:
         def r(t: pa.Table) -> float:
             return float(_arr(t, "cache_read_tokens").sum() / _arr(t, "input_tokens").sum())
+
         return r(self.before), r(self.during)
 
     def share(self, col: str, value: str) -> tuple[float, float]:
@@ -162,8 +181,11 @@ def _windows(result, family: str) -> list[Window]:
 
 def _route_target(result, lab: dict, reason: str) -> tuple[str, str]:
     series = next(s for s in result.series if s["service"] == lab["series"]["service"])
-    name = {"region_shift": "standby_region", "deployment_change": "standby_deployment",
-            "model_version_change": "standby_snapshot"}[reason]
+    name = {
+        "region_shift": "standby_region",
+        "deployment_change": "standby_deployment",
+        "model_version_change": "standby_snapshot",
+    }[reason]
     route = next(r for r in series["routes"] if r["name"] == name)
     col = {"region_shift": "region", "deployment_change": "deployment", "model_version_change": "response_model"}
     return col[reason], route[col[reason]]

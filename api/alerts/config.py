@@ -44,6 +44,7 @@ def substitute(value: Any, env: dict[str, str] | None = None) -> Any:
     """Replace ``${VAR}`` in every string of ``value`` (recursively)."""
     env = os.environ if env is None else env
     if isinstance(value, str):
+
         def repl(m: re.Match[str]) -> str:
             if m.group(1) not in env:
                 raise ConfigError(f"environment variable {m.group(1)} is not set (used in the alerts config)")

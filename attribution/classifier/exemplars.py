@@ -42,8 +42,9 @@ def pick_exemplars(episode_calls: pa.Table, *, metric: str = "e2e_p95_ms", count
     idx = np.flatnonzero(keep)
     if idx.size == 0:
         return []
-    coords = np.column_stack([np.log1p(w.input[idx]), np.log1p(w.cached[idx]), np.log1p(w.output[idx]),
-                              np.log(latency[idx])])
+    coords = np.column_stack(
+        [np.log1p(w.input[idx]), np.log1p(w.cached[idx]), np.log1p(w.output[idx]), np.log(latency[idx])]
+    )
     target = np.median(coords, axis=0)
     target[-1] = np.quantile(coords[:, -1], TYPICAL_QUANTILE)
     scales = np.array([_robust_scale(coords[:, j]) for j in range(coords.shape[1])])

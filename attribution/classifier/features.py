@@ -194,13 +194,24 @@ def _token_features(b: Window, e: Window) -> dict[str, float]:
     over the calls on *stable* routes only (routes the baseline knew whose share did not grow), so a cold cache on
     a route that traffic just moved to reads as neither an eviction nor a prefill growth."""
     base_in = max(_mean(b.input), 1.0)
-    out = dict.fromkeys(("log_uncached_ratio", "log_cached_ratio", "d_uncached_rel", "d_cached_rel",
-                         "cache_ratio_change", "hit_rate_change"), 0.0)
-    out.update({
-        "log_input_ratio": _log_ratio(_mean(e.input) + 1, _mean(b.input) + 1),
-        "log_output_ratio": _log_ratio(_mean(e.output) + 1, _mean(b.output) + 1),
-        "d_input_rel": (_mean(e.input) - _mean(b.input)) / base_in,
-    })
+    out = dict.fromkeys(
+        (
+            "log_uncached_ratio",
+            "log_cached_ratio",
+            "d_uncached_rel",
+            "d_cached_rel",
+            "cache_ratio_change",
+            "hit_rate_change",
+        ),
+        0.0,
+    )
+    out.update(
+        {
+            "log_input_ratio": _log_ratio(_mean(e.input) + 1, _mean(b.input) + 1),
+            "log_output_ratio": _log_ratio(_mean(e.output) + 1, _mean(b.output) + 1),
+            "d_input_rel": (_mean(e.input) - _mean(b.input)) / base_in,
+        }
+    )
     sb, se = stable_route_masks(b, e)
     if np.count_nonzero(sb) < 10 or np.count_nonzero(se) < 10:
         return {k: float(np.clip(v, -10.0, 10.0)) for k, v in out.items()}
@@ -307,8 +318,10 @@ def episode_features(
     feats["peer_regressed"] = float(context.peers_regressed > 0)
     # 9 significant digits: the decomposition's BLAS sums differ in the last bits between runs and processes, and a
     # model trained on the features must come out byte-identical from the same seeds.
-    return {k: float(f"{np.nan_to_num(feats[k], nan=0.0, posinf=0.0, neginf=0.0):.9g}")
-            for k in FEATURE_NAMES + EVIDENCE_ONLY}
+    return {
+        k: float(f"{np.nan_to_num(feats[k], nan=0.0, posinf=0.0, neginf=0.0):.9g}")
+        for k in FEATURE_NAMES + EVIDENCE_ONLY
+    }
 
 
 #: Signals computed with the features and shown as evidence, but not fed to the model: the training simulations hold
@@ -317,8 +330,12 @@ def episode_features(
 #: both windows): a move along it cannot show in the mix, which the reason rule and the evidence rows say.
 #: :data:`~attribution.classifier.shape.REASON_EVIDENCE` is read by the reason rules (region vs deployment, system vs
 #: user prompt growth).
-EVIDENCE_ONLY: tuple[str, ...] = ("miss_on_grown_routes", *SHAPE_EVIDENCE, *(f"unrecorded_{d}" for d in ROUTE_DIMS),
-                                  *REASON_EVIDENCE)
+EVIDENCE_ONLY: tuple[str, ...] = (
+    "miss_on_grown_routes",
+    *SHAPE_EVIDENCE,
+    *(f"unrecorded_{d}" for d in ROUTE_DIMS),
+    *REASON_EVIDENCE,
+)
 
 
 def feature_vector(features: dict[str, float]) -> np.ndarray:

@@ -121,14 +121,25 @@ def fit_logistic(
         scores = {C: _nll(_oof_logits(Z, y, classes, C, seed), y_idx, 1.0) for C in C_GRID}
         C = min(C_GRID, key=lambda c: (round(scores[c], 9), c))
         oof = _oof_logits(Z, y, classes, C, seed)
-        res = minimize_scalar(lambda lt: _nll(oof, y_idx, float(np.exp(lt))), bounds=(-2.0, 2.0), method="bounded",
-                              options={"xatol": 1e-6})
+        res = minimize_scalar(
+            lambda lt: _nll(oof, y_idx, float(np.exp(lt))),
+            bounds=(-2.0, 2.0),
+            method="bounded",
+            options={"xatol": 1e-6},
+        )
         temperature = float(np.exp(res.x))
         threshold, oof_f1 = _threshold(_softmax(oof, temperature), y, classes)
         model = _lr(C).fit(Z, y)
     coef, intercept = _full_params(model, Z.shape[1], classes)
-    params = {"mean": mean, "scale": scale, "coef": coef, "intercept": intercept, "temperature": temperature,
-              "abstain_threshold": threshold, "clip": clip}
+    params = {
+        "mean": mean,
+        "scale": scale,
+        "coef": coef,
+        "intercept": intercept,
+        "temperature": temperature,
+        "abstain_threshold": threshold,
+        "clip": clip,
+    }
     report = {
         "sklearn_version": sklearn.__version__,
         "C": C,

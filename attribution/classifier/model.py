@@ -187,11 +187,17 @@ class Attributor:
         label, confidence, probs = self.classify(feats)
         reason = pick_reason(label, feats)
         evidence = [dict(row) for row in decomposition.evidence]
-        evidence += [{"signal": f"feature:{k}", "baseline": None, "observed": round(v, 6)} for k, v in feats.items()
-                     if k in _EVIDENCE_FEATURES]
+        evidence += [
+            {"signal": f"feature:{k}", "baseline": None, "observed": round(v, 6)}
+            for k, v in feats.items()
+            if k in _EVIDENCE_FEATURES
+        ]
         # Say which route dimensions the spans never record: a move along them cannot show in the route mix.
-        evidence += [{"signal": f"route_{k}", "baseline": None, "observed": None} for k, v in feats.items()
-                     if k.startswith("unrecorded_") and v >= 0.5]
+        evidence += [
+            {"signal": f"route_{k}", "baseline": None, "observed": None}
+            for k, v in feats.items()
+            if k.startswith("unrecorded_") and v >= 0.5
+        ]
         return Attribution(
             label=label,
             reason=reason,
@@ -214,8 +220,10 @@ class Attributor:
             "version": VERSION,
             "model": self.model.to_json(),
             "metadata": self.metadata,
-            "self_test": {"features": [_floats(v) for v in probe],
-                          "probabilities": [_floats(p) for p in self.model.predict_proba(probe)]},
+            "self_test": {
+                "features": [_floats(v) for v in probe],
+                "probabilities": [_floats(p) for p in self.model.predict_proba(probe)],
+            },
         }
         return {**body, "checksum": _checksum(body)}
 
@@ -249,12 +257,24 @@ class Attributor:
 
 
 #: Features worth showing a reader next to the decomposition's own evidence rows.
-_EVIDENCE_FEATURES = frozenset({
-    "hit_rate_change", "miss_on_grown_routes", "new_prompt_key_share",
-    "gap_5m_change", "tv_max", "peer_regressed_share", "log_volume_ratio", "output_elasticity",
-    "itl_split_change", "itl_low_shift", "log_net_rate_ratio", "fixed_tail_shift_rel",
-    "host_intercept_shift_ms", "input_growth_taper",
-})
+_EVIDENCE_FEATURES = frozenset(
+    {
+        "hit_rate_change",
+        "miss_on_grown_routes",
+        "new_prompt_key_share",
+        "gap_5m_change",
+        "tv_max",
+        "peer_regressed_share",
+        "log_volume_ratio",
+        "output_elasticity",
+        "itl_split_change",
+        "itl_low_shift",
+        "log_net_rate_ratio",
+        "fixed_tail_shift_rel",
+        "host_intercept_shift_ms",
+        "input_growth_taper",
+    }
+)
 
 
 def _checksum(body: Mapping) -> str:

@@ -94,9 +94,11 @@ def _routing(f: Mapping[str, float]) -> str:
     if top < ROUTE_VISIBLE:
         # No recorded dimension moved: the move went along one the spans do not carry. A deployment (provisioned
         # vs standard capacity behind the same host) is the one conventions almost never record.
-        hidden = {"deployment_change": f.get("unrecorded_deployment", 0.0),
-                  "region_shift": f.get("unrecorded_region", 0.0),
-                  "model_version_change": f.get("unrecorded_system_fingerprint", 0.0)}
+        hidden = {
+            "deployment_change": f.get("unrecorded_deployment", 0.0),
+            "region_shift": f.get("unrecorded_region", 0.0),
+            "model_version_change": f.get("unrecorded_system_fingerprint", 0.0),
+        }
         unseen = next((name for name, flag in hidden.items() if flag >= 0.5), None)
         if unseen:
             return unseen
@@ -113,8 +115,12 @@ def _prefill(f: Mapping[str, float]) -> str:
     return "user_input_growth"
 
 
-_RULES = {"cache_eviction": _eviction, "batch_contention": _contention, "routing_change": _routing,
-          "prefill_growth": _prefill}
+_RULES = {
+    "cache_eviction": _eviction,
+    "batch_contention": _contention,
+    "routing_change": _routing,
+    "prefill_growth": _prefill,
+}
 
 
 def pick_reason(label: str, features: Mapping[str, float]) -> str | None:

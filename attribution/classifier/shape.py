@@ -139,11 +139,15 @@ def shape_features(b: Window, e: Window) -> dict[str, float]:
     """All :data:`SHAPE_FEATURES` for a baseline and an episode window."""
     feats: dict[str, float] = {}
     streaming = b.streaming and e.streaming
-    itl = _shape(b.itl, e.itl, "itl", with_above=True) if streaming else _shape(np.empty(0), np.empty(0), "itl",
-                                                                                    with_above=True)
+    itl = (
+        _shape(b.itl, e.itl, "itl", with_above=True)
+        if streaming
+        else _shape(np.empty(0), np.empty(0), "itl", with_above=True)
+    )
     feats.update(itl)
-    feats.update(_shape(b.ttft if streaming else np.empty(0), e.ttft if streaming else np.empty(0), "ttft",
-                        with_above=False))
+    feats.update(
+        _shape(b.ttft if streaming else np.empty(0), e.ttft if streaming else np.empty(0), "ttft", with_above=False)
+    )
     feats.update(_net_rate_features(b, e))
     feats["route_unrecorded_share"] = len(unrecorded_dims(b, e)) / len(ROUTE_DIMS)
     return {k: float(np.clip(np.nan_to_num(feats[k]), -10.0, 10.0)) for k in SHAPE_FEATURES + SHAPE_EVIDENCE}

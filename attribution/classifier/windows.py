@@ -91,8 +91,9 @@ def _strings(table: pa.Table, name: str) -> np.ndarray:
 
 def _ok_sorted(table: pa.Table) -> pa.Table:
     status = table.column("status") if "status" in table.column_names else pa.nulls(table.num_rows, pa.string())
-    keep = pc.and_(pc.fill_null(pc.not_equal(status, "error"), True),
-                   pc.is_finite(table.column("duration_ms").cast(pa.float64())))
+    keep = pc.and_(
+        pc.fill_null(pc.not_equal(status, "error"), True), pc.is_finite(table.column("duration_ms").cast(pa.float64()))
+    )
     table = table.filter(pc.fill_null(keep, False))
     keys = [(c, "ascending") for c in ("start_time", "trace_id", "span_id") if c in table.column_names]
     return table.sort_by(keys) if keys else table
@@ -120,12 +121,21 @@ def window_of(table: pa.Table) -> Window:
         start = np.asarray(micros.to_numpy(zero_copy_only=False), dtype=float) / 1e6
     prompt_key = _strings(t, "prompt_key")
     return Window(
-        duration=duration, ttft=ttft, itl=np.where(np.isfinite(itl_obs), itl_obs, derived),
+        duration=duration,
+        ttft=ttft,
+        itl=np.where(np.isfinite(itl_obs), itl_obs, derived),
         queue=_floats(t, "queue_ms"),
-        input=inp, cached=cached, output=output, start_s=start, routes=routes,
-        route_key=route_key if t.num_rows else np.empty(0, dtype=object), prompt_key=prompt_key,
-        trace_id=_strings(t, "trace_id"), span_id=_strings(t, "span_id"),
-        cache_known=cache_known, has_prompt_key=bool(t.num_rows) and float(np.mean(prompt_key != NULL)) >= 0.5,
+        input=inp,
+        cached=cached,
+        output=output,
+        start_s=start,
+        routes=routes,
+        route_key=route_key if t.num_rows else np.empty(0, dtype=object),
+        prompt_key=prompt_key,
+        trace_id=_strings(t, "trace_id"),
+        span_id=_strings(t, "span_id"),
+        cache_known=cache_known,
+        has_prompt_key=bool(t.num_rows) and float(np.mean(prompt_key != NULL)) >= 0.5,
     )
 
 

@@ -299,8 +299,8 @@ def _summarize(panel: FamilyPanel, sp: Span, centers: dict[str, np.ndarray], tot
     hi = sp.end if sp.end is not None else total
     summary: dict[str, dict[str, float]] = {}
     for stat, center in centers.items():
-        obs = panel.stats[stat][sp.row, sp.onset:hi]
-        base = center[sp.row, sp.onset:hi].astype(np.float64)
+        obs = panel.stats[stat][sp.row, sp.onset : hi]
+        base = center[sp.row, sp.onset : hi].astype(np.float64)
         ok = ~np.isnan(obs) & ~np.isnan(base)
         if not ok.any():
             continue

@@ -39,8 +39,13 @@ def _prf(y: list[str], pred: list[str], label: str) -> dict[str, float | int]:
     precision = tp / predicted if predicted else 0.0
     recall = tp / support if support else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": support,
-            "predicted": predicted}
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "support": support,
+        "predicted": predicted,
+    }
 
 
 def _reliability(conf: np.ndarray, correct: np.ndarray) -> list[dict[str, float | int]]:
@@ -48,9 +53,14 @@ def _reliability(conf: np.ndarray, correct: np.ndarray) -> list[dict[str, float 
     for lo, hi in itertools.pairwise(RELIABILITY_BINS):
         m = (conf >= lo) & (conf < hi)
         if np.any(m):
-            rows.append({"bin": f"[{lo:.2f},{min(hi, 1.0):.2f})", "n": int(m.sum()),
-                         "mean_confidence": round(float(conf[m].mean()), 4),
-                         "accuracy": round(float(correct[m].mean()), 4)})
+            rows.append(
+                {
+                    "bin": f"[{lo:.2f},{min(hi, 1.0):.2f})",
+                    "n": int(m.sum()),
+                    "mean_confidence": round(float(conf[m].mean()), 4),
+                    "accuracy": round(float(correct[m].mean()), 4),
+                }
+            )
     return rows
 
 
@@ -92,14 +102,17 @@ def _per_family(episodes: Sequence[LabelledEpisode], pred: list[str]) -> dict[st
 def format_report(name: str, report: Mapping) -> str:
     """A plain-text table of one evaluation (for the CLI and the closing notes)."""
     labels = report["labels"]
-    lines = [f"{name}: n={report['n']} accuracy={report['accuracy']:.3f} macro-F1(core)={report['macro_f1_core']:.3f} "
-             f"reason acc={report['reason_accuracy']} (joint {report['reason_joint_accuracy']}) "
-             f"ECE={report['expected_calibration_error']:.3f}",
-             f"  {'label':<18}{'prec':>7}{'recall':>8}{'f1':>7}{'n':>6}"]
+    lines = [
+        f"{name}: n={report['n']} accuracy={report['accuracy']:.3f} macro-F1(core)={report['macro_f1_core']:.3f} "
+        f"reason acc={report['reason_accuracy']} (joint {report['reason_joint_accuracy']}) "
+        f"ECE={report['expected_calibration_error']:.3f}",
+        f"  {'label':<18}{'prec':>7}{'recall':>8}{'f1':>7}{'n':>6}",
+    ]
     for lab in labels:
         r = report["per_class"][lab]
         lines.append(f"  {lab:<18}{r['precision']:>7.3f}{r['recall']:>8.3f}{r['f1']:>7.3f}{r['support']:>6}")
     lines.append("  confusion (rows true, cols predicted): " + " ".join(lab[:6] for lab in labels))
-    lines += [f"  {lab:<18}" + "".join(f"{v:>7}" for v in row) for lab, row in zip(labels, report["confusion"],
-                                                                                       strict=True)]
+    lines += [
+        f"  {lab:<18}" + "".join(f"{v:>7}" for v in row) for lab, row in zip(labels, report["confusion"], strict=True)
+    ]
     return "\n".join(lines)

@@ -68,15 +68,28 @@ class SimSet:
 
     def configs(self) -> list[SimulationConfig]:
         return [
-            SimulationConfig(seed=s, days=self.days, series=self.series, rate_min=self.rate_min,
-                             rate_max=self.rate_max, families=self.families, strengths=self.strengths)
+            SimulationConfig(
+                seed=s,
+                days=self.days,
+                series=self.series,
+                rate_min=self.rate_min,
+                rate_max=self.rate_max,
+                families=self.families,
+                strengths=self.strengths,
+            )
             for s in self.seeds
         ]
 
     def to_dict(self) -> dict:
-        return {"seeds": list(self.seeds), "days": self.days, "series": self.series, "rate_min": self.rate_min,
-                "rate_max": self.rate_max, "families": list(self.families) if self.families else None,
-                "strengths": list(self.strengths) if self.strengths else None}
+        return {
+            "seeds": list(self.seeds),
+            "days": self.days,
+            "series": self.series,
+            "rate_min": self.rate_min,
+            "rate_max": self.rate_max,
+            "families": list(self.families) if self.families else None,
+            "strengths": list(self.strengths) if self.strengths else None,
+        }
 
 
 def _us(iso: str) -> int:
@@ -99,8 +112,10 @@ class SeriesIndex:
         keys = ids.group_by(list(cols)).aggregate([])
         for row in keys.to_pylist():
             key = tuple(row[c] for c in cols)
-            mask = pc.and_(pc.and_(pc.equal(calls["service"], key[0]), pc.equal(calls["provider"], key[1])),
-                           pc.and_(pc.equal(calls["request_model"], key[2]), pc.equal(calls["operation"], key[3])))
+            mask = pc.and_(
+                pc.and_(pc.equal(calls["service"], key[0]), pc.equal(calls["provider"], key[1])),
+                pc.and_(pc.equal(calls["request_model"], key[2]), pc.equal(calls["operation"], key[3])),
+            )
             table = calls.filter(mask).sort_by([("start_time", "ascending")])
             index.tables[key] = table
             micros = table.column("start_time").cast(pa.timestamp("us")).cast(pa.int64())
@@ -129,8 +144,11 @@ def _context(label: dict, labels: list[dict], index: SeriesIndex) -> EpisodeCont
     for key in index.tables:
         if key == me:
             continue
-        hits = [x for x in labels if _series_key(x) == key and x["label"] != "none"
-                and _us(x["start"]) < hi and _us(x["end"]) > lo]
+        hits = [
+            x
+            for x in labels
+            if _series_key(x) == key and x["label"] != "none" and _us(x["start"]) < hi and _us(x["end"]) > lo
+        ]
         others.append((key[1], index.regions[key], lo, hi, bool(hits)))
     return context_from_episodes((me[1], index.regions[me], lo, hi), others)
 
@@ -180,16 +198,22 @@ def labelled_windows(result: SimulationResult, *, jitter_seed: int | None = None
         if base.num_rows < 20 or epi.num_rows < 10:
             continue
         streaming = bool(pc.any(pc.fill_null(epi.column("streaming"), False)).as_py())
-        out.append(LabelledWindow(label, base, epi, _metric(label, streaming, rng), _context(label, result.labels,
-                                                                                              index)))
+        out.append(
+            LabelledWindow(label, base, epi, _metric(label, streaming, rng), _context(label, result.labels, index))
+        )
     return out
 
 
 #: Per route column, the chance that a training copy hides it. What real exports drop (ingest of the bundled
 #: conventions): the deployment almost always (only an Azure base URL carries it), the region for providers or
 #: conventions without ``cloud.region``, the fingerprint when streaming; the host and response model rarely.
-HIDE_CHANCE: dict[str, float] = {"deployment": 0.9, "region": 0.5, "system_fingerprint": 0.5, "server_address": 0.15,
-                                 "response_model": 0.1}
+HIDE_CHANCE: dict[str, float] = {
+    "deployment": 0.9,
+    "region": 0.5,
+    "system_fingerprint": 0.5,
+    "server_address": 0.15,
+    "response_model": 0.1,
+}
 #: Per-call signals that only some conventions carry: server-side queue time (vLLM spans) and per-chunk timings
 #: (chunk events or a TBT attribute; without them ITL is derived from the span and includes its fixed tail).
 HIDE_SIGNAL_CHANCE: dict[str, float] = {"queue_ms": 0.9, "itl_ms": 0.3}
@@ -219,8 +243,10 @@ def _as_recorded(w: LabelledWindow, rng: np.random.Generator) -> LabelledWindow:
 
 
 def _median_itl(table: pa.Table) -> float:
-    itl = pc.divide(pc.subtract(table.column("duration_ms"), table.column("ttft_ms")),
-                    pc.max_element_wise(pc.subtract(table.column("output_tokens").cast(pa.float64()), 1.0), 1.0))
+    itl = pc.divide(
+        pc.subtract(table.column("duration_ms"), table.column("ttft_ms")),
+        pc.max_element_wise(pc.subtract(table.column("output_tokens").cast(pa.float64()), 1.0), 1.0),
+    )
     value = pc.approximate_median(itl).as_py()
     return float(value) if value is not None else 0.0
 
@@ -238,8 +264,17 @@ def simulation_examples(result: SimulationResult, *, seed: int | None = None, au
         for v in copies:
             decomposition = decompose(v.baseline, v.episode, metric=v.metric, seed=seed)
             feats = episode_features(decomposition, v.baseline, v.episode, v.context)
-            out.append(Example(feats, v.label["label"], v.label.get("reason"), v.label["family"],
-                               result.config.seed, v.label.get("strength", ""), v.metric))
+            out.append(
+                Example(
+                    feats,
+                    v.label["label"],
+                    v.label.get("reason"),
+                    v.label["family"],
+                    result.config.seed,
+                    v.label.get("strength", ""),
+                    v.metric,
+                )
+            )
     return out
 
 
@@ -276,8 +311,7 @@ def build_examples(
 #: (a deployment move is a route move along another dimension; sparse calls per prefix are another way to evict).
 UNSEEN_FAMILIES: tuple[str, ...] = ("routing_change/deployment_change", "cache_eviction/ttl_expired")
 #: The shipped model's training recipe: 40 seeds, every other family, all strengths.
-DEFAULT_TRAIN = SimSet(seeds=tuple(range(1000, 1040)),
-                       families=tuple(f for f in FAMILIES if f not in UNSEEN_FAMILIES))
+DEFAULT_TRAIN = SimSet(seeds=tuple(range(1000, 1040)), families=tuple(f for f in FAMILIES if f not in UNSEEN_FAMILIES))
 #: Held-out seeds with every family, a shifted series mix, and subtle magnitudes only (never used for training).
 HOLDOUT_SETS: dict[str, SimSet] = {
     "heldout_seeds": SimSet(seeds=tuple(range(5000, 5012))),
@@ -310,9 +344,7 @@ def train(
     return fit_attributor([e.features for e in examples], [e.label for e in examples], seed=seed, metadata=meta)
 
 
-def evaluate_holdout(
-    att: Attributor, sets: dict[str, SimSet] | None = None, *, workers: int = 1
-) -> dict[str, dict]:
+def evaluate_holdout(att: Attributor, sets: dict[str, SimSet] | None = None, *, workers: int = 1) -> dict[str, dict]:
     """Scores of ``att`` on each held-out recipe (default :data:`HOLDOUT_SETS`) and on all of them pooled."""
     reports, pooled = {}, []
     for name, simset in (sets or HOLDOUT_SETS).items():
@@ -335,8 +367,19 @@ def build_artifact(path: str | Path = DEFAULT_ARTIFACT, *, workers: int = 1, wit
     return att
 
 
-_SUMMARY_KEYS = ("n", "accuracy", "macro_f1_core", "per_class", "labels", "confusion", "reason_accuracy",
-                 "reason_joint_accuracy", "expected_calibration_error", "reliability", "per_family_accuracy")
+_SUMMARY_KEYS = (
+    "n",
+    "accuracy",
+    "macro_f1_core",
+    "per_class",
+    "labels",
+    "confusion",
+    "reason_accuracy",
+    "reason_joint_accuracy",
+    "expected_calibration_error",
+    "reliability",
+    "per_family_accuracy",
+)
 
 
 if __name__ == "__main__":  # python -m attribution.evaluation.training [workers]: rebuild the shipped artifact

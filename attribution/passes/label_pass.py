@@ -216,9 +216,7 @@ def label_regressions(
             continue
         end = reg.end or episode.column("start_time")[-1].as_py()
         try:
-            att = attributor.attribute(
-                baseline, episode, metric=reg.metric, context=_context(con, reg, end), seed=seed
-            )
+            att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, reg, end), seed=seed)
         except ValueError as exc:  # e.g. a TTFT metric on a window without streaming calls
             summary.failed[reg.id] = str(exc)
             continue

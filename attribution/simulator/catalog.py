@@ -52,8 +52,14 @@ PROVIDERS: dict[str, ProviderSpec] = {
             ModelOption("gpt-4o", "gpt-4o", ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"), "auto"),
             ModelOption("gpt-4o-mini", "gpt-4o-mini", ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-12-17"), "auto"),
         ),
-        None, 1024, (300.0, 600.0), False, "anyscale",
-        ("RateLimitError", "APITimeoutError", "InternalServerError", "APIConnectionError"), ("stop", "length"), False,
+        None,
+        1024,
+        (300.0, 600.0),
+        False,
+        "anyscale",
+        ("RateLimitError", "APITimeoutError", "InternalServerError", "APIConnectionError"),
+        ("stop", "length"),
+        False,
     ),
     "azure.ai.openai": ProviderSpec(
         "azure.ai.openai",
@@ -61,42 +67,78 @@ PROVIDERS: dict[str, ProviderSpec] = {
             ModelOption("gpt-4o", "gpt-4o", ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"), "auto"),
             ModelOption("gpt-4o-mini", "gpt-4o-mini", ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-12-17"), "auto"),
         ),
-        ("eastus", "eastus2", "swedencentral", "westus3", "japaneast"), 1024, (300.0, 600.0), False, "fireworks",
-        ("RateLimitError", "APITimeoutError", "InternalServerError", "APIConnectionError"), ("stop", "length"), True,
+        ("eastus", "eastus2", "swedencentral", "westus3", "japaneast"),
+        1024,
+        (300.0, 600.0),
+        False,
+        "fireworks",
+        ("RateLimitError", "APITimeoutError", "InternalServerError", "APIConnectionError"),
+        ("stop", "length"),
+        True,
     ),
     # Bedrock: Claude prompt caching is opt-in with a 5-minute TTL refreshed on hit and reports writes; Llama has none.
     "aws.bedrock": ProviderSpec(
         "aws.bedrock",
         (
-            ModelOption("anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-sonnet",
-                        ("anthropic.claude-3-5-sonnet-20241022-v2:0",), "opt_in"),
+            ModelOption(
+                "anthropic.claude-3-5-sonnet-20241022-v2:0",
+                "claude-sonnet",
+                ("anthropic.claude-3-5-sonnet-20241022-v2:0",),
+                "opt_in",
+            ),
             ModelOption("meta.llama3-1-70b-instruct-v1:0", "llama-70b", ("meta.llama3-1-70b-instruct-v1:0",), "none"),
         ),
-        ("us-east-1", "us-west-2", "eu-central-1", "ap-northeast-1"), 1024, (300.0, 300.0), True, "bedrock",
+        ("us-east-1", "us-west-2", "eu-central-1", "ap-northeast-1"),
+        1024,
+        (300.0, 300.0),
+        True,
+        "bedrock",
         ("ThrottlingException", "ModelTimeoutException", "InternalServerException", "ServiceUnavailableException"),
-        ("end_turn", "max_tokens"), True,
+        ("end_turn", "max_tokens"),
+        True,
     ),
     # Anthropic: opt-in cache_control, 5-minute TTL refreshed on each hit, 1,024-token minimum for Sonnet.
     "anthropic": ProviderSpec(
         "anthropic",
         (
-            ModelOption("claude-sonnet-4-5", "claude-sonnet",
-                        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20251124"), "opt_in"),
-            ModelOption("claude-3-5-sonnet-latest", "claude-sonnet",
-                        ("claude-3-5-sonnet-20240620", "claude-3-5-sonnet-20241022"), "opt_in"),
+            ModelOption(
+                "claude-sonnet-4-5",
+                "claude-sonnet",
+                ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20251124"),
+                "opt_in",
+            ),
+            ModelOption(
+                "claude-3-5-sonnet-latest",
+                "claude-sonnet",
+                ("claude-3-5-sonnet-20240620", "claude-3-5-sonnet-20241022"),
+                "opt_in",
+            ),
         ),
-        None, 1024, (300.0, 300.0), True, "together",
-        ("RateLimitError", "APITimeoutError", "InternalServerError", "OverloadedError"), ("end_turn", "max_tokens"),
+        None,
+        1024,
+        (300.0, 300.0),
+        True,
+        "together",
+        ("RateLimitError", "APITimeoutError", "InternalServerError", "OverloadedError"),
+        ("end_turn", "max_tokens"),
         False,
     ),
     # Vertex Gemini 2.5 Flash: implicit caching, 2,048-token minimum (CONVENTIONS §5); retention is not documented,
     # we assume the same 5-10 minutes as OpenAI (UNCONFIRMED).
     "gcp.vertex_ai": ProviderSpec(
         "gcp.vertex_ai",
-        (ModelOption("gemini-2.5-flash", "gemini-flash", ("gemini-2.5-flash", "gemini-2.5-flash-preview-09-2025"),
-                     "auto"),),
-        ("us-central1", "europe-west4", "asia-northeast1"), 2048, (300.0, 600.0), False, "perplexity",
-        ("ResourceExhausted", "DeadlineExceeded", "InternalServerError", "ServiceUnavailable"), ("STOP", "MAX_TOKENS"),
+        (
+            ModelOption(
+                "gemini-2.5-flash", "gemini-flash", ("gemini-2.5-flash", "gemini-2.5-flash-preview-09-2025"), "auto"
+            ),
+        ),
+        ("us-central1", "europe-west4", "asia-northeast1"),
+        2048,
+        (300.0, 600.0),
+        False,
+        "perplexity",
+        ("ResourceExhausted", "DeadlineExceeded", "InternalServerError", "ServiceUnavailable"),
+        ("STOP", "MAX_TOKENS"),
         False,
     ),
 }
@@ -104,15 +146,47 @@ PROVIDERS: dict[str, ProviderSpec] = {
 #: Prompt shape per kind of service: Mooncake trace, median system prefix and user-part ranges (tokens), output
 #: scale on the trace's output lengths, max_tokens and service names.
 KINDS: dict[str, dict] = {
-    "chat": {"trace": "conversation", "sys": (1200, 4000), "user": (500, 4000), "out": (0.3, 0.8), "max": 4096,
-             "names": ("support-chat", "assistant", "helpdesk-bot", "sales-copilot", "tutor-chat", "hr-assistant")},
-    "rag": {"trace": "synthetic", "sys": (500, 2000), "user": (4000, 30000), "out": (0.8, 2.0), "max": 4096,
-            "names": ("docs-search", "kb-answers", "legal-rag", "policy-qa")},
-    "agent": {"trace": "synthetic", "sys": (3000, 12000), "user": (1000, 6000), "out": (0.3, 1.0), "max": 4096,
-              "names": ("code-agent", "ops-agent", "travel-agent", "data-agent", "sre-agent", "billing-agent",
-                        "crm-agent", "qa-agent")},
-    "extract": {"trace": "conversation", "sys": (400, 1500), "user": (1000, 8000), "out": (0.1, 0.4), "max": 1024,
-                "names": ("invoice-extract", "ticket-triage", "summarizer", "email-tagger")},
+    "chat": {
+        "trace": "conversation",
+        "sys": (1200, 4000),
+        "user": (500, 4000),
+        "out": (0.3, 0.8),
+        "max": 4096,
+        "names": ("support-chat", "assistant", "helpdesk-bot", "sales-copilot", "tutor-chat", "hr-assistant"),
+    },
+    "rag": {
+        "trace": "synthetic",
+        "sys": (500, 2000),
+        "user": (4000, 30000),
+        "out": (0.8, 2.0),
+        "max": 4096,
+        "names": ("docs-search", "kb-answers", "legal-rag", "policy-qa"),
+    },
+    "agent": {
+        "trace": "synthetic",
+        "sys": (3000, 12000),
+        "user": (1000, 6000),
+        "out": (0.3, 1.0),
+        "max": 4096,
+        "names": (
+            "code-agent",
+            "ops-agent",
+            "travel-agent",
+            "data-agent",
+            "sre-agent",
+            "billing-agent",
+            "crm-agent",
+            "qa-agent",
+        ),
+    },
+    "extract": {
+        "trace": "conversation",
+        "sys": (400, 1500),
+        "user": (1000, 8000),
+        "out": (0.1, 0.4),
+        "max": 1024,
+        "names": ("invoice-extract", "ticket-triage", "summarizer", "email-tagger"),
+    },
 }
 
 
@@ -157,16 +231,24 @@ class SeriesSpec:
     @property
     def key(self) -> dict[str, str]:
         """The series identity as the regression contract names it."""
-        return {"service": self.service, "provider": self.provider, "model": self.request_model,
-                "operation": self.operation}
+        return {
+            "service": self.service,
+            "provider": self.provider,
+            "model": self.request_model,
+            "operation": self.operation,
+        }
 
     def latency_estimate(self, cached_sys: bool | None = None) -> tuple[float, float]:
         """Noise-free (TTFT, e2e) ms of a median call on the primary route, the system prefix cached or not."""
         sp, route = MODEL_SPEEDS[self.speed], self.routes[0]
         cached = self.cache_enabled if cached_sys is None else cached_sys
         sys_cost = sp.cached_ms_per_token if cached else sp.prefill_ms_per_token
-        ttft = route.network_ms + sp.overhead_ms + route.queue_ms + route.prefill_mult * (
-            sp.prefill_ms_per_token * self.user_median + sys_cost * self.sys_tokens)
+        ttft = (
+            route.network_ms
+            + sp.overhead_ms
+            + route.queue_ms
+            + route.prefill_mult * (sp.prefill_ms_per_token * self.user_median + sys_cost * self.sys_tokens)
+        )
         return ttft, ttft + sp.itl_ms * route.itl_mult * max(self.out_median - 1.0, 0.0) + self.client_ms
 
     def primary_latency(self) -> float:
@@ -193,8 +275,18 @@ def _hex(rng: np.random.Generator, n: int) -> str:
     return "".join(f"{b:02x}" for b in rng.integers(0, 256, size=(n + 1) // 2))[:n]
 
 
-def _route(prov: ProviderSpec, rng: np.random.Generator, region: str | None, deployment: str | None,
-           snapshot: str, name: str, *, network: float, slow: tuple[float, float], standby: bool) -> Route:
+def _route(
+    prov: ProviderSpec,
+    rng: np.random.Generator,
+    region: str | None,
+    deployment: str | None,
+    snapshot: str,
+    name: str,
+    *,
+    network: float,
+    slow: tuple[float, float],
+    standby: bool,
+) -> Route:
     if prov.name == "azure.ai.openai":
         address = f"{deployment or 'llm'}-{region}.openai.azure.com"
     elif prov.name == "aws.bedrock":
@@ -204,13 +296,24 @@ def _route(prov: ProviderSpec, rng: np.random.Generator, region: str | None, dep
     else:
         address = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}[prov.name]
     fingerprint = f"fp_{_hex(rng, 10)}" if prov.name in ("openai", "azure.ai.openai") else None
-    return Route(name=name, region=region, server_address=address, deployment=deployment, response_model=snapshot,
-                 system_fingerprint=fingerprint, network_ms=network, prefill_mult=float(rng.uniform(*slow)),
-                 itl_mult=float(rng.uniform(*slow)), queue_ms=float(rng.uniform(5.0, 30.0)), standby=standby)
+    return Route(
+        name=name,
+        region=region,
+        server_address=address,
+        deployment=deployment,
+        response_model=snapshot,
+        system_fingerprint=fingerprint,
+        network_ms=network,
+        prefill_mult=float(rng.uniform(*slow)),
+        itl_mult=float(rng.uniform(*slow)),
+        queue_ms=float(rng.uniform(5.0, 30.0)),
+        standby=standby,
+    )
 
 
-def make_routes(prov: ProviderSpec, model: ModelOption,
-                rng: np.random.Generator) -> tuple[tuple[Route, ...], tuple[float, ...]]:
+def make_routes(
+    prov: ProviderSpec, model: ModelOption, rng: np.random.Generator
+) -> tuple[tuple[Route, ...], tuple[float, ...]]:
     """Active routes (1-3, weighted) and standby routes (far region, other deployment, next snapshot)."""
     n_active = int(rng.integers(1, 4))
     regions = list(prov.regions) if prov.regions else [None]
@@ -219,28 +322,86 @@ def make_routes(prov: ProviderSpec, model: ModelOption,
     others = [r for r in regions if r != home]
     dep = f"{model.request_model.split('.')[-1].split(':')[0]}-prod" if prov.deployments else None
     snap = model.snapshots[0]
-    routes = [_route(prov, rng, home, dep, snap, "primary", network=float(rng.uniform(5, 40)), slow=(0.95, 1.05),
-                     standby=False)]
+    routes = [
+        _route(
+            prov, rng, home, dep, snap, "primary", network=float(rng.uniform(5, 40)), slow=(0.95, 1.05), standby=False
+        )
+    ]
     for i in range(1, n_active):
         if others:  # a second region: farther, ~+20-80 ms
             region = others.pop(int(rng.integers(0, len(others))))
-            routes.append(_route(prov, rng, region, dep, snap, f"active{i}", network=float(rng.uniform(25, 120)),
-                                 slow=(0.95, 1.15), standby=False))
+            routes.append(
+                _route(
+                    prov,
+                    rng,
+                    region,
+                    dep,
+                    snap,
+                    f"active{i}",
+                    network=float(rng.uniform(25, 120)),
+                    slow=(0.95, 1.15),
+                    standby=False,
+                )
+            )
         else:  # providers without regions: several backends (fingerprints) behind one host
-            routes.append(_route(prov, rng, home, dep, snap, f"active{i}", network=routes[0].network_ms,
-                                 slow=(0.95, 1.1), standby=False))
+            routes.append(
+                _route(
+                    prov,
+                    rng,
+                    home,
+                    dep,
+                    snap,
+                    f"active{i}",
+                    network=routes[0].network_ms,
+                    slow=(0.95, 1.1),
+                    standby=False,
+                )
+            )
     share = rng.dirichlet(np.full(len(routes), 2.0))
     share = np.sort(share)[::-1]
     weights = [float(x) for x in share]
     if others:  # far region for region shifts: cross-continent RTT, older/busier hardware
-        routes.append(_route(prov, rng, others[int(rng.integers(0, len(others)))], dep, snap, "standby_region",
-                             network=float(rng.uniform(90, 200)), slow=(1.1, 1.6), standby=True))
+        routes.append(
+            _route(
+                prov,
+                rng,
+                others[int(rng.integers(0, len(others)))],
+                dep,
+                snap,
+                "standby_region",
+                network=float(rng.uniform(90, 200)),
+                slow=(1.1, 1.6),
+                standby=True,
+            )
+        )
     if prov.deployments:  # another deployment in the home region: e.g. standard vs provisioned capacity
-        routes.append(_route(prov, rng, home, f"{dep}-std2", snap, "standby_deployment",
-                             network=routes[0].network_ms, slow=(1.3, 2.0), standby=True))
+        routes.append(
+            _route(
+                prov,
+                rng,
+                home,
+                f"{dep}-std2",
+                snap,
+                "standby_deployment",
+                network=routes[0].network_ms,
+                slow=(1.3, 2.0),
+                standby=True,
+            )
+        )
     if len(model.snapshots) > 1:  # the alias moves to a new snapshot with a different speed
-        routes.append(_route(prov, rng, home, dep, model.snapshots[1], "standby_snapshot",
-                             network=routes[0].network_ms, slow=(1.25, 1.8), standby=True))
+        routes.append(
+            _route(
+                prov,
+                rng,
+                home,
+                dep,
+                model.snapshots[1],
+                "standby_snapshot",
+                network=routes[0].network_ms,
+                slow=(1.25, 1.8),
+                standby=True,
+            )
+        )
     weights += [0.0] * (len(routes) - len(weights))
     return tuple(routes), tuple(weights)
 
@@ -261,8 +422,9 @@ def _satisfies(prov: ProviderSpec, model: ModelOption, needs: frozenset[str]) ->
     return all(checks[n] for n in needs)
 
 
-def _pick_model(rng: np.random.Generator, preferred: str, needs: frozenset[str],
-                counts: dict[str, int]) -> tuple[ProviderSpec, ModelOption]:
+def _pick_model(
+    rng: np.random.Generator, preferred: str, needs: frozenset[str], counts: dict[str, int]
+) -> tuple[ProviderSpec, ModelOption]:
     """The preferred provider if it can satisfy ``needs``, else the least-used one that can (keeps the mix even)."""
     for name in [preferred, *sorted(PROVIDERS, key=lambda p: (counts[p], p))]:
         ok = [m for m in PROVIDERS[name].models if _satisfies(PROVIDERS[name], m, needs)]
@@ -293,8 +455,13 @@ def stratified_rates(rng: np.random.Generator, n: int, lo: float, hi: float) -> 
     return rates
 
 
-def make_series(rng: np.random.Generator, n: int, hints: list[frozenset[str]], rate_range: tuple[float, float],
-                traces: dict[str, TraceStats]) -> list[SeriesSpec]:
+def make_series(
+    rng: np.random.Generator,
+    n: int,
+    hints: list[frozenset[str]],
+    rate_range: tuple[float, float],
+    traces: dict[str, TraceStats],
+) -> list[SeriesSpec]:
     """Draw ``n`` series; series ``i`` satisfies ``hints[i % len(hints)]`` so that every requested family has a home.
 
     Providers are cycled in a seed-shuffled order (balanced mix); a third of the series are non-streaming.
@@ -328,9 +495,18 @@ def _make_cache_matter(spec: SeriesSpec) -> SeriesSpec:
     return spec
 
 
-def _make_one(rng: np.random.Generator, i: int, prov: ProviderSpec, model: ModelOption, kind: str,
-              needs: frozenset[str], streaming: bool, rate: float, traces: dict[str, TraceStats],
-              used: set[str]) -> SeriesSpec:
+def _make_one(
+    rng: np.random.Generator,
+    i: int,
+    prov: ProviderSpec,
+    model: ModelOption,
+    kind: str,
+    needs: frozenset[str],
+    streaming: bool,
+    rate: float,
+    traces: dict[str, TraceStats],
+    used: set[str],
+) -> SeriesSpec:
     spec = KINDS[kind]
     names = [s for s in spec["names"] if s not in used]
     service = names[int(rng.integers(0, len(names)))] if names else f"{spec['names'][0]}-{i}"
@@ -347,21 +523,39 @@ def _make_one(rng: np.random.Generator, i: int, prov: ProviderSpec, model: Model
     trace = traces[spec["trace"]]
     routes, weights = make_routes(prov, model, rng)
     return SeriesSpec(
-        index=i, service=service, provider=prov.name, request_model=model.request_model,
-        operation=OPERATION.get(prov.name, "chat"), kind=kind, streaming=streaming, rate=rate,
+        index=i,
+        service=service,
+        provider=prov.name,
+        request_model=model.request_model,
+        operation=OPERATION.get(prov.name, "chat"),
+        kind=kind,
+        streaming=streaming,
+        rate=rate,
         # Business-hours traffic: daily swing ±30-70%, peak 13-19 UTC (US+EU overlap), weekends at 40-90%.
-        diurnal_amplitude=float(rng.uniform(0.3, 0.7)), peak_hour_utc=float(rng.uniform(13.0, 19.0)),
+        diurnal_amplitude=float(rng.uniform(0.3, 0.7)),
+        peak_hour_utc=float(rng.uniform(13.0, 19.0)),
         weekend_factor=float(rng.uniform(0.4, 0.9)),
-        routes=routes, route_weights=weights, speed=model.speed, cache_enabled=cache_on,
-        cache_min_tokens=prov.cache_min_tokens, cache_ttl_s=float(rng.uniform(*prov.ttl_range_s)),
+        routes=routes,
+        route_weights=weights,
+        speed=model.speed,
+        cache_enabled=cache_on,
+        cache_min_tokens=prov.cache_min_tokens,
+        cache_ttl_s=float(rng.uniform(*prov.ttl_range_s)),
         reports_cache_write=prov.reports_cache_write,
         # Even a hot prefix misses now and then (replica routing, capacity eviction): 1-4% of calls.
         cache_miss_prob=float(rng.uniform(0.01, 0.04)),
-        sys_tokens=sys_tokens, template=f"{service}.system", trace=spec["trace"],
+        sys_tokens=sys_tokens,
+        template=f"{service}.system",
+        trace=spec["trace"],
         user_scale=user_median / trace.user_median,
         user_clip=(max(16, spec["user"][0] // 8), min(120_000, spec["user"][1] * 4)),
-        user_median=user_median, out_scale=out_scale, out_median=out_scale * trace.out_median,
-        max_tokens=spec["max"], error_rate=float(rng.uniform(0.003, 0.03)), noise_source=prov.noise_source,
+        user_median=user_median,
+        out_scale=out_scale,
+        out_median=out_scale * trace.out_median,
+        max_tokens=spec["max"],
+        error_rate=float(rng.uniform(0.003, 0.03)),
+        noise_source=prov.noise_source,
         tenants=0 if rng.random() < 0.5 else int(rng.integers(5, 60)),
-        client_ms=float(rng.uniform(1.0, 6.0)), salt=int(rng.integers(1, 2**62)),
+        client_ms=float(rng.uniform(1.0, 6.0)),
+        salt=int(rng.integers(1, 2**62)),
     )

@@ -38,9 +38,21 @@ class CallEffects:
     def neutral(cls, n: int) -> CallEffects:
         """No episode at all."""
         ones, zeros = np.ones(n), np.zeros(n)
-        return cls(ones.copy(), ones.copy(), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool),
-                   ones.copy(), ones.copy(), zeros.copy(), zeros.copy(), ones.copy(), zeros.copy(),
-                   np.full(n, -1, np.int64), np.full(n, -1, np.int64))
+        return cls(
+            ones.copy(),
+            ones.copy(),
+            np.zeros(n, np.int64),
+            np.zeros(n, np.int64),
+            np.zeros(n, bool),
+            ones.copy(),
+            ones.copy(),
+            zeros.copy(),
+            zeros.copy(),
+            ones.copy(),
+            zeros.copy(),
+            np.full(n, -1, np.int64),
+            np.full(n, -1, np.int64),
+        )
 
 
 def rate_multiplier(episodes: list[Episode], t: np.ndarray) -> np.ndarray:
@@ -68,8 +80,9 @@ _ROUTE_TARGET = {
 }
 
 
-def apply_episode(fx: CallEffects, k: int, ep: Episode, spec: SeriesSpec, t: np.ndarray,
-                  rng: np.random.Generator) -> None:
+def apply_episode(
+    fx: CallEffects, k: int, ep: Episode, spec: SeriesSpec, t: np.ndarray, rng: np.random.Generator
+) -> None:
     """Write episode ``k``'s effect into ``fx`` for the calls at times ``t``."""
     w = ep.weight(t)
     inside = w > 0

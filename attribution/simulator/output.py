@@ -86,7 +86,8 @@ def series_table(spec: SeriesSpec, c: SeriesCalls, epoch_s: float, rng: np.rando
         "deployment": coded(c.route, [r.deployment for r in rt]),
         "prompt_key": _prompt_keys(spec, c),
         "start_time": pa.array(np.round((epoch_s + c.t) * 1e6).astype(np.int64), type=pa.int64()).cast(
-            LLM_CALLS_SCHEMA.field("start_time").type),
+            LLM_CALLS_SCHEMA.field("start_time").type
+        ),
         "duration_ms": pa.array(np.round(c.duration, 3)),
         "ttft_ms": masked(np.round(c.ttft, 3), no_timing, pa.float64()),
         "decode_ms": masked(np.round(c.decode, 3), no_timing, pa.float64()),
@@ -135,8 +136,10 @@ def episode_label(spec: SeriesSpec, c: SeriesCalls, ep: Episode, epoch_s: float)
     dur = ep.end_s - ep.start_s
     params = ", ".join(f"{k}={v}" for k, v in sorted(ep.params.items()))
     shape = "step" if ep.ramp_s == 0 else f"ramp over {ep.ramp_s / 60:.0f} min"
-    notes = (f"driver: {fam.driver}. {ep.strength} ({shape})"
-             f"{'; ' + params if params else ''}; {'streaming' if spec.streaming else 'non-streaming'} series")
+    notes = (
+        f"driver: {fam.driver}. {ep.strength} ({shape})"
+        f"{'; ' + params if params else ''}; {'streaming' if spec.streaming else 'non-streaming'} series"
+    )
     return {
         "episode_id": ep.episode_id,
         "series": spec.key,
@@ -151,6 +154,8 @@ def episode_label(spec: SeriesSpec, c: SeriesCalls, ep: Episode, epoch_s: float)
         "expected_metrics": metrics,
         "notes": notes,
         "params": {k: v for k, v in ep.params.items()},
-        "observed": {"before": _window_stats(spec, c, ep.start_s - dur, ep.start_s),
-                     "during": _window_stats(spec, c, ep.start_s, ep.end_s)},
+        "observed": {
+            "before": _window_stats(spec, c, ep.start_s - dur, ep.start_s),
+            "during": _window_stats(spec, c, ep.start_s, ep.end_s),
+        },
     }

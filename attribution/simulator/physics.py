@@ -114,9 +114,7 @@ class CacheUnits:
     blocks: np.ndarray  # int64
 
 
-def replay_prefix_cache(
-    times_s: np.ndarray, touch: np.ndarray, ttl_s: np.ndarray, units: CacheUnits
-) -> np.ndarray:
+def replay_prefix_cache(times_s: np.ndarray, touch: np.ndarray, ttl_s: np.ndarray, units: CacheUnits) -> np.ndarray:
     """Cached prefix of each call, in blocks: the leading units found alive in the provider cache.
 
     A unit is alive for a call when the same key was last touched by an earlier call at most ``ttl_s`` (the

@@ -41,57 +41,166 @@ class Family:
     duration_h: tuple[float, float] = (1.0, 6.0)
 
 
-def _f(name: str, label: str, reason: str | None, mag: tuple[float, float], driver: str, metrics: tuple[str, ...],
-       needs: tuple[str, ...] = (), duration_h: tuple[float, float] = (1.0, 6.0)) -> Family:
+def _f(
+    name: str,
+    label: str,
+    reason: str | None,
+    mag: tuple[float, float],
+    driver: str,
+    metrics: tuple[str, ...],
+    needs: tuple[str, ...] = (),
+    duration_h: tuple[float, float] = (1.0, 6.0),
+) -> Family:
     return Family(name, label, reason, mag, driver, metrics, frozenset(needs), duration_h)
 
 
 _ALL = (
-    _f("prefill_growth/user_input_growth", "prefill_growth", "user_input_growth", (0.1, 3.0),
-       "user-part prompt tokens x (1 + m), appended after the cached prefix (cache-read tokens stay flat, so the "
-       "cache-read ratio falls without any eviction)", STREAM_METRICS, ("cache",)),
-    _f("prefill_growth/system_prompt_growth", "prefill_growth", "system_prompt_growth", (1.0, 4.0),
-       "system-prefix tokens x (1 + m) under a new prompt_key version, on a series without prompt caching so the "
-       "growth is really prefilled; m is raised, if needed, until the added prefill is >= 25% of the median primary "
-       "latency", STREAM_METRICS, ("no_cache", "prefill_matters")),
-    _f("cache_eviction/prompt_changed", "cache_eviction", "prompt_changed", (0.15, 1.0),
-       "share m of calls whose system prefix changes per call (e.g. a timestamp at the top): same prompt size, "
-       "no reusable prefix", STREAM_METRICS, ("cache",)),
-    _f("cache_eviction/ttl_expired", "cache_eviction", "ttl_expired", (1.0, 2.0),
-       "per-prefix inter-arrival gap x (1 + m), beyond the cache TTL: the series' own rate drops (low-rate series) "
-       "or traffic fans out over 1 + m prefix variants", STREAM_METRICS, ("cache",)),
-    _f("cache_eviction/provider_evicted", "cache_eviction", "provider_evicted", (0.3, 3.0),
-       "provider cache capacity: effective TTL / (1 + m) and miss hazard 1 - (1 - p0)/(1 + m) at the same prefix "
-       "and rate", STREAM_METRICS, ("cache",)),
-    _f("batch_contention/queueing", "batch_contention", "queueing", (0.1, 3.0),
-       "added admission queue with mean m x the series' pre-episode median TTFT (ITL x (1 + 0.15 m): a fuller batch)",
-       STREAM_METRICS),
-    _f("batch_contention/provider_incident", "batch_contention", "queueing", (0.3, 3.0),
-       "one provider/region incident queueing several series at once; per series as batch_contention/queueing",
-       STREAM_METRICS),
-    _f("batch_contention/decode_slowdown", "batch_contention", "decode_slowdown", (0.1, 3.0),
-       "inter-token latency x (1 + m) (decode batch crowded; memory-bandwidth bound)", ("itl_p95_ms", "e2e_p95_ms")),
-    _f("routing_change/region_shift", "routing_change", "region_shift", (0.3, 1.0),
-       "traffic share m moved to a farther, slower region whose prompt cache starts cold",
-       ("ttft_p95_ms", "e2e_p95_ms"), ("regions", "cache")),
-    _f("routing_change/deployment_change", "routing_change", "deployment_change", (0.3, 1.0),
-       "traffic share m moved to another deployment (slower capacity, same region, cold cache)",
-       ("ttft_p95_ms", "itl_p95_ms", "e2e_p95_ms"), ("deployments",)),
-    _f("routing_change/model_version_change", "routing_change", "model_version_change", (0.5, 1.0),
-       "traffic share m answered by a new response_model snapshot / system_fingerprint with slower prefill and decode",
-       ("ttft_p95_ms", "itl_p95_ms", "e2e_p95_ms"), ("snapshots",)),
-    _f("output_growth", "output_growth", None, (0.1, 3.0),
-       "output tokens x (1 + m); TTFT and ITL unchanged", ("e2e_p95_ms",)),
-    _f("unexplained", "unexplained", None, (0.1, 2.0),
-       "constant client-side delay of m x the pre-episode median e2e inside the span after the last chunk (a "
-       "synchronous hook); no token, cache, route, queue or ITL change", ("e2e_p95_ms",)),
-    _f("none/own_traffic_surge", "none", "own_traffic_surge", (2.0, 9.0),
-       "own traffic x (1 + m) from new independent users; latency flat (one client is a negligible share of a "
-       "provider's batch)", (), duration_h=(1.0, 3.0)),
-    _f("none/small_prompt_growth", "none", "small_prompt_growth", (0.02, 0.05),
-       "user-part prompt tokens x (1 + m): too small to move latency", ()),
-    _f("none/diurnal_peak", "none", "diurnal_peak", (0.0, 0.0),
-       "nothing injected: a window centred on the series' normal daily traffic peak", (), duration_h=(3.0, 3.0)),
+    _f(
+        "prefill_growth/user_input_growth",
+        "prefill_growth",
+        "user_input_growth",
+        (0.1, 3.0),
+        "user-part prompt tokens x (1 + m), appended after the cached prefix (cache-read tokens stay flat, so the "
+        "cache-read ratio falls without any eviction)",
+        STREAM_METRICS,
+        ("cache",),
+    ),
+    _f(
+        "prefill_growth/system_prompt_growth",
+        "prefill_growth",
+        "system_prompt_growth",
+        (1.0, 4.0),
+        "system-prefix tokens x (1 + m) under a new prompt_key version, on a series without prompt caching so the "
+        "growth is really prefilled; m is raised, if needed, until the added prefill is >= 25% of the median primary "
+        "latency",
+        STREAM_METRICS,
+        ("no_cache", "prefill_matters"),
+    ),
+    _f(
+        "cache_eviction/prompt_changed",
+        "cache_eviction",
+        "prompt_changed",
+        (0.15, 1.0),
+        "share m of calls whose system prefix changes per call (e.g. a timestamp at the top): same prompt size, "
+        "no reusable prefix",
+        STREAM_METRICS,
+        ("cache",),
+    ),
+    _f(
+        "cache_eviction/ttl_expired",
+        "cache_eviction",
+        "ttl_expired",
+        (1.0, 2.0),
+        "per-prefix inter-arrival gap x (1 + m), beyond the cache TTL: the series' own rate drops (low-rate series) "
+        "or traffic fans out over 1 + m prefix variants",
+        STREAM_METRICS,
+        ("cache",),
+    ),
+    _f(
+        "cache_eviction/provider_evicted",
+        "cache_eviction",
+        "provider_evicted",
+        (0.3, 3.0),
+        "provider cache capacity: effective TTL / (1 + m) and miss hazard 1 - (1 - p0)/(1 + m) at the same prefix "
+        "and rate",
+        STREAM_METRICS,
+        ("cache",),
+    ),
+    _f(
+        "batch_contention/queueing",
+        "batch_contention",
+        "queueing",
+        (0.1, 3.0),
+        "added admission queue with mean m x the series' pre-episode median TTFT (ITL x (1 + 0.15 m): a fuller batch)",
+        STREAM_METRICS,
+    ),
+    _f(
+        "batch_contention/provider_incident",
+        "batch_contention",
+        "queueing",
+        (0.3, 3.0),
+        "one provider/region incident queueing several series at once; per series as batch_contention/queueing",
+        STREAM_METRICS,
+    ),
+    _f(
+        "batch_contention/decode_slowdown",
+        "batch_contention",
+        "decode_slowdown",
+        (0.1, 3.0),
+        "inter-token latency x (1 + m) (decode batch crowded; memory-bandwidth bound)",
+        ("itl_p95_ms", "e2e_p95_ms"),
+    ),
+    _f(
+        "routing_change/region_shift",
+        "routing_change",
+        "region_shift",
+        (0.3, 1.0),
+        "traffic share m moved to a farther, slower region whose prompt cache starts cold",
+        ("ttft_p95_ms", "e2e_p95_ms"),
+        ("regions", "cache"),
+    ),
+    _f(
+        "routing_change/deployment_change",
+        "routing_change",
+        "deployment_change",
+        (0.3, 1.0),
+        "traffic share m moved to another deployment (slower capacity, same region, cold cache)",
+        ("ttft_p95_ms", "itl_p95_ms", "e2e_p95_ms"),
+        ("deployments",),
+    ),
+    _f(
+        "routing_change/model_version_change",
+        "routing_change",
+        "model_version_change",
+        (0.5, 1.0),
+        "traffic share m answered by a new response_model snapshot / system_fingerprint with slower prefill and decode",
+        ("ttft_p95_ms", "itl_p95_ms", "e2e_p95_ms"),
+        ("snapshots",),
+    ),
+    _f(
+        "output_growth",
+        "output_growth",
+        None,
+        (0.1, 3.0),
+        "output tokens x (1 + m); TTFT and ITL unchanged",
+        ("e2e_p95_ms",),
+    ),
+    _f(
+        "unexplained",
+        "unexplained",
+        None,
+        (0.1, 2.0),
+        "constant client-side delay of m x the pre-episode median e2e inside the span after the last chunk (a "
+        "synchronous hook); no token, cache, route, queue or ITL change",
+        ("e2e_p95_ms",),
+    ),
+    _f(
+        "none/own_traffic_surge",
+        "none",
+        "own_traffic_surge",
+        (2.0, 9.0),
+        "own traffic x (1 + m) from new independent users; latency flat (one client is a negligible share of a "
+        "provider's batch)",
+        (),
+        duration_h=(1.0, 3.0),
+    ),
+    _f(
+        "none/small_prompt_growth",
+        "none",
+        "small_prompt_growth",
+        (0.02, 0.05),
+        "user-part prompt tokens x (1 + m): too small to move latency",
+        (),
+    ),
+    _f(
+        "none/diurnal_peak",
+        "none",
+        "diurnal_peak",
+        (0.0, 0.0),
+        "nothing injected: a window centred on the series' normal daily traffic peak",
+        (),
+        duration_h=(3.0, 3.0),
+    ),
 )
 
 FAMILY_SPECS: dict[str, Family] = {f.name: f for f in _ALL}
@@ -144,8 +253,9 @@ def strength_of(u: float) -> str:
 STRENGTHS = ("subtle", "moderate", "strong")
 
 
-def draw_magnitude(rng: np.random.Generator, family: Family, spec: SeriesSpec,
-                   strengths: tuple[str, ...] = STRENGTHS) -> tuple[float, str, dict]:
+def draw_magnitude(
+    rng: np.random.Generator, family: Family, spec: SeriesSpec, strengths: tuple[str, ...] = STRENGTHS
+) -> tuple[float, str, dict]:
     """Magnitude (log-uniform over the family's range, restricted to the allowed strength thirds), strength tag and
     mechanism parameters for one series."""
     lo, hi = family.magnitude

@@ -72,16 +72,31 @@ def _ramp(rng: np.random.Generator, fam: Family, dur: float) -> float:
 class Scheduler:
     """Builds the episode list for one simulation (deterministic given its generator)."""
 
-    def __init__(self, rng: np.random.Generator, specs: list[SeriesSpec], clean_s: float, total_s: float,
-                 strengths: tuple[str, ...] = STRENGTHS) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        specs: list[SeriesSpec],
+        clean_s: float,
+        total_s: float,
+        strengths: tuple[str, ...] = STRENGTHS,
+    ) -> None:
         self.rng, self.specs, self.strengths = rng, specs, strengths
         self.cal = _Calendar(len(specs), clean_s, total_s)
         self.episodes: list[Episode] = []
         self.nonstream_labels: set[str] = set()
 
     def _new(self, fam: Family, i: int, start: float, dur: float, mag: float, strength: str, params: dict) -> Episode:
-        ep = Episode(episode_id="", family=fam.name, series_index=i, start_s=start, end_s=start + dur,
-                     ramp_s=_ramp(self.rng, fam, dur), magnitude=mag, strength=strength, params=params)
+        ep = Episode(
+            episode_id="",
+            family=fam.name,
+            series_index=i,
+            start_s=start,
+            end_s=start + dur,
+            ramp_s=_ramp(self.rng, fam, dur),
+            magnitude=mag,
+            strength=strength,
+            params=params,
+        )
         ep.episode_id = f"{int(self.rng.integers(0, 2**63)):016x}"
         self.cal.add(i, start, start + dur)
         self.episodes.append(ep)
@@ -133,8 +148,14 @@ class Scheduler:
         return 0
 
 
-def schedule(rng: np.random.Generator, specs: list[SeriesSpec], families: list[str], clean_s: float,
-             total_s: float, strengths: tuple[str, ...] = STRENGTHS) -> list[Episode]:
+def schedule(
+    rng: np.random.Generator,
+    specs: list[SeriesSpec],
+    families: list[str],
+    clean_s: float,
+    total_s: float,
+    strengths: tuple[str, ...] = STRENGTHS,
+) -> list[Episode]:
     """Episodes for all series: families cycled in a seed-shuffled order until the calendar is full."""
     sched = Scheduler(rng, specs, clean_s, total_s, strengths)
     post_days = max(0.0, (total_s - clean_s) / 86400.0)

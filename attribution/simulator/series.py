@@ -45,8 +45,9 @@ class SeriesCalls:
     queue_ms: np.ndarray
 
 
-def _arrival_streams(spec: SeriesSpec, episodes: list[Episode], total_s: float, epoch_s: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _arrival_streams(
+    spec: SeriesSpec, episodes: list[Episode], total_s: float, epoch_s: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Times and stream ids (0 = own traffic, k + 1 = surge of episode k), time-ordered."""
     minutes = np.arange(int(np.ceil(total_s / MINUTE)))
     mid = minutes * MINUTE + MINUTE / 2
@@ -82,8 +83,9 @@ def _reference(values: np.ndarray, ok: np.ndarray, t: np.ndarray, episodes: list
     return out  # index -1 (no episode) hits the trailing 0
 
 
-def generate_calls(spec: SeriesSpec, episodes: list[Episode], total_s: float, epoch_s: float,
-                   seed: np.random.SeedSequence) -> SeriesCalls:
+def generate_calls(
+    spec: SeriesSpec, episodes: list[Episode], total_s: float, epoch_s: float, seed: np.random.SeedSequence
+) -> SeriesCalls:
     """Simulate every call of one series (see module docstring)."""
     rng = np.random.default_rng(seed)
     trace = prompt_trace(spec.trace)
@@ -112,10 +114,19 @@ def generate_calls(spec: SeriesSpec, episodes: list[Episode], total_s: float, ep
     queue = rng.exponential(np.array([r.queue_ms for r in rt])[route])
     noise_ttft, noise_itl = noise_pool(spec.noise_source).draw(rng, n)
     lat = call_latency(
-        speed=MODEL_SPEEDS[spec.speed], network_ms=net, prefill_mult=np.array([r.prefill_mult for r in rt])[route],
-        itl_mult=np.array([r.itl_mult for r in rt])[route] * fx.itl_mult, queue_ms=queue,
-        uncached=input_tokens - read, cached=read, output=output, noise_ttft=noise_ttft, noise_itl=noise_itl,
-        p95_jitter=rng.lognormal(0.0, 0.1, n), client_ms=spec.client_ms + rng.exponential(1.0, n))
+        speed=MODEL_SPEEDS[spec.speed],
+        network_ms=net,
+        prefill_mult=np.array([r.prefill_mult for r in rt])[route],
+        itl_mult=np.array([r.itl_mult for r in rt])[route] * fx.itl_mult,
+        queue_ms=queue,
+        uncached=input_tokens - read,
+        cached=read,
+        output=output,
+        noise_ttft=noise_ttft,
+        noise_itl=noise_itl,
+        p95_jitter=rng.lognormal(0.0, 0.1, n),
+        client_ms=spec.client_ms + rng.exponential(1.0, n),
+    )
     ok = ~error
     # Contention and client delays are sized on the series' own pre-episode medians (see scenarios.FAMILY_SPECS).
     queue_add = rng.exponential(1.0, n) * fx.queue_rel * _reference(lat.ttft, ok, t, episodes)[fx.episode]
@@ -126,10 +137,25 @@ def generate_calls(spec: SeriesSpec, episodes: list[Episode], total_s: float, ep
     first_run = trace.run_offsets[pr.trace_idx]
     has_run = trace.run_offsets[pr.trace_idx + 1] > first_run
     conv = np.where(has_run, trace.run_id[np.minimum(first_run, trace.run_id.size - 1)], -1 - pr.trace_idx)
-    return SeriesCalls(t=t, route=route, error=error, error_kind=error_kind, input_tokens=input_tokens,
-                       cache_read=read, cache_write=write, output=output, length_hit=out_raw >= spec.max_tokens,
-                       ttft=ttft, itl=lat.itl, itl_p95=lat.itl_p95, decode=lat.decode, duration=duration, fx=fx,
-                       session_key=mix64(spec.salt, pr.loop_key, conv), queue_ms=queue + queue_add)
+    return SeriesCalls(
+        t=t,
+        route=route,
+        error=error,
+        error_kind=error_kind,
+        input_tokens=input_tokens,
+        cache_read=read,
+        cache_write=write,
+        output=output,
+        length_hit=out_raw >= spec.max_tokens,
+        ttft=ttft,
+        itl=lat.itl,
+        itl_p95=lat.itl_p95,
+        decode=lat.decode,
+        duration=duration,
+        fx=fx,
+        session_key=mix64(spec.salt, pr.loop_key, conv),
+        queue_ms=queue + queue_add,
+    )
 
 
 def _error_duration(kind: np.ndarray, net: np.ndarray, ttft: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -138,8 +164,10 @@ def _error_duration(kind: np.ndarray, net: np.ndarray, ttft: np.ndarray, rng: np
     n = kind.size
     return np.select(
         [kind == 0, kind == 1, kind == 2],
-        [net + rng.uniform(5.0, 40.0, n), np.full(n, TIMEOUT_MS) + rng.uniform(0.0, 50.0, n),
-         ttft * rng.uniform(0.5, 2.0, n)],
+        [
+            net + rng.uniform(5.0, 40.0, n),
+            np.full(n, TIMEOUT_MS) + rng.uniform(0.0, 50.0, n),
+            ttft * rng.uniform(0.5, 2.0, n),
+        ],
         default=rng.uniform(10.0, 3000.0, n),
     )
-

@@ -112,13 +112,22 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     families = list(config.families) if config.families is not None else list(FAMILIES)
     spec_rng = np.random.default_rng(spec_seed)
     traces = {name: prompt_trace(name) for name in ("conversation", "synthetic")}
-    stats = {k: TraceStats(v.size, float(np.median(v.user_tokens)), float(np.median(v.output_tokens)))
-             for k, v in traces.items()}
+    stats = {
+        k: TraceStats(v.size, float(np.median(v.user_tokens)), float(np.median(v.output_tokens)))
+        for k, v in traces.items()
+    }
     specs: list[SeriesSpec] = make_series(
-        spec_rng, config.series, _hints(spec_rng, families), (config.rate_min, config.rate_max), stats)
+        spec_rng, config.series, _hints(spec_rng, families), (config.rate_min, config.rate_max), stats
+    )
     total_s = config.days * 86400.0
-    episodes = schedule(np.random.default_rng(sched_seed), specs, families, config.clean_days * 86400.0, total_s,
-                        config.strengths or STRENGTHS)
+    episodes = schedule(
+        np.random.default_rng(sched_seed),
+        specs,
+        families,
+        config.clean_days * 86400.0,
+        total_s,
+        config.strengths or STRENGTHS,
+    )
     tables, labels = [], []
     for spec, seed in zip(specs, series_seed.spawn(len(specs)), strict=True):
         mine = [e for e in episodes if e.series_index == spec.index]

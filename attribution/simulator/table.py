@@ -31,8 +31,10 @@ def uuid_ids(rng: np.random.Generator, n: int) -> pa.Array:
     """``n`` UUID-formatted (8-4-4-4-12) lowercase hex strings."""
     digits = np.frombuffer(hex_ids(rng, n, 32).buffers()[2], dtype=np.uint8)[: n * 32].reshape(n, 32)
     dash = np.full((n, 1), ord("-"), dtype=np.uint8)
-    body = np.concatenate((digits[:, :8], dash, digits[:, 8:12], dash, digits[:, 12:16], dash, digits[:, 16:20],
-                           dash, digits[:, 20:]), axis=1)
+    body = np.concatenate(
+        (digits[:, :8], dash, digits[:, 8:12], dash, digits[:, 12:16], dash, digits[:, 16:20], dash, digits[:, 20:]),
+        axis=1,
+    )
     return _fixed_width(body)
 
 

@@ -104,8 +104,9 @@ def prompts(spec: SeriesSpec, trace: PromptTrace, stream: np.ndarray, rng: np.ra
     return Prompts(trace_idx=j, loop_key=mix64(spec.salt, stream, cursor, chunk, 1), user_base=user, out_base=out)
 
 
-def cache_units(spec: SeriesSpec, trace: PromptTrace, pr: Prompts, route: np.ndarray, prefix_key: np.ndarray,
-                sys_tokens: np.ndarray) -> CacheUnits:
+def cache_units(
+    spec: SeriesSpec, trace: PromptTrace, pr: Prompts, route: np.ndarray, prefix_key: np.ndarray, sys_tokens: np.ndarray
+) -> CacheUnits:
     """Cache units of every call: its system prefix, then the shareable runs of its Mooncake user part.
 
     A user block ``i`` of the scaled prompt ends inside source block ``floor((i + 1) / s)`` (``s`` = user scale),

@@ -64,9 +64,19 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
         rid = stable_id(key, "regression", start.isoformat())
         primary = max(group, key=lambda e: -math.inf if e.change_pct != e.change_pct else e.change_pct)
         is_open = any(e.end is None for e in group)
-        moved = [{"metric": e.metric, "family": e.family, "baseline": e.baseline, "observed": e.observed,
-                  "change_pct": e.change_pct, "start": _iso(e.start), "end": _iso(e.end), "episode_id": e.id}
-                 for e in sorted(group, key=lambda e: -(e.change_pct if e.change_pct == e.change_pct else -1e9))]
+        moved = [
+            {
+                "metric": e.metric,
+                "family": e.family,
+                "baseline": e.baseline,
+                "observed": e.observed,
+                "change_pct": e.change_pct,
+                "start": _iso(e.start),
+                "end": _iso(e.end),
+                "episode_id": e.id,
+            }
+            for e in sorted(group, key=lambda e: -(e.change_pct if e.change_pct == e.change_pct else -1e9))
+        ]
         for e in group:
             e.regression_id = rid
         name = names.get(key, {})

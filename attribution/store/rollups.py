@@ -146,9 +146,7 @@ def _dimensions_insert(config: RollupConfig) -> str:
 
 
 def _series_upsert(config: RollupConfig) -> str:
-    names = ", ".join(
-        f"k_{c}" if c in config.series_columns else "CAST(NULL AS VARCHAR)" for c in SERIES_NAME_COLUMNS
-    )
+    names = ", ".join(f"k_{c}" if c in config.series_columns else "CAST(NULL AS VARCHAR)" for c in SERIES_NAME_COLUMNS)
     grain = config.base_grain
     return f"""
     INSERT INTO series

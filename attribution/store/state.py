@@ -101,8 +101,20 @@ def load_episodes(con: duckdb.DuckDBPyConnection) -> list[Episode]:
                   observed, change_pct, peak_change_pct, n_buckets, stats, regression_id FROM episodes"""
     ).fetchall()
     return [
-        Episode(r[0], r[1], r[2], r[3], r[4], utc(r[5]), utc(r[6]), utc(r[7]), utc(r[8]), *r[9:14],
-                orjson.loads(r[14]), r[15])
+        Episode(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            utc(r[5]),
+            utc(r[6]),
+            utc(r[7]),
+            utc(r[8]),
+            *r[9:14],
+            orjson.loads(r[14]),
+            r[15],
+        )
         for r in rows
     ]
 
@@ -130,8 +142,9 @@ def write_regressions(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
     )
 
 
-def write_baselines(con: duckdb.DuckDBPyConnection, fitted: list[tuple[str, tuple[str, ...], ParamsBatch]],
-                    now: datetime) -> int:
+def write_baselines(
+    con: duckdb.DuckDBPyConnection, fitted: list[tuple[str, tuple[str, ...], ParamsBatch]], now: datetime
+) -> int:
     """Store, per series and statistic, the parameters of the baseline kind in use (replacing older ones).
 
     ``fitted`` holds (statistic, series keys, batch) triples; rows whose ``ok`` is False are skipped.
@@ -141,8 +154,16 @@ def write_baselines(con: duckdb.DuckDBPyConnection, fitted: list[tuple[str, tupl
     for stat, keys, batch in fitted:
         for i in batch.arrays["ok"].nonzero()[0].tolist():
             row = batch.row(i)
-            values = (keys[i], stat, batch.kind, batch.version, batch.grain_s,
-                      datetime.fromtimestamp(row["fitted_until"], UTC), orjson.dumps(row).decode(), now)
+            values = (
+                keys[i],
+                stat,
+                batch.kind,
+                batch.version,
+                batch.grain_s,
+                datetime.fromtimestamp(row["fitted_until"], UTC),
+                orjson.dumps(row).decode(),
+                now,
+            )
             for col, value in zip(cols, values, strict=True):
                 out[col].append(value)
     if not out["series_key"]:

@@ -80,8 +80,13 @@ def call_non_stream(client: Any, model: str) -> dict[str, Any]:
     response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Sky colour?"}])
     total = time.perf_counter() - start
     return {
-        "call": "non_stream", **_observed(response), "start_ns": start_ns, "total_ms": total * 1e3, "ttft_ms": None,
-        "finish_reason": response.choices[0].finish_reason, "fingerprint": response.system_fingerprint,
+        "call": "non_stream",
+        **_observed(response),
+        "start_ns": start_ns,
+        "total_ms": total * 1e3,
+        "ttft_ms": None,
+        "finish_reason": response.choices[0].finish_reason,
+        "fingerprint": response.system_fingerprint,
     }
 
 
@@ -103,14 +108,19 @@ def call_stream(client: Any, model: str) -> dict[str, Any]:
     assert chunks, "the stream yielded no chunk"
     # [ms after start, carries text]: the caller's own view of the token gaps, to compare the stored ITL with.
     chunk_ms = [
-        [(t - start) * 1e3, bool(c.choices and c.choices[0].delta.content)]
-        for t, c in zip(seen, chunks, strict=True)
+        [(t - start) * 1e3, bool(c.choices and c.choices[0].delta.content)] for t, c in zip(seen, chunks, strict=True)
     ]
     finish = next((c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason), None)
     return {
-        "call": "stream", **_observed(chunks[-1]), "start_ns": start_ns, "total_ms": total * 1e3,
-        "ttft_ms": chunk_ms[0][0], "chunk_ms": chunk_ms,
-        "chunks": len(chunks), "finish_reason": finish, "fingerprint": chunks[0].system_fingerprint,
+        "call": "stream",
+        **_observed(chunks[-1]),
+        "start_ns": start_ns,
+        "total_ms": total * 1e3,
+        "ttft_ms": chunk_ms[0][0],
+        "chunk_ms": chunk_ms,
+        "chunks": len(chunks),
+        "finish_reason": finish,
+        "fingerprint": chunks[0].system_fingerprint,
     }
 
 
@@ -123,8 +133,15 @@ def call_failing(client: Any, fail_model: str) -> dict[str, Any]:
         client.chat.completions.create(model=fail_model, messages=[{"role": "user", "content": "Again?"}])
     except openai.APIStatusError as exc:
         total = time.perf_counter() - start
-        return {"call": "error", "error_type": type(exc).__name__, "status_code": exc.status_code,
-                "start_ns": start_ns, "total_ms": total * 1e3, "ttft_ms": None, "response_id": None}
+        return {
+            "call": "error",
+            "error_type": type(exc).__name__,
+            "status_code": exc.status_code,
+            "start_ns": start_ns,
+            "total_ms": total * 1e3,
+            "ttft_ms": None,
+            "response_id": None,
+        }
     raise AssertionError("the failing call did not fail")
 
 
@@ -154,7 +171,10 @@ def main(argv: list[str]) -> int:
     import openai
 
     client = openai.OpenAI(
-        base_url=cfg["base_url"], api_key="sk-spanprism-dummy", max_retries=0, timeout=30,
+        base_url=cfg["base_url"],
+        api_key="sk-spanprism-dummy",
+        max_retries=0,
+        timeout=30,
         default_headers={CHILD_HEADER: cfg["lib"]},  # lets the server's log tell the children apart
     )
     print(READY, flush=True)

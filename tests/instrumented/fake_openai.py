@@ -55,7 +55,9 @@ class Reply:
 # Different numbers for the two call shapes, so a row that picked up the other call's usage cannot pass.
 NON_STREAM_REPLY = Reply(tokens=("The", " sky", " is", " blue", " today", "."), prompt_tokens=1187, cached_tokens=1024)
 STREAM_REPLY = Reply(
-    tokens=("Latency", " rose", " because", " prompts", " grew"), prompt_tokens=2311, cached_tokens=2048,
+    tokens=("Latency", " rose", " because", " prompts", " grew"),
+    prompt_tokens=2311,
+    cached_tokens=2048,
     finish_reason="length",
 )
 
@@ -109,7 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_completion(entry, received)
 
     def _send_json(
-        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        payload: dict[str, Any],
+        headers: dict[str, str] | None = None,
         entry: dict[str, Any] | None = None,
     ) -> None:
         data = json.dumps(payload).encode()
@@ -213,9 +218,13 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         """Log one request; returns its (mutable) log entry, holding the ``x-request-id`` to answer with."""
         with self._lock:
             n = next(self._ids)
-            entry = {"body": request, "headers": {k.lower(): v for k, v in headers.items()},
-                     "request_id": f"req_spanprism{n:06d}",
-                     "response_id": None, "received_ns": received_ns}
+            entry = {
+                "body": request,
+                "headers": {k.lower(): v for k, v in headers.items()},
+                "request_id": f"req_spanprism{n:06d}",
+                "response_id": None,
+                "received_ns": received_ns,
+            }
             self.requests.append(entry)
         return entry
 

@@ -18,8 +18,16 @@ from spanprism.ingest.pipeline import IngestSummary
 GOLDEN_TIMING_SLACK_MS = (5.0, 250.0)
 TIMING_FIELDS = ("duration_ms", "ttft_ms", "decode_ms", "itl_ms", "itl_p95_ms", "queue_ms")
 #: Differ per run: replaced by a presence marker in golden files (their values are asserted against the run).
-VOLATILE_FIELDS = ("trace_id", "span_id", "parent_span_id", "response_id", "provider_request_id", "start_time",
-                   "ingest_batch", "server_port")
+VOLATILE_FIELDS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "response_id",
+    "provider_request_id",
+    "start_time",
+    "ingest_batch",
+    "server_port",
+)
 
 
 def golden_view(rows: dict[str, dict[str, Any]], s: IngestSummary) -> dict[str, Any]:
@@ -35,16 +43,23 @@ def golden_view(rows: dict[str, dict[str, Any]], s: IngestSummary) -> dict[str, 
             else:
                 view[key] = value
         calls[call] = view
-    summary = {"spans_seen": s.spans_seen, "calls_stored": s.calls_stored, "quarantined": s.quarantined,
-               "non_llm_skipped": s.non_llm_skipped, "conventions": dict(sorted(s.conventions.items()))}
+    summary = {
+        "spans_seen": s.spans_seen,
+        "calls_stored": s.calls_stored,
+        "quarantined": s.quarantined,
+        "non_llm_skipped": s.non_llm_skipped,
+        "conventions": dict(sorted(s.conventions.items())),
+    }
     return {"summary": summary, "calls": calls}
 
 
 def golden_diff(expected: Any, actual: Any, path: str = "") -> list[str]:
     """Differences between golden and actual; timing fields match within the golden timing tolerance."""
     if isinstance(expected, dict) and isinstance(actual, dict):
-        out = [f"{path}.{k}: missing from {'actual' if k in expected else 'golden'}"
-               for k in sorted(set(expected) ^ set(actual))]
+        out = [
+            f"{path}.{k}: missing from {'actual' if k in expected else 'golden'}"
+            for k in sorted(set(expected) ^ set(actual))
+        ]
         for k in sorted(set(expected) & set(actual)):
             out += golden_diff(expected[k], actual[k], f"{path}.{k}")
         return out

@@ -93,7 +93,11 @@ class _Child:
         with stderr_path.open("w") as stderr:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, str(CHILD_SCRIPT), json.dumps(cfg)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=_child_env(spec),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=_child_env(spec),
             )
         self.lines: queue.Queue[str | None] = queue.Queue()
         assert self.proc.stdout is not None
@@ -133,8 +137,13 @@ class _Child:
 
 def _config(spec: LibSpec, server: FakeOpenAIServer, receiver: OtlpCaptureServer) -> dict[str, Any]:
     return {
-        "lib": spec.lib, "base_url": server.base_url, "otlp_endpoint": receiver.endpoint, "gzip": spec.gzip,
-        "service_name": f"spanprism-it-{spec.lib}", "model": REQUEST_MODEL, "fail_model": FAIL_MODEL,
+        "lib": spec.lib,
+        "base_url": server.base_url,
+        "otlp_endpoint": receiver.endpoint,
+        "gzip": spec.gzip,
+        "service_name": f"spanprism-it-{spec.lib}",
+        "model": REQUEST_MODEL,
+        "fail_model": FAIL_MODEL,
     }
 
 
@@ -157,9 +166,14 @@ def run_children(specs: list[LibSpec], server: FakeOpenAIServer, workdir: Path) 
             r.stop()
     return {
         c.spec.lib: ChildRun(
-            lib=c.spec.lib, capture=receivers[c.spec.lib].path, service_name=f"spanprism-it-{c.spec.lib}",
-            observed=results[c.spec.lib], exports=receivers[c.spec.lib].exports, spans=receivers[c.spec.lib].spans,
-            encodings=receivers[c.spec.lib].encodings, stderr=c.stderr_path.read_text(),
+            lib=c.spec.lib,
+            capture=receivers[c.spec.lib].path,
+            service_name=f"spanprism-it-{c.spec.lib}",
+            observed=results[c.spec.lib],
+            exports=receivers[c.spec.lib].exports,
+            spans=receivers[c.spec.lib].spans,
+            encodings=receivers[c.spec.lib].encodings,
+            stderr=c.stderr_path.read_text(),
         )
         for c in children
     }

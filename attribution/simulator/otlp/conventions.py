@@ -54,9 +54,17 @@ OLD_SYSTEM = {
 }
 #: Current provider → OpenInference ``llm.provider`` (hosting) value.
 OI_PROVIDER = {
-    "openai": "openai", "azure.ai.openai": "azure", "anthropic": "anthropic", "aws.bedrock": "aws",
-    "gcp.vertex_ai": "google", "gcp.gemini": "google", "mistral_ai": "mistralai", "cohere": "cohere",
-    "x_ai": "xai", "deepseek": "deepseek", "groq": "groq",
+    "openai": "openai",
+    "azure.ai.openai": "azure",
+    "anthropic": "anthropic",
+    "aws.bedrock": "aws",
+    "gcp.vertex_ai": "google",
+    "gcp.gemini": "google",
+    "mistral_ai": "mistralai",
+    "cohere": "cohere",
+    "x_ai": "xai",
+    "deepseek": "deepseek",
+    "groq": "groq",
 }
 
 
@@ -75,6 +83,7 @@ Builder = Callable[[Mapping[str, Any], int, int, random.Random, bool], SpanParts
 
 
 # --- shared helpers --------------------------------------------------------------------------------------------
+
 
 def _tokens(row: Mapping[str, Any], *, exclusive: bool = False) -> tuple[int | None, ...]:
     """(input, cache_read, cache_write, output, reasoning); ``exclusive`` = Anthropic raw input counting."""
@@ -103,8 +112,11 @@ def _status(row: Mapping[str, Any], ok_code: int = 0) -> dict[str, Any]:
 def _exception_events(row: Mapping[str, Any], end_ns: int) -> list[dict[str, Any]]:
     if not _error(row):
         return []
-    attrs = {"exception.type": row.get("error_type") or "Error", "exception.message": "request failed",
-             "exception.escaped": "False"}
+    attrs = {
+        "exception.type": row.get("error_type") or "Error",
+        "exception.message": "request failed",
+        "exception.escaped": "False",
+    }
     return [{"timeUnixNano": str(end_ns), "name": "exception", "attributes": kv_list(attrs)}]
 
 
@@ -153,13 +165,16 @@ def _messages(rng: random.Random, chars: int) -> tuple[str, str, str]:
 def _genai_messages_json(rng: random.Random, chars: int, finish: str | None) -> tuple[str, str]:
     """Current semconv ``gen_ai.input.messages`` / ``gen_ai.output.messages`` JSON strings."""
     sys_t, user_t, out_t = _messages(rng, chars)
-    inp = [{"role": "system", "parts": [{"type": "text", "content": sys_t}]},
-           {"role": "user", "parts": [{"type": "text", "content": user_t}]}]
+    inp = [
+        {"role": "system", "parts": [{"type": "text", "content": sys_t}]},
+        {"role": "user", "parts": [{"type": "text", "content": user_t}]},
+    ]
     out = [{"role": "assistant", "parts": [{"type": "text", "content": out_t}], "finish_reason": finish or "stop"}]
     return orjson.dumps(inp).decode(), orjson.dumps(out).decode()
 
 
 # --- OTel GenAI semantic conventions ---------------------------------------------------------------------------
+
 
 def otel_semconv(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random, content: bool) -> SpanParts:
     """Current GenAI semconv (v1.41 keys; opt-in ``gen_ai_latest_experimental`` emitters)."""
@@ -168,16 +183,25 @@ def otel_semconv(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random
     ttft = _ttft_ms(row) if streaming else None
     fr = row.get("finish_reason")
     a: dict[str, Any] = {
-        "gen_ai.operation.name": op, "gen_ai.provider.name": row.get("provider"), "gen_ai.request.model": model,
-        "gen_ai.request.stream": True if streaming else None, "gen_ai.response.model": row.get("response_model"),
-        "gen_ai.response.id": row.get("response_id"), "gen_ai.response.finish_reasons": [fr] if fr else None,
-        "gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out,
-        "gen_ai.usage.cache_read.input_tokens": cr, "gen_ai.usage.cache_creation.input_tokens": cw,
+        "gen_ai.operation.name": op,
+        "gen_ai.provider.name": row.get("provider"),
+        "gen_ai.request.model": model,
+        "gen_ai.request.stream": True if streaming else None,
+        "gen_ai.response.model": row.get("response_model"),
+        "gen_ai.response.id": row.get("response_id"),
+        "gen_ai.response.finish_reasons": [fr] if fr else None,
+        "gen_ai.usage.input_tokens": inp,
+        "gen_ai.usage.output_tokens": out,
+        "gen_ai.usage.cache_read.input_tokens": cr,
+        "gen_ai.usage.cache_creation.input_tokens": cw,
         "gen_ai.usage.reasoning.output_tokens": rsn,
         "gen_ai.response.time_to_first_chunk": ttft / 1000.0 if ttft is not None else None,
-        "server.address": row.get("server_address"), "server.port": count(row.get("server_port")),
-        "cloud.region": row.get("region"), "openai.response.system_fingerprint": row.get("system_fingerprint"),
-        "gen_ai.conversation.id": row.get("session_id"), "user.id": row.get("tenant"),
+        "server.address": row.get("server_address"),
+        "server.port": count(row.get("server_port")),
+        "cloud.region": row.get("region"),
+        "openai.response.system_fingerprint": row.get("system_fingerprint"),
+        "gen_ai.conversation.id": row.get("session_id"),
+        "user.id": row.get("tenant"),
         "aws.request_id": row.get("provider_request_id") if row.get("provider") == "aws.bedrock" else None,
         "error.type": (row.get("error_type") or "Error") if _error(row) else None,
         PROMPT_KEY_ATTR: row.get("prompt_key"),
@@ -187,8 +211,9 @@ def otel_semconv(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random
     return SpanParts(f"{op} {model}" if model else op, CLIENT, a, [], _status(row))
 
 
-def otel_semconv_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random,
-                        content: bool) -> SpanParts:
+def otel_semconv_legacy(
+    row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random, content: bool
+) -> SpanParts:
     """Pre-1.37 semconv as openai-v2 / botocore emit it by default (CONVENTIONS §1 and §8)."""
     op, model, provider = row.get("operation") or "chat", row.get("request_model"), row.get("provider")
     streaming = row.get("streaming") is True
@@ -196,13 +221,17 @@ def otel_semconv_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng:
     fr, err = row.get("finish_reason"), row.get("error_type") or "Error"
     openai_like = provider in ("openai", "azure.ai.openai")
     a: dict[str, Any] = {
-        "gen_ai.operation.name": op, "gen_ai.system": OLD_SYSTEM.get(provider, provider),
-        "gen_ai.request.model": model, "gen_ai.response.model": row.get("response_model"),
+        "gen_ai.operation.name": op,
+        "gen_ai.system": OLD_SYSTEM.get(provider, provider),
+        "gen_ai.request.model": model,
+        "gen_ai.response.model": row.get("response_model"),
         "gen_ai.response.id": row.get("response_id"),
         "gen_ai.response.finish_reasons": [fr] if fr and not streaming else None,
-        "gen_ai.usage.prompt_tokens": inp, "gen_ai.usage.completion_tokens": out,
+        "gen_ai.usage.prompt_tokens": inp,
+        "gen_ai.usage.completion_tokens": out,
         "gen_ai.openai.response.system_fingerprint": None if streaming else row.get("system_fingerprint"),
-        "server.address": row.get("server_address"), "server.port": count(row.get("server_port")),
+        "server.address": row.get("server_address"),
+        "server.port": count(row.get("server_port")),
         "cloud.region": row.get("region") if provider == "aws.bedrock" else None,
         "aws.request_id": row.get("provider_request_id") if provider == "aws.bedrock" else None,
         "error.type": (f"<class 'openai.{err}'>" if openai_like else err) if _error(row) else None,
@@ -214,15 +243,22 @@ def otel_semconv_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng:
         prompt = orjson.dumps([{"role": "system", "content": sys_t}, {"role": "user", "content": user_t}]).decode()
         completion = orjson.dumps([{"role": "assistant", "content": out_t}]).decode()
         events = [
-            {"timeUnixNano": str(start_ns), "name": "gen_ai.content.prompt",
-             "attributes": kv_list({"gen_ai.prompt": prompt})},
-            {"timeUnixNano": str(end_ns), "name": "gen_ai.content.completion",
-             "attributes": kv_list({"gen_ai.completion": completion})},
+            {
+                "timeUnixNano": str(start_ns),
+                "name": "gen_ai.content.prompt",
+                "attributes": kv_list({"gen_ai.prompt": prompt}),
+            },
+            {
+                "timeUnixNano": str(end_ns),
+                "name": "gen_ai.content.completion",
+                "attributes": kv_list({"gen_ai.completion": completion}),
+            },
         ]
     return SpanParts(f"{op} {model}" if model else op, CLIENT, a, events, _status(row))
 
 
 # --- OpenInference ---------------------------------------------------------------------------------------------
+
 
 def _oi_system(row: Mapping[str, Any]) -> str | None:
     """``llm.system`` is the model vendor (Claude on Bedrock is still ``anthropic``)."""
@@ -242,8 +278,10 @@ def _oi_content(a: dict[str, Any], row: Mapping[str, Any], rng: random.Random) -
     a["llm.input_messages.0.message.role"], a["llm.input_messages.0.message.content"] = "system", sys_t
     a["llm.input_messages.1.message.role"], a["llm.input_messages.1.message.content"] = "user", user_t
     a["llm.output_messages.0.message.role"], a["llm.output_messages.0.message.content"] = "assistant", out_t
-    request = {"messages": [{"role": "system", "content": sys_t}, {"role": "user", "content": user_t}],
-               "model": row.get("request_model")}
+    request = {
+        "messages": [{"role": "system", "content": sys_t}, {"role": "user", "content": user_t}],
+        "model": row.get("request_model"),
+    }
     a["input.value"], a["input.mime_type"] = orjson.dumps(request).decode(), "application/json"
     a["output.value"], a["output.mime_type"] = out_t, "text/plain"
 
@@ -261,18 +299,24 @@ def openinference(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: rando
         if streaming:
             params["stream_options"] = {"include_usage": True}
     a: dict[str, Any] = {
-        "openinference.span.kind": "LLM", "llm.system": _oi_system(row),
+        "openinference.span.kind": "LLM",
+        "llm.system": _oi_system(row),
         "llm.provider": OI_PROVIDER.get(provider or ""),
         "llm.model_name": resp or req,
         "llm.request.model_name": req if resp and req and resp != req else None,
         "llm.response.model_name": resp if resp and req and resp != req else None,
         "llm.invocation_parameters": orjson.dumps(params).decode(),
-        "llm.token_count.prompt": inp, "llm.token_count.completion": out,
+        "llm.token_count.prompt": inp,
+        "llm.token_count.completion": out,
         "llm.token_count.total": inp + out if inp is not None and out is not None else None,
-        "llm.token_count.prompt_details.cache_read": cr, "llm.token_count.prompt_details.cache_write": cw,
-        "llm.token_count.completion_details.reasoning": rsn, "llm.finish_reason": row.get("finish_reason"),
-        "user.id": row.get("tenant"), "session.id": row.get("session_id"),
-        "llm.prompt_template.version": row.get("prompt_key"), PROMPT_KEY_ATTR: row.get("prompt_key"),
+        "llm.token_count.prompt_details.cache_read": cr,
+        "llm.token_count.prompt_details.cache_write": cw,
+        "llm.token_count.completion_details.reasoning": rsn,
+        "llm.finish_reason": row.get("finish_reason"),
+        "user.id": row.get("tenant"),
+        "session.id": row.get("session_id"),
+        "llm.prompt_template.version": row.get("prompt_key"),
+        PROMPT_KEY_ATTR: row.get("prompt_key"),
     }
     if content:
         _oi_content(a, row, rng)
@@ -283,6 +327,7 @@ def openinference(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: rando
 
 
 # --- vLLM server span ------------------------------------------------------------------------------------------
+
 
 def vllm(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random, content: bool) -> SpanParts:
     """vLLM 0.33 ``llm_request`` SERVER span: latencies in seconds, old token keys, no model/status (§4)."""
@@ -299,14 +344,18 @@ def vllm(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random,
     prefill = max(0.0, ttft - queue) if ttft is not None else None
     a: dict[str, Any] = {
         "gen_ai.request.id": row.get("provider_request_id") or row.get("response_id"),
-        "gen_ai.request.max_tokens": 1024, "gen_ai.request.temperature": 0.7, "gen_ai.request.top_p": 0.95,
-        "gen_ai.usage.prompt_tokens": inp, "gen_ai.usage.completion_tokens": out,
+        "gen_ai.request.max_tokens": 1024,
+        "gen_ai.request.temperature": 0.7,
+        "gen_ai.request.top_p": 0.95,
+        "gen_ai.usage.prompt_tokens": inp,
+        "gen_ai.usage.completion_tokens": out,
         "gen_ai.latency.time_in_queue": queue / 1000.0,
         "gen_ai.latency.time_to_first_token": ttft / 1000.0 if ttft is not None else None,
         "gen_ai.latency.e2e": duration / 1000.0,
         "gen_ai.latency.time_in_model_prefill": prefill / 1000.0 if prefill is not None else None,
         "gen_ai.latency.time_in_model_decode": decode / 1000.0 if decode is not None else None,
         "gen_ai.latency.time_in_model_inference": (prefill + decode) / 1000.0
-        if prefill is not None and decode is not None else None,
+        if prefill is not None and decode is not None
+        else None,
     }
     return SpanParts("llm_request", SERVER, a, [], {})

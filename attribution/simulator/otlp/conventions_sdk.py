@@ -64,23 +64,30 @@ def openllmetry(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.
     inp, cr, cw, out, rsn = _tokens(row)
     fr = row.get("finish_reason")
     a: dict[str, Any] = {
-        "gen_ai.provider.name": row.get("provider"), "gen_ai.operation.name": row.get("operation") or "chat",
-        "gen_ai.request.model": row.get("request_model"), "gen_ai.response.model": row.get("response_model"),
-        "gen_ai.response.id": row.get("response_id"), "gen_ai.openai.api_base": _api_base(row),
+        "gen_ai.provider.name": row.get("provider"),
+        "gen_ai.operation.name": row.get("operation") or "chat",
+        "gen_ai.request.model": row.get("request_model"),
+        "gen_ai.response.model": row.get("response_model"),
+        "gen_ai.response.id": row.get("response_id"),
+        "gen_ai.openai.api_base": _api_base(row),
         "gen_ai.is_streaming": streaming,
-        "gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out,
+        "gen_ai.usage.input_tokens": inp,
+        "gen_ai.usage.output_tokens": out,
         "gen_ai.usage.total_tokens": inp + out if inp is not None and out is not None else None,
         # The openai package reports cache reads as 0 when there were none (§8).
         "gen_ai.usage.cache_read.input_tokens": (cr or 0) if inp is not None else None,
-        "gen_ai.usage.cache_creation.input_tokens": cw, "gen_ai.usage.reasoning_tokens": rsn,
-        "gen_ai.response.finish_reason": fr, "gen_ai.response.finish_reasons": [fr] if fr else None,
+        "gen_ai.usage.cache_creation.input_tokens": cw,
+        "gen_ai.usage.reasoning_tokens": rsn,
+        "gen_ai.response.finish_reason": fr,
+        "gen_ai.response.finish_reasons": [fr] if fr else None,
         "gen_ai.openai.response.system_fingerprint": None if streaming else row.get("system_fingerprint"),
     }
     return _traceloop_parts(a, row, start_ns, end_ns, rng, content, "gen_ai.content.completion.chunk")
 
 
-def openllmetry_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random,
-                       content: bool) -> SpanParts:
+def openllmetry_legacy(
+    row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random, content: bool
+) -> SpanParts:
     """OpenLLMetry ≤ 0.4 (``llm.*`` keys, ``gen_ai.usage.prompt_tokens``, ``llm.content.completion.chunk``)."""
     provider, streaming = row.get("provider"), row.get("streaming") is True
     # Already inclusive: even the ≤0.4 Anthropic package set prompt_tokens = input + cache_read + cache_creation.
@@ -89,13 +96,18 @@ def openllmetry_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: 
     a: dict[str, Any] = {
         "gen_ai.system": OLD_SYSTEM.get(provider, provider),
         "llm.request.type": "chat" if op == "chat" else "completion",
-        "gen_ai.request.model": row.get("request_model"), "gen_ai.response.model": row.get("response_model"),
-        "gen_ai.response.id": row.get("response_id"), "gen_ai.openai.api_base": _api_base(row),
+        "gen_ai.request.model": row.get("request_model"),
+        "gen_ai.response.model": row.get("response_model"),
+        "gen_ai.response.id": row.get("response_id"),
+        "gen_ai.openai.api_base": _api_base(row),
         "llm.is_streaming": streaming,
-        "gen_ai.usage.prompt_tokens": inp, "gen_ai.usage.completion_tokens": out,
+        "gen_ai.usage.prompt_tokens": inp,
+        "gen_ai.usage.completion_tokens": out,
         "llm.usage.total_tokens": inp + out if inp is not None and out is not None else None,
-        "gen_ai.usage.cache_read_input_tokens": cr, "gen_ai.usage.cache_creation_input_tokens": cw,
-        "llm.usage.reasoning_tokens": rsn, "llm.response.finish_reason": row.get("finish_reason"),
+        "gen_ai.usage.cache_read_input_tokens": cr,
+        "gen_ai.usage.cache_creation_input_tokens": cw,
+        "llm.usage.reasoning_tokens": rsn,
+        "llm.response.finish_reason": row.get("finish_reason"),
         "gen_ai.openai.system_fingerprint": None if streaming else row.get("system_fingerprint"),
     }
     return _traceloop_parts(a, row, start_ns, end_ns, rng, content, "llm.content.completion.chunk")
@@ -104,12 +116,14 @@ def openllmetry_legacy(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: 
 def _traceloop_parts(a: dict[str, Any], row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Random,
                      content: bool, chunk_event: str) -> SpanParts:  # fmt: skip
     """What both OpenLLMetry generations share: association properties, error type, prompt key, content, events."""
-    a.update({
-        "traceloop.association.properties.user_id": row.get("tenant"),
-        "traceloop.association.properties.session_id": row.get("session_id"),
-        "error.type": (row.get("error_type") or "Error") if _error(row) else None,
-        PROMPT_KEY_ATTR: row.get("prompt_key"),
-    })
+    a.update(
+        {
+            "traceloop.association.properties.user_id": row.get("tenant"),
+            "traceloop.association.properties.session_id": row.get("session_id"),
+            "error.type": (row.get("error_type") or "Error") if _error(row) else None,
+            PROMPT_KEY_ATTR: row.get("prompt_key"),
+        }
+    )
     if content:
         _traceloop_content(a, row, rng)
     events = _chunk_events(row, start_ns, chunk_event, rng) + _exception_events(row, end_ns)
@@ -135,15 +149,23 @@ def openlit(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Rand
     ttft_s, tbt_s = _openlit_timing(row)
     fr = row.get("finish_reason")
     a: dict[str, Any] = {
-        "telemetry.sdk.name": "openlit", "gen_ai.operation.name": op, "gen_ai.provider.name": provider,
-        "server.address": row.get("server_address"), "server.port": count(row.get("server_port")),
-        "gen_ai.request.model": model, "gen_ai.response.model": row.get("response_model"),
-        "deployment.environment": "production", "service.name": row.get("service"),
+        "telemetry.sdk.name": "openlit",
+        "gen_ai.operation.name": op,
+        "gen_ai.provider.name": provider,
+        "server.address": row.get("server_address"),
+        "server.port": count(row.get("server_port")),
+        "gen_ai.request.model": model,
+        "gen_ai.response.model": row.get("response_model"),
+        "deployment.environment": "production",
+        "service.name": row.get("service"),
         "gen_ai.request.stream": row.get("streaming") is True,
-        "gen_ai.server.time_to_first_token": ttft_s, "gen_ai.server.time_per_output_token": tbt_s,
+        "gen_ai.server.time_to_first_token": ttft_s,
+        "gen_ai.server.time_per_output_token": tbt_s,
         "gen_ai.sdk.version": "1.36.2",
-        "gen_ai.response.id": row.get("response_id"), "gen_ai.response.finish_reasons": [fr] if fr else None,
-        "gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out,
+        "gen_ai.response.id": row.get("response_id"),
+        "gen_ai.response.finish_reasons": [fr] if fr else None,
+        "gen_ai.usage.input_tokens": inp,
+        "gen_ai.usage.output_tokens": out,
         # OpenLIT sets the cache counts even when they are 0.
         "gen_ai.usage.cache_read.input_tokens": (cr or 0) if inp is not None else None,
         "gen_ai.usage.cache_creation.input_tokens": (cw or 0) if inp is not None else None,
@@ -163,15 +185,22 @@ def _langfuse_usage(row: Mapping[str, Any]) -> str | None:
     provider = row.get("provider")
     if provider == "anthropic":
         inp, cr, cw, out, _ = _tokens(row, exclusive=True)
-        raw: dict[str, Any] = {"input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": cr,
-                               "cache_creation_input_tokens": cw}
+        raw: dict[str, Any] = {
+            "input_tokens": inp,
+            "output_tokens": out,
+            "cache_read_input_tokens": cr,
+            "cache_creation_input_tokens": cw,
+        }
     elif provider == "aws.bedrock":  # Converse usage; counted without cache like Anthropic (§5, UNCONFIRMED)
         inp, cr, cw, out, _ = _tokens(row, exclusive=True)
         raw = {"inputTokens": inp, "outputTokens": out, "cacheReadInputTokens": cr, "cacheWriteInputTokens": cw}
     else:
         inp, cr, _, out, rsn = _tokens(row)
-        raw = {"prompt_tokens": inp, "completion_tokens": out,
-               "total_tokens": inp + out if inp is not None and out is not None else None}
+        raw = {
+            "prompt_tokens": inp,
+            "completion_tokens": out,
+            "total_tokens": inp + out if inp is not None and out is not None else None,
+        }
         if cr is not None:
             raw["prompt_tokens_details"] = {"cached_tokens": cr}
         if rsn is not None:
@@ -196,13 +225,15 @@ def langfuse(row: Mapping[str, Any], start_ns: int, end_ns: int, rng: random.Ran
         "langfuse.observation.completion_start_time": started,
         "langfuse.observation.level": "ERROR" if _error(row) else None,
         "langfuse.observation.status_message": row.get("error_type") if _error(row) else None,
-        "user.id": row.get("tenant"), "session.id": row.get("session_id"),
+        "user.id": row.get("tenant"),
+        "session.id": row.get("session_id"),
         PROMPT_KEY_ATTR: row.get("prompt_key"),
     }
     if content:
         sys_t, user_t, out_t = _messages(rng, CONTENT_CHARS)
         a["langfuse.observation.input"] = orjson.dumps(
-            [{"role": "system", "content": sys_t}, {"role": "user", "content": user_t}]).decode()
+            [{"role": "system", "content": sys_t}, {"role": "user", "content": user_t}]
+        ).decode()
         a["langfuse.observation.output"] = orjson.dumps({"role": "assistant", "content": out_t}).decode()
     name = "Anthropic-generation" if row.get("provider") == "anthropic" else "OpenAI-generation"
     return SpanParts(name, INTERNAL, a, _exception_events(row, end_ns), _status(row))

@@ -68,8 +68,9 @@ def _row_rng(row: Mapping[str, Any]) -> random.Random:
     return random.Random(zlib.crc32(str(row.get("span_id") or row.get("trace_id") or "").encode()))
 
 
-def encode_call(row: Mapping[str, Any], convention: str, *, with_content: bool = False,
-                rng: random.Random | None = None) -> dict[str, Any]:
+def encode_call(
+    row: Mapping[str, Any], convention: str, *, with_content: bool = False, rng: random.Random | None = None
+) -> dict[str, Any]:
     """One OTLP JSON span recording the canonical ``llm_calls`` row ``row`` the way ``convention`` does.
 
     ``row`` uses the ``llm_calls`` column names; ``start_time`` is a datetime (naive = UTC) or epoch µs.
@@ -88,8 +89,13 @@ def encode_call(row: Mapping[str, Any], convention: str, *, with_content: bool =
     }
     if row.get("parent_span_id"):
         span["parentSpanId"] = str(row["parent_span_id"]).lower()
-    span.update(name=parts.name, kind=parts.kind, startTimeUnixNano=str(start_ns), endTimeUnixNano=str(end_ns),
-                attributes=kv_list(parts.attrs))
+    span.update(
+        name=parts.name,
+        kind=parts.kind,
+        startTimeUnixNano=str(start_ns),
+        endTimeUnixNano=str(end_ns),
+        attributes=kv_list(parts.attrs),
+    )
     if parts.events:
         span["events"] = parts.events
     span["status"] = parts.status
@@ -97,6 +103,7 @@ def encode_call(row: Mapping[str, Any], convention: str, *, with_content: bool =
 
 
 # --- non-LLM sibling spans -------------------------------------------------------------------------------------
+
 
 def _sibling(llm: Mapping[str, Any], kind: str, rng: random.Random, with_content: bool) -> dict[str, Any]:
     """An HTTP client (child of the LLM call), DB or LangChain CHAIN span in the same trace as ``llm``."""
@@ -106,21 +113,33 @@ def _sibling(llm: Mapping[str, Any], kind: str, rng: random.Random, with_content
         # The HTTP request under the LLM call: a url to the LLM host, but no gen_ai keys — not an LLM span.
         span["parentSpanId"] = llm["spanId"]
         t0, t1 = start + 200_000, max(start + 400_000, end - 200_000)
-        attrs: dict[str, Any] = {"http.request.method": "POST", "url.full": "https://api.openai.com/v1/chat/completions",
-                                 "server.address": "api.openai.com", "server.port": 443,
-                                 "http.response.status_code": 200 if rng.random() < 0.97 else 429}
+        attrs: dict[str, Any] = {
+            "http.request.method": "POST",
+            "url.full": "https://api.openai.com/v1/chat/completions",
+            "server.address": "api.openai.com",
+            "server.port": 443,
+            "http.response.status_code": 200 if rng.random() < 0.97 else 429,
+        }
         span.update(name="POST", kind=co.CLIENT)
     elif kind == "db":
         t1 = start - 2_000_000
         t0 = t1 - rng.randrange(3_000_000, 40_000_000)
-        attrs = {"db.system.name": "postgresql", "db.namespace": "app", "db.operation.name": "SELECT",
-                 "db.query.text": "SELECT id, chunk FROM documents ORDER BY embedding <-> $1 LIMIT 8",
-                 "server.address": "db.internal", "server.port": 5432}
+        attrs = {
+            "db.system.name": "postgresql",
+            "db.namespace": "app",
+            "db.operation.name": "SELECT",
+            "db.query.text": "SELECT id, chunk FROM documents ORDER BY embedding <-> $1 LIMIT 8",
+            "server.address": "db.internal",
+            "server.port": 5432,
+        }
         span.update(name="SELECT app.documents", kind=co.CLIENT)
     else:
         t0, t1 = start - 50_000_000, end + 5_000_000
-        attrs = {"openinference.span.kind": "CHAIN", "input.value": filler(600 if with_content else 60, rng),
-                 "output.value": filler(400 if with_content else 40, rng)}
+        attrs = {
+            "openinference.span.kind": "CHAIN",
+            "input.value": filler(600 if with_content else 60, rng),
+            "output.value": filler(400 if with_content else 40, rng),
+        }
         span.update(name="RetrievalQA", kind=co.INTERNAL)
     if kind != "http" and llm.get("parentSpanId"):
         span["parentSpanId"] = llm["parentSpanId"]
@@ -130,9 +149,14 @@ def _sibling(llm: Mapping[str, Any], kind: str, rng: random.Random, with_content
 
 # --- envelope --------------------------------------------------------------------------------------------------
 
+
 def _resource(service: str, convention: str) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"service.name": service, "telemetry.sdk.language": "python",
-                             "telemetry.sdk.name": "opentelemetry", "telemetry.sdk.version": "1.45.0"}
+    attrs: dict[str, Any] = {
+        "service.name": service,
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": "1.45.0",
+    }
     if convention == "openinference":
         attrs["openinference.project.name"] = service
     elif convention == "vllm":
@@ -166,20 +190,29 @@ class _LineBuilder:
         resource_spans = []
         for key, scopes in self.groups.items():
             resource = self._resources.get(key) or self._resources.setdefault(key, _resource(*key))
-            resource_spans.append({
-                "resource": resource,
-                "scopeSpans": [
-                    {"scope": {"name": n, "version": v}, "spans": spans} for (n, v), spans in scopes.items()
-                ],
-                "schemaUrl": SCHEMA_URL,
-            })
+            resource_spans.append(
+                {
+                    "resource": resource,
+                    "scopeSpans": [
+                        {"scope": {"name": n, "version": v}, "spans": spans} for (n, v), spans in scopes.items()
+                    ],
+                    "schemaUrl": SCHEMA_URL,
+                }
+            )
         self.groups, self.size = {}, 0
         return orjson.dumps({"resourceSpans": resource_spans}) + b"\n"
 
 
-def iter_export_lines(rows: Iterable[Mapping[str, Any]], convention_for: Callable[[Mapping[str, Any]], str], *,
-                      spans_per_line: int = 50, with_content: bool = False, extra_non_llm: float = 0.0, seed: int = 0,
-                      counts: ExportCounts | None = None) -> Iterator[bytes]:
+def iter_export_lines(
+    rows: Iterable[Mapping[str, Any]],
+    convention_for: Callable[[Mapping[str, Any]], str],
+    *,
+    spans_per_line: int = 50,
+    with_content: bool = False,
+    extra_non_llm: float = 0.0,
+    seed: int = 0,
+    counts: ExportCounts | None = None,
+) -> Iterator[bytes]:
     """OTLP JSON lines (Collector file exporter layout): one ``{"resourceSpans": [...]}`` per line.
 
     ``extra_non_llm`` non-LLM sibling spans (HTTP client, DB, CHAIN) are added per LLM span on average
@@ -235,6 +268,7 @@ def write_export(
     ``source_convention`` (default ``otel_semconv``). ``options`` are passed to :func:`iter_export_lines`.
     """
     if convention_for is None:
+
         def convention_for(row: Mapping[str, Any]) -> str:
             return str(row.get("source_convention") or "otel_semconv")
     elif isinstance(convention_for, str):
@@ -244,6 +278,7 @@ def write_export(
 
         def convention_for(row: Mapping[str, Any]) -> str:
             return fixed
+
     counts = ExportCounts()
     path = os.fspath(path)
     # compresslevel 1: exports are written once and read once; level 6 triples the writing time for ~10 % size.
