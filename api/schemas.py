@@ -19,7 +19,7 @@ Label = Literal[LABELS]  # type: ignore[valid-type]
 # --- query helpers ----------------------------------------------------------------------------------------------
 
 
-class Page(BaseModel):
+class Paging(BaseModel):
     """``limit`` (capped at ``max_page_size``) and ``offset``."""
 
     limit: int
@@ -27,12 +27,12 @@ class Page(BaseModel):
 
 
 async def page(settings: SettingsDep, limit: Annotated[int, Query(ge=1, description="rows per page (capped)")] = 100,
-         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Page:  # fmt: skip
+         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Paging:  # fmt: skip
     # Clamped rather than refused: a dashboard asking for more still gets a page, and `count` tells the total.
-    return Page(limit=min(limit, settings.max_page_size), offset=offset)
+    return Paging(limit=min(limit, settings.max_page_size), offset=offset)
 
 
-PageDep = Annotated[Page, Depends(page)]
+PagingDep = Annotated[Paging, Depends(page)]
 _MIN_TIME = datetime(1970, 1, 2, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 

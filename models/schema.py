@@ -78,11 +78,6 @@ SOURCE_CONVENTIONS: tuple[str, ...] = (
 )
 
 
-def empty_calls_table() -> pa.Table:
-    """An ``llm_calls`` table with no rows (useful as a neutral element)."""
-    return LLM_CALLS_SCHEMA.empty_table()
-
-
 def conform(table: pa.Table) -> pa.Table:
     """Cast/reorder ``table`` to :data:`LLM_CALLS_SCHEMA`, adding missing columns as NULL."""
     cols = []

@@ -72,7 +72,9 @@ class RulePublic(RuleCreate):
     updated_at: datetime | None
 
 
-class Page(BaseModel):
+class AlertRows(BaseModel):
+    """A list of alert destinations, rules or outbox rows, as ``{data, count}`` like every list of the API."""
+
     data: list[dict[str, Any]]
     count: int
 
@@ -99,11 +101,11 @@ def create_destination(body: DestinationCreate, database: DbDep, _: AdminAuth) -
         return dst.get_destination(cur, dest_id).public()  # type: ignore[union-attr]
 
 
-@router.get("/destinations", response_model=Page)
-def list_destinations(database: DbDep, _: AdminAuth) -> Page:
+@router.get("/destinations", response_model=AlertRows)
+def list_destinations(database: DbDep, _: AdminAuth) -> AlertRows:
     with database.read() as cur:
         rows = [DestinationPublic(**d.public()).model_dump() for d in dst.list_destinations(cur)]
-    return Page(data=rows, count=len(rows))
+    return AlertRows(data=rows, count=len(rows))
 
 
 def _destination(cur: Any, dest_id: str) -> dst.Destination:
@@ -174,11 +176,11 @@ def create_rule(body: RuleCreate, database: DbDep, _: AdminAuth) -> dict[str, An
         return rl.get_rule(cur, rule_id).public()  # type: ignore[union-attr]
 
 
-@router.get("/rules", response_model=Page)
-def list_rules(database: DbDep, _: AdminAuth) -> Page:
+@router.get("/rules", response_model=AlertRows)
+def list_rules(database: DbDep, _: AdminAuth) -> AlertRows:
     with database.read() as cur:
         rows = [r.public() for r in rl.list_rules(cur)]
-    return Page(data=rows, count=len(rows))
+    return AlertRows(data=rows, count=len(rows))
 
 
 def _rule(cur: Any, rule_id: str) -> rl.Rule:
@@ -212,12 +214,12 @@ def delete_rule(rule_id: str, database: DbDep, _: AdminAuth) -> None:
         rl.delete_rule(cur, rule_id)
 
 
-@router.get("/outbox", response_model=Page)
+@router.get("/outbox", response_model=AlertRows)
 def outbox(database: DbDep, settings: SettingsDep, _: AdminAuth,
            status_: Literal[STATUSES] | None = Query(None, alias="status"),  # type: ignore[valid-type]
-           regression_id: str | None = None, limit: int = Query(100, ge=1)) -> Page:  # fmt: skip
+           regression_id: str | None = None, limit: int = Query(100, ge=1)) -> AlertRows:  # fmt: skip
     """Deliveries (newest first) with their status, attempts, next attempt and last error; no payloads."""
     with database.read() as cur:
         rows = list_outbox(cur, status=status_, regression_id=regression_id,
                            limit=min(limit, settings.max_page_size))  # fmt: skip
-    return Page(data=rows, count=len(rows))
+    return AlertRows(data=rows, count=len(rows))

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from spanprism.api.deps import DbDep, ReadAuth
-from spanprism.api.schemas import BaselineList, BaselinePublic, PageDep
+from spanprism.api.schemas import BaselineList, BaselinePublic, PagingDep
 from spanprism.attribution.store import panels
 
 router = APIRouter(tags=["baselines"])
 
 
 @router.get("/baselines", response_model=BaselineList)
-def list_baselines(database: DbDep, page: PageDep, _: ReadAuth,
+def list_baselines(database: DbDep, page: PagingDep, _: ReadAuth,
                    series_key: Annotated[str | None, Query(max_length=64)] = None,
                    metric: Annotated[str | None, Query(max_length=64)] = None) -> BaselineList:  # fmt: skip
     """Baselines the detector fitted (parameters are in log units: see attribution/baselines)."""

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from spanprism.api.deps import DbDep, ReadAuth, SettingsDep
-from spanprism.api.schemas import CallList, PageDep, Since, Until, window
+from spanprism.api.schemas import CallList, PagingDep, Since, Until, window
 from spanprism.attribution.store import panels
 
 router = APIRouter(tags=["calls"])
 
 
 @router.get("/calls", response_model=CallList, responses={404: {"description": "unknown series"}})
-def list_calls(database: DbDep, settings: SettingsDep, page: PageDep, _: ReadAuth,
+def list_calls(database: DbDep, settings: SettingsDep, page: PagingDep, _: ReadAuth,
                series_key: Annotated[str, Query(min_length=1, max_length=64)],
                since: Since = None, until: Until = None) -> CallList:  # fmt: skip
     """``llm_calls`` rows of a series in [since, until) (default: the last 24 h), oldest first.

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from spanprism.api.deps import DbDep, IngestAuth, MetricsDep, ReadAuth, SettingsDep
 from spanprism.api.routers.otlp import read_body_to
-from spanprism.api.schemas import PageDep, Since, Until, window
+from spanprism.api.schemas import PagingDep, Since, Until, window
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
 from spanprism.ingest.decode import BodyTooLarge
@@ -107,7 +107,7 @@ async def upload(
 def batches(
     database: DbDep,
     settings: SettingsDep,
-    page: PageDep,
+    page: PagingDep,
     _: ReadAuth,
     since: Since = None,
     until: Until = None,

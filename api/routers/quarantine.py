@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, model_validator
 
 from spanprism.api.deps import AdminAuth, DbDep, MetricsDep, ReadAuth, SettingsDep
-from spanprism.api.schemas import PageDep, window
+from spanprism.api.schemas import PagingDep, window
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
 from spanprism.ingest.load import BatchInput, store_batches
@@ -96,7 +96,7 @@ class RedriveResult(BaseModel):
 def index(
     database: DbDep,
     settings: SettingsDep,
-    page: PageDep,
+    page: PagingDep,
     filters: Annotated[QuarantineFilter, Depends()],
     _: ReadAuth,
 ) -> QuarantinePublic:

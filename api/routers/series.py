@@ -21,7 +21,7 @@ from spanprism.api.schemas import (
     MetricName,
     MetricNames,
     MetricSeries,
-    PageDep,
+    PagingDep,
     RouteMix,
     SeriesList,
     SeriesPublic,
@@ -121,7 +121,7 @@ def _step(text: str) -> int:
 
 
 @router.get("/series", response_model=SeriesList)
-def list_series(database: DbDep, settings: SettingsDep, page: PageDep, _: ReadAuth, until: Until = None,
+def list_series(database: DbDep, settings: SettingsDep, page: PagingDep, _: ReadAuth, until: Until = None,
                 service: str | None = None, provider: str | None = None, model: str | None = None,
                 operation: str | None = None) -> SeriesList:  # fmt: skip
     """Every series with its health as of ``until`` (default now): traffic, p95s vs baseline, open regressions."""

@@ -59,11 +59,6 @@ def count_valid(a: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sum(~np.isnan(a), axis=axis)
 
 
-def flatten_tail(a: np.ndarray, ndim_keep: int) -> np.ndarray:
-    """Reshape ``a`` so that its first ``ndim_keep`` axes stay and the rest become one axis."""
-    return a.reshape(*a.shape[:ndim_keep], -1)
-
-
 def profile_inflation(n_per_estimate: np.ndarray, weight: np.ndarray | float = 1.0) -> np.ndarray:
     """Out-of-sample / in-sample spread ratio for a median fitted on ``n`` points and judged on new ones.
 

@@ -38,7 +38,6 @@ log = logging.getLogger("spanprism.runs")
 KINDS = ("incremental", "nightly", "manual")
 TRIGGERS = ("scheduler", "api", "cli")
 STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "interrupted")
-FINISHED = frozenset({"succeeded", "failed", "skipped", "interrupted"})
 #: How long ``skipped`` runs (idle ticks, 288 a day at the default interval) stay in ``job_runs``.
 SKIPPED_KEPT = timedelta(days=7)
 #: How far an incremental window reaches back before the previous one ended: the largest rollup grain, so a

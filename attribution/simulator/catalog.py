@@ -406,10 +406,6 @@ def make_routes(
     return tuple(routes), tuple(weights)
 
 
-#: Requirements a scenario family may put on its series (see ``scenarios.FAMILIES``).
-REQUIREMENTS = ("cache", "no_cache", "prefill_matters", "regions", "deployments", "snapshots")
-
-
 def _satisfies(prov: ProviderSpec, model: ModelOption, needs: frozenset[str]) -> bool:
     checks = {
         "cache": model.cache != "none",

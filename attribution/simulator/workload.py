@@ -197,10 +197,3 @@ def noise_pool(source: str) -> NoisePool:
         ttft.append(req.ttft_s[sel] / np.median(req.ttft_s[sel]))
         itl.append(req.itl_s[sel] / np.median(req.itl_s[sel]))
     return NoisePool(source=source, ttft=np.concatenate(ttft), itl=np.concatenate(itl))
-
-
-def llmperf_medians(source: str) -> tuple[float, float]:
-    """Median (TTFT s, ITL s) of one LLMPerf provider across its models — used to ground physics constants."""
-    req = llmperf_requests()
-    sel = req.provider == source
-    return float(np.median(req.ttft_s[sel])), float(np.median(req.itl_s[sel]))

@@ -2,10 +2,9 @@
 
 Detection stores episodes (per metric family) and regressions (per series and time span; the primary metric is
 the episode metric with the largest relative change, every moved metric is kept in ``regressions.metrics``).
-Attribution is not this module's business: when a table named :data:`ATTRIBUTION_TABLE` exists (keyed by
-``regression_id``), :func:`list_regressions` merges whichever of ``label``, ``reason``, ``confidence``,
-``contributions_ms``, ``evidence`` and ``exemplars`` it has; until then a regression is ``unexplained`` with
-empty contributions, evidence and exemplars.
+Attribution is not this module's business: :func:`list_regressions` merges ``label``, ``reason``, ``confidence``,
+``contributions_ms``, ``evidence`` and ``exemplars`` from :data:`ATTRIBUTION_TABLE` (keyed by ``regression_id``);
+until the labelling pass has run, a regression is ``unexplained`` with empty contributions, evidence and exemplars.
 """
 
 from __future__ import annotations
@@ -96,16 +95,6 @@ def _clean(x: float | None) -> float | None:
     return None if x is None or x != x else float(x)
 
 
-def _attribution_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [ATTRIBUTION_TABLE]
-    ).fetchall()
-    present = {r[0] for r in rows}
-    if "regression_id" not in present:
-        return []
-    return [c for c in ATTRIBUTION_FIELDS if c in present]
-
-
 def _series_filter(series: str | Mapping[str, str] | None) -> tuple[str, list[Any]]:
     if series is None:
         return "", []
@@ -128,8 +117,9 @@ def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None
     ``series`` is a series key or a mapping over service/provider/model/operation[/tenant]; ``since``/``until``
     keep regressions overlapping that range. ``detail=True`` adds ``metrics`` (every metric that moved).
     """
-    extra = _attribution_columns(con)
-    join = f" LEFT JOIN {ATTRIBUTION_TABLE} a ON a.regression_id = r.id" if extra else ""
+    # Migration 0003 made the attribution table part of every schema: no per-call probe for it.
+    extra = list(ATTRIBUTION_FIELDS)
+    join = f" LEFT JOIN {ATTRIBUTION_TABLE} a ON a.regression_id = r.id"
     sql = (f"SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
            f" r.status, r.metric, r.baseline, r.observed, r.change_pct, r.metrics"
            f"{''.join(f', a.{c}' for c in extra)} FROM regressions r{join} WHERE r.change_pct >= ?")  # fmt: skip
