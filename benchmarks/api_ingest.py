@@ -39,13 +39,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, set_span_in_context
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from spanprism.api.server import free_port, wait_healthy  # noqa: E402
-from spanprism.api.storage.connect import open_db  # noqa: E402
-from spanprism.ingest.load import BatchInput, store_batches  # noqa: E402
-from spanprism.ingest.otlp_http import process_body  # noqa: E402
+from spanprism.api.server import free_port, wait_healthy
+from spanprism.api.storage.connect import open_db
+from spanprism.ingest.load import BatchInput, store_batches
+from spanprism.ingest.otlp_http import process_body
 
 KEY = "bench-admin-key"
 PROTO = "application/x-protobuf"

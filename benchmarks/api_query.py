@@ -39,7 +39,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
 
 from spanprism.api.server import free_port, wait_healthy  # noqa: E402
 from spanprism.api.storage.connect import open_db  # noqa: E402

@@ -1,6 +1,6 @@
 """Detection quality and attribution-job performance.
 
-Quality (default): seeded synthetic calls (tests/synth_calls.py) per traffic level: stationary series give the
+Quality (default): seeded synthetic calls (simulator/shifts.py) per traffic level: stationary series give the
 false-episode rate per series-week; shifted series (+30 % and +15 % of e2e or TTFT for 1-3 h) give the detection
 rate and the alarm delay in buckets after the first shifted bucket. Calls go through the real rollup SQL.
 
@@ -16,7 +16,6 @@ baselines + detection run over all of them; the rollup SQL is timed separately o
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -26,15 +25,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from synth_calls import START, SeriesSpec, Shift, generate_calls  # noqa: E402
-
-from spanprism.api.storage.connect import open_db  # noqa: E402
-from spanprism.attribution.detection.episodes import DetectionConfig  # noqa: E402
-from spanprism.attribution.passes.detect_pass import run_attribution  # noqa: E402
-from spanprism.attribution.store.records import list_regressions  # noqa: E402
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.detection.episodes import DetectionConfig
+from spanprism.attribution.passes.detect_pass import run_attribution
+from spanprism.attribution.simulator.shifts import START, SeriesSpec, Shift, generate_calls
+from spanprism.attribution.store.records import list_regressions
 
 LEVELS = (0.02, 0.07, 0.2, 0.6)  # calls/s; 0.07 ≈ 20 calls per 5-min bucket
 

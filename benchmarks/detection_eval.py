@@ -18,22 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
-
-from spanprism.api.cli.evaluation import evaluate_folder, read_labels, write_simulation  # noqa: E402
-from spanprism.api.storage.connect import open_db  # noqa: E402
-from spanprism.attribution.evaluation.scoring import Score, moved_pct, score  # noqa: E402
-from spanprism.attribution.passes.detect_pass import run_attribution  # noqa: E402
-from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
-from spanprism.attribution.store.records import list_regressions  # noqa: E402
+from spanprism.api.cli.evaluation import evaluate_folder, read_labels, write_simulation
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.evaluation.scoring import Score, moved_pct, score
+from spanprism.attribution.passes.detect_pass import run_attribution
+from spanprism.attribution.simulator.simulate import SimulationConfig
+from spanprism.attribution.store.records import list_regressions
 
 #: Tables the attribution job writes; cleared in the working copy so every run starts from ingested calls only.
 DERIVED_TABLES = ("episodes", "regressions", "baselines", "series_rollups", "rollup_dimensions", "rollup_batches",

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT / "benchmarks")]  # sibling benchmark modules
 
 from detection_eval import DERIVED_TABLES, prepare  # noqa: E402
 

@@ -137,7 +137,6 @@ def iter_rows(n: int, seed: int) -> Iterator[dict[str, Any]]:
 
 def generate(path: Path, llm_spans: int, seed: int) -> dict[str, Any]:
     """Write the export file (skipped when an identical one exists) and describe it."""
-    sys.path.insert(0, str(ROOT))
     from spanprism.attribution.simulator.otlp.writer import write_export
 
     meta = path.with_suffix(".meta.json")
@@ -209,7 +208,6 @@ def child_duckdb(path: str, scratch: str) -> dict[str, Any]:
 
 
 def child_ingest(path: str, workers: int, db: str) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
     from spanprism.api.storage.connect import open_db
     from spanprism.ingest.pipeline import ingest_paths
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 import numpy as np
 import pyarrow as pa
 import pytest
-from synth_calls import SeriesSpec, Shift, Surge, at, generate_calls, insert_calls
 
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.baselines import create_baseline
@@ -21,6 +20,7 @@ from spanprism.attribution.detection.episodes import (
     prefer_finer,
 )
 from spanprism.attribution.passes.detect_pass import run_attribution
+from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, Surge, at, generate_calls, insert_calls
 from spanprism.attribution.store import state as store
 from spanprism.attribution.store.records import list_regressions
 

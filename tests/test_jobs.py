@@ -1,6 +1,6 @@
 """Attribution passes and their ``job_runs`` records on a real DuckDB file: windows, skips, failures, restarts.
 
-Data: two small seeded series (tests/synth_calls.py) with one injected TTFT regression, stored through the real
+Data: two small seeded series (simulator/shifts.py) with one injected TTFT regression, stored through the real
 ingest loader in batches (so ``ingest_batches``/``rollup_batches`` drive the incremental windows). A tiny
 classifier fitted on seeded random features keeps these tests about the jobs, not about classifier quality.
 """
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from synth_calls import SeriesSpec, Shift, at, generate_calls
 
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.classifier.model import FEATURE_NAMES, fit_attributor
 from spanprism.attribution.evaluation.scoring import LABELS
 from spanprism.attribution.passes import runs
+from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls
 from spanprism.attribution.store.records import list_regressions
 from spanprism.ingest.load import store_batch
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pytest
-from synth_calls import SeriesSpec, at, generate_calls, insert_calls
 
 from spanprism.api.storage.connect import open_db
+from spanprism.attribution.simulator.shifts import SeriesSpec, at, generate_calls, insert_calls
 from spanprism.attribution.store.rollups import RollupConfig, pending_batches, refresh_rollups, series_key_sql
 from spanprism.models.schema import conform
 

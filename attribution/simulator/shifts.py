@@ -1,6 +1,6 @@
-"""A small seeded generator of canonical ``llm_calls`` rows for rollup, baseline and detection tests.
+"""A small seeded generator of canonical ``llm_calls`` rows with injected shifts, for detection tests and benchmarks.
 
-Not the realistic simulator (attribution/simulate.py): just enough physics to exercise detection honestly.
+Not the realistic simulator (:mod:`.simulate`): just enough physics to exercise detection honestly.
 Traffic is Poisson with a diurnal cycle (quieter weekends); each call draws a prompt (log-normal, cache hits
 for prompts ≥ 1,024 tokens), an output length, a TTFT that grows with the uncached prompt, an ITL, and rare
 slow outliers (a heavy tail). Latency itself breathes with the daily load. Injected :class:`Shift` windows
