@@ -10,11 +10,7 @@ from fastapi import Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spanprism.api.deps import SettingsDep
-from spanprism.attribution.classifier.reasons import REASONS
-from spanprism.attribution.evaluation.scoring import LABELS
-
-Label = Literal[LABELS]  # type: ignore[valid-type]
-
+from spanprism.attribution.vocabulary import ContributionKey, Label, check_reason
 
 # --- query helpers ----------------------------------------------------------------------------------------------
 
@@ -190,10 +186,10 @@ class RegressionPublic(BaseModel):
     baseline: float | None
     observed: float | None
     change_pct: float | None
-    label: str
+    label: Label
     reason: str | None
     confidence: float
-    contributions_ms: dict[str, float]
+    contributions_ms: dict[ContributionKey, float]
     evidence: list[dict[str, Any]]
     exemplars: list[dict[str, Any]]
 
@@ -205,7 +201,7 @@ class RegressionList(BaseModel):
 
 class FeedbackPublic(BaseModel):
     id: str
-    label: str
+    label: Label
     reason: str | None
     note: str | None
     created_at: datetime
@@ -220,11 +216,10 @@ class FeedbackCreate(BaseModel):
     """The true cause of a regression, from a post-mortem."""
 
     label: Label
-    reason: str | None = Field(None, max_length=100, description="a reason of that label (see attribution/reasons)")
+    reason: str | None = Field(None, max_length=100, description="a reason of that label (vocabulary.REASONS)")
     note: str | None = Field(None, max_length=10_000, description="free text, e.g. a post-mortem link")
 
     @model_validator(mode="after")
     def _reason_of_label(self) -> FeedbackCreate:
-        if self.reason is not None and self.reason not in REASONS[self.label]:
-            raise ValueError(f"reason {self.reason!r} does not belong to {self.label}")
+        check_reason(self.label, self.reason)
         return self

@@ -30,9 +30,10 @@ from spanprism.api.cli.attribution import attribute  # noqa: E402
 from spanprism.api.cli.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, read_labels, write_simulation  # noqa: E402
 from spanprism.api.cli.sim import print_score  # noqa: E402
 from spanprism.api.storage.connect import open_db  # noqa: E402
-from spanprism.attribution.evaluation.scoring import LABELS, Score, score  # noqa: E402
+from spanprism.attribution.evaluation.scoring import Score, score  # noqa: E402
 from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
 from spanprism.attribution.store.records import list_regressions  # noqa: E402
+from spanprism.attribution.vocabulary import LABELS  # noqa: E402
 
 ATTRIBUTION_TABLES = ("regression_attributions",)
 

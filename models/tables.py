@@ -292,7 +292,7 @@ alert_destinations = Table(
     metadata,
     Column("id", String, primary_key=True),
     Column("name", String, nullable=False),
-    Column("kind", String, nullable=False),  # slack|pagerduty|webhook
+    Column("kind", String, nullable=False),  # a registered kind: spanprism.api.alerts.kinds.KINDS
     Column("options", Text, nullable=False, server_default="{}"),  # JSON, non-secret settings
     Column("secret", Text, nullable=False, server_default="{}"),  # JSON, secret settings
     Column("origin", String, nullable=False, server_default="api"),  # api|config (TOML config-as-code)

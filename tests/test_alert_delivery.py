@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import live_server
+from support.receiver import Receiver
 
 from spanprism.api.alerts import outbox
 from spanprism.api.alerts.delivery import retry_after
@@ -23,65 +22,10 @@ from spanprism.api.alerts.rules import Rule, insert_rule
 from spanprism.api.alerts.webhook import verify_signature
 from spanprism.api.alerts.worker import AlertWorker, Deliverer, enqueue_pass
 from spanprism.api.metrics import Metrics
-from spanprism.api.server import free_port
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
 
 EXEMPLAR = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
-
-
-class Receiver:
-    """A real HTTP receiver: records every request and answers from a script of statuses (then ``default``)."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.requests: list[dict[str, Any]] = []
-        self.script: list[tuple[int, dict[str, str]]] = []
-        self.default = (200, {})
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ok(self) -> list[dict[str, Any]]:
-        """Requests answered 2xx (what was delivered)."""
-        with self._lock:
-            return [r for r in self.requests if 200 <= r["status"] < 300]
-
-    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("content-length", 0)))
-        with self._lock:
-            code, headers = self.script.pop(0) if self.script else self.default
-            self.requests.append({"path": handler.path, "headers": {k.lower(): v for k, v in handler.headers.items()},
-                                  "body": body, "status": code})  # fmt: skip
-        handler.send_response(code)
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.send_header("content-length", "2")
-        handler.end_headers()
-        handler.wfile.write(b"ok")
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                receiver._answer(self)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 @pytest.fixture
@@ -401,9 +345,12 @@ def test_served_app_worker_alerts_after_an_attribution_pass(tmp_path, receiver):
         insert_regression(db, "reg-other", service="batch-jobs")
         db.bump_generation()  # what a finished attribution pass does
         deadline = time.monotonic() + 10
-        while not receiver.ok() and time.monotonic() < deadline:
+        # The worker books "sent" after the receiver's answer: wait for the booking, not only the request.
+        while time.monotonic() < deadline:
+            page = live.client.get("/api/v1/alerts/outbox", params={"status": "sent"}).json()
+            if page["count"]:
+                break
             time.sleep(0.02)
-        page = live.client.get("/api/v1/alerts/outbox", params={"status": "sent"}).json()
         assert page["count"] == 1 and page["data"][0]["regression_id"] == "reg-live"
         assert page["data"][0]["destination"] == "hook" and page["data"][0]["kind"] == "webhook"
         assert [orjson.loads(r["body"])["id"] for r in receiver.ok()] == ["reg-live"]

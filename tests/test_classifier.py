@@ -19,16 +19,16 @@ from classifier_synth import calls
 from spanprism.attribution.classifier.features import FEATURE_NAMES
 from spanprism.attribution.classifier.model import (
     DEFAULT_ARTIFACT,
-    LABELS,
     ArtifactError,
     Attribution,
     Attributor,
     LogisticModel,
     load_default,
 )
-from spanprism.attribution.classifier.reasons import REASONS, pick_reason
+from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.evaluation.training import LabelledWindow, labelled_windows, simulation_examples, train
 from spanprism.attribution.simulator.simulate import SimulationConfig, simulate
+from spanprism.attribution.vocabulary import LABELS, REASONS
 
 RECORD_FIELDS = {"label", "reason", "confidence", "contributions_ms", "evidence", "exemplars"}
 #: Share of a scenario's episodes that must get the right label (the held-out bar is macro-F1 ≥ 0.9).

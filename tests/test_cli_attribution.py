@@ -10,13 +10,14 @@ import pytest
 from spanprism.api.cli import main
 from spanprism.api.cli.evaluation import read_labels
 from spanprism.api.storage.connect import open_db
+from spanprism.attribution import vocabulary
 from spanprism.attribution.passes.label_pass import feedback_examples
 
 RECORD_KEYS = {"id", "series", "start", "end", "status", "metric", "baseline", "observed", "change_pct", "label",
                "reason", "confidence", "contributions_ms", "evidence", "exemplars"}  # fmt: skip
 CONTRIBUTION_KEYS = {"prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth",
                      "residual"}  # fmt: skip
-LABELS = {"prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth", "unexplained"}
+LABELS = set(vocabulary.LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spanprism.attribution.decomposition.decompose import LABELS, decompose, parse_metric
+from spanprism.attribution.decomposition.decompose import decompose, parse_metric
 from spanprism.attribution.decomposition.shapley import exact_shapley, quantile_coupling, weighted_quantile
+from spanprism.attribution.vocabulary import CONTRIBUTION_KEYS
 from spanprism.models.schema import conform
 
 GOLDEN = Path(__file__).parent / "golden" / "decompose"
@@ -208,7 +209,7 @@ def test_efficiency_sum_is_exactly_the_change(metric):
         status_error_rate=0.02,
     )
     d = decompose(make_calls(4000, 71, status_error_rate=0.02), epi, metric=metric)
-    assert set(d.contributions_ms) == set(LABELS)
+    assert tuple(d.contributions_ms) == CONTRIBUTION_KEYS
     assert sum(d.contributions_ms.values()) == pytest.approx(d.observed_value - d.baseline_value, abs=1e-6)
     # The coupled synthetic calls reproduce both windows, so v(∅) and v(all) are the two metric values.
     assert d.model_fit["synthetic_baseline"] == pytest.approx(d.baseline_value, rel=1e-9)

@@ -7,6 +7,7 @@ from datetime import timedelta
 import numpy as np
 import pyarrow as pa
 import pytest
+from support.panels import DAY, START_S, lognormal_panel
 
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.baselines import create_baseline
@@ -15,7 +16,6 @@ from spanprism.attribution.detection.episodes import (
     FAMILIES,
     DetectionConfig,
     Episode,
-    FamilyPanel,
     detect_family,
     prefer_finer,
 )
@@ -24,38 +24,15 @@ from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, Surge, at,
 from spanprism.attribution.store import state as store
 from spanprism.attribution.store.records import list_regressions
 
-DAY = 288
-START_S = 1_772_409_600  # 2026-03-02 00:00 UTC, a Monday
 RECORD_KEYS = {"id", "series", "start", "end", "status", "metric", "baseline", "observed", "change_pct", "label",
                "reason", "confidence", "contributions_ms", "evidence", "exemplars"}  # fmt: skip
-
-
-def _panel(days: int, *, calls: float = 100.0, seed: int = 0, shift: tuple[int, int, float] | None = None,
-           surge: tuple[int, int, float] | None = None, n_series: int = 1,
-           sigma: float = 0.5) -> FamilyPanel:  # fmt: skip
-    """Bucket statistics of log-normal calls (log-sd ``sigma``): each statistic's noise shrinks as 1/√n."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(days * DAY)
-    cycle = np.sin(2 * np.pi * (t % DAY) / DAY)
-    n = rng.poisson(np.maximum(calls * (1 + 0.5 * cycle), 0), size=(n_series, len(t))).astype(float)
-    if surge:
-        n[:, surge[0] : surge[1]] *= surge[2]
-    level = np.log(900) + 0.05 * cycle + np.zeros((n_series, 1))
-    if shift:
-        level[:, shift[0] : shift[1]] += np.log(shift[2])
-    sd = sigma / np.sqrt(np.maximum(n, 1))
-    stats = {}
-    for stat, offset, k in zip(FAMILIES["e2e"], (0.82, 0.0, -0.1), (2.1, 1.25, 1.0), strict=True):
-        stats[stat] = np.where(n >= 20, level + offset + k * sd * rng.standard_normal(n.shape), np.nan)
-    keys = tuple(f"s{i}" for i in range(n_series))
-    return FamilyPanel("e2e", 300, keys, START_S, stats, n)
 
 
 CFG = DetectionConfig()
 
 
 def test_stationary_panel_has_no_episode():
-    episodes, _ = detect_family(_panel(10, n_series=4, seed=1), CFG, eval_from_col=DAY)
+    episodes, _ = detect_family(lognormal_panel(10, n_series=4, seed=1), CFG, eval_from_col=DAY)
     assert episodes == []
 
 
@@ -67,7 +44,7 @@ def test_stationary_panel_has_no_episode():
 )
 def test_shift_is_found_fast_and_resolves(calls, sigma, factor, delay):
     onset = 8 * DAY + 150  # 12:30 on day 8
-    panel = _panel(10, calls=calls, seed=2, shift=(onset, onset + 24, factor), sigma=sigma)
+    panel = lognormal_panel(10, calls=calls, seed=2, shift=(onset, onset + 24, factor), sigma=sigma)
     episodes, _ = detect_family(panel, CFG, eval_from_col=DAY)
     assert len(episodes) == 1
     ep = episodes[0]
@@ -80,31 +57,31 @@ def test_shift_is_found_fast_and_resolves(calls, sigma, factor, delay):
 
 
 def test_single_bucket_spike_is_not_an_episode():
-    panel = _panel(10, seed=3)
+    panel = lognormal_panel(10, seed=3)
     panel.stats["e2e_p95_ms"][0, 8 * DAY + 100] += 2.0
     panel.stats["e2e_p50_ms"][0, 8 * DAY + 100] += 2.0
     assert detect_family(panel, CFG, eval_from_col=DAY)[0] == []
 
 
 def test_own_traffic_surge_with_unchanged_latency_is_not_a_regression():
-    panel = _panel(10, seed=4, surge=(8 * DAY, 8 * DAY + 48, 8.0))
+    panel = lognormal_panel(10, seed=4, surge=(8 * DAY, 8 * DAY + 48, 8.0))
     assert detect_family(panel, CFG, eval_from_col=DAY)[0] == []
 
 
 def test_sparse_buckets_never_alarm():
     # Three calls a bucket and latency tripled for a day: nothing is evaluated, so nothing alarms.
-    panel = _panel(10, calls=3, seed=5, shift=(8 * DAY, 9 * DAY, 3.0))
+    panel = lognormal_panel(10, calls=3, seed=5, shift=(8 * DAY, 9 * DAY, 3.0))
     assert all(np.isnan(v).all() for v in panel.stats.values())
     assert detect_family(panel, CFG, eval_from_col=DAY)[0] == []
 
 
 def test_episode_that_is_still_going_is_open():
-    episodes, _ = detect_family(_panel(9, seed=6, shift=(8 * DAY + 200, 9 * DAY, 1.5)), CFG, eval_from_col=DAY)
+    episodes, _ = detect_family(lognormal_panel(9, seed=6, shift=(8 * DAY + 200, 9 * DAY, 1.5)), CFG, eval_from_col=DAY)
     assert [e.status for e in episodes] == ["open"] and episodes[0].end is None
 
 
 def test_fitted_baselines_are_returned_per_statistic():
-    _, last = detect_family(_panel(9, seed=7), CFG, eval_from_col=DAY)
+    _, last = detect_family(lognormal_panel(9, seed=7), CFG, eval_from_col=DAY)
     assert set(last) == set(FAMILIES["e2e"])
     chosen = [b for b in last["e2e_p95_ms"] if b.arrays["ok"].any()]
     assert [b.kind for b in chosen] == ["seasonal"]

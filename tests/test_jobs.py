@@ -20,10 +20,10 @@ import pytest
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.classifier.model import FEATURE_NAMES, fit_attributor
-from spanprism.attribution.evaluation.scoring import LABELS
 from spanprism.attribution.passes import runs
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls
 from spanprism.attribution.store.records import list_regressions
+from spanprism.attribution.vocabulary import LABELS
 from spanprism.ingest.load import store_batch
 
 SPECS = [SeriesSpec(service="checkout", rate=0.05), SeriesSpec(service="search", rate=0.04, ttft_ms=300.0)]

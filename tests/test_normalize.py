@@ -218,7 +218,7 @@ def test_vllm_server_span() -> None:
 
 
 def test_raw_usage_made_inclusive() -> None:
-    anthropic, split, gemini, bedrock, responses = rows("raw_usage")
+    anthropic, split, gemini, bedrock = rows("raw_usage")
     assert anthropic["input_tokens"] == 50 + 4000 + 1000  # Anthropic counts exclusively
     assert (anthropic["cache_read_tokens"], anthropic["cache_write_tokens"]) == (4000, 1000)
     assert anthropic["uncached_input_tokens"] == 1050  # cache writes are prefilled
@@ -229,7 +229,12 @@ def test_raw_usage_made_inclusive() -> None:
     assert (gemini["output_tokens"], gemini["reasoning_tokens"]) == (320, 120)
     assert (gemini["provider"], gemini["region"], gemini["response_id"]) == ("gcp.vertex_ai", "us-central1", "resp-g1")
     assert (bedrock["input_tokens"], bedrock["cache_read_tokens"], bedrock["uncached_input_tokens"]) == (1000, 900, 100)
-    # Attributes win for input/output; the raw payload only fills the cache and reasoning they lack.
+
+
+def test_raw_usage_only_fills_what_attributes_lack() -> None:
+    # Attributes win for input/output; the raw payload only fills the cache and reasoning they lack, and the
+    # tokens did not come from the raw payload alone, so the row is plain OTel, not raw_usage.
+    (responses,) = rows("raw_usage_fills_gaps")
     assert (responses["input_tokens"], responses["cache_read_tokens"], responses["reasoning_tokens"]) == (128, 64, 20)
     assert responses["source_convention"] == "otel_semconv"
 

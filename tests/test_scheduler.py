@@ -26,9 +26,9 @@ from spanprism.api.cli import main
 from spanprism.api.services.scheduler import crontab_day_of_week, job_runner_service, nightly_trigger, scheduler_service
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.classifier.model import FEATURE_NAMES, fit_attributor
-from spanprism.attribution.evaluation.scoring import LABELS
 from spanprism.attribution.passes import runs
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls
+from spanprism.attribution.vocabulary import LABELS
 from spanprism.ingest.load import store_batch
 
 SERVICES = [job_runner_service, scheduler_service]

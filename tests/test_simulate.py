@@ -11,20 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from spanprism.attribution import vocabulary
 from spanprism.attribution.simulator.scenarios import FAMILY_SPECS
 from spanprism.attribution.simulator.simulate import FAMILIES, SimulationConfig, simulate, write_labels
 from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 SMALL = SimulationConfig(seed=3, days=1.6, series=4, rate_min=0.05, rate_max=0.4)
-LABELS = {
-    "prefill_growth",
-    "cache_eviction",
-    "batch_contention",
-    "routing_change",
-    "output_growth",
-    "unexplained",
-    "none",
-}
+#: Every attribution label has a simulator family (so the classifier can learn it), plus benign ``none`` windows.
+LABELS = {*vocabulary.LABELS, "none"}
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 ```toml
 [[alerts.destinations]]
 name = "oncall"
-kind = "pagerduty"                 # slack | pagerduty | webhook
-routing_key = "${PD_ROUTING_KEY}"  # secret fields (url, routing_key, hmac_secret) are split from the options
+kind = "pagerduty"                 # a registered kind (api/alerts/kinds.py): slack, pagerduty, webhook, …
+routing_key = "${PD_ROUTING_KEY}"  # the kind's secret fields are split from its options
 source = "spanprism-prod"
 
 [[alerts.rules]]
@@ -29,7 +29,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from spanprism.api.alerts.destinations import KINDS, config_id, get_destination, insert_destination
+from spanprism.api.alerts.destinations import config_id, get_destination, insert_destination
+from spanprism.api.alerts.kinds import get_kind, kind_names
 from spanprism.api.alerts.rules import Rule, insert_rule
 from spanprism.api.storage.database import Database
 
@@ -74,11 +75,11 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> dic
 def _split(entry: dict[str, Any]) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     entry = dict(entry)
     name, kind = entry.pop("name", None), entry.pop("kind", None)
-    if not name or kind not in KINDS:
-        raise ConfigError(f"alerts destination needs a name and a kind in {list(KINDS)} (got {name!r}, {kind!r})")
-    secret_keys = KINDS[kind][0]
-    secret = {k: entry.pop(k) for k in list(entry) if k in secret_keys}
-    return name, kind, entry, secret
+    if not name or kind not in kind_names():
+        known = list(kind_names())
+        raise ConfigError(f"alerts destination needs a name and a kind in {known} (got {name!r}, {kind!r})")
+    options, secret = get_kind(kind).split(entry)
+    return name, kind, options, secret
 
 
 def apply(db: Database, section: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:

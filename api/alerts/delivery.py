@@ -17,20 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 
-from spanprism.api.alerts import pagerduty, slack, webhook
-from spanprism.api.alerts.destinations import DEFAULT_PAGERDUTY_URL, Destination, mask
+from spanprism.api.alerts.destinations import Destination, mask
+from spanprism.api.alerts.kinds import Prepared, get_kind
 from spanprism.api.alerts.render import Links
 
-
-@dataclass(frozen=True)
-class Prepared:
-    """A ready request: where, what, with which headers."""
-
-    url: str
-    content: bytes
-    headers: dict[str, str]
+__all__ = ["Outcome", "Prepared", "backoff_s", "install_log_redaction", "prepare", "retry_after", "scrub", "send"]
 
 
 @dataclass(frozen=True)
@@ -44,20 +36,9 @@ class Outcome:
 
 
 def prepare(dest: Destination, record: dict[str, Any], event: str, delivery_id: str, links: Links) -> Prepared:
-    """The HTTP request for ``record``/``event`` at ``dest`` (its secret must be loaded)."""
+    """The HTTP request for ``record``/``event`` at ``dest`` (its secret must be loaded), built by its kind."""
     template = dest.options.get("trace_url_template") or links.trace_url_template
-    links = Links(links.public_url, template)
-    json_headers = {"content-type": "application/json"}
-    if dest.kind == "slack":
-        return Prepared(dest.secret["url"], orjson.dumps(slack.message(record, event, links)), json_headers)
-    if dest.kind == "pagerduty":
-        body = pagerduty.event(record, event, dest.secret["routing_key"], links, source=dest.options.get("source"))
-        return Prepared(dest.options.get("events_url") or DEFAULT_PAGERDUTY_URL, orjson.dumps(body), json_headers)
-    if dest.kind == "webhook":
-        content = webhook.body(record, event)
-        return Prepared(dest.secret["url"], content,
-                        webhook.headers(dest.secret["hmac_secret"], content, delivery_id, event))  # fmt: skip
-    raise ValueError(f"unknown destination kind {dest.kind!r}")
+    return get_kind(dest.kind).prepare(dest, record, event, delivery_id, Links(links.public_url, template))
 
 
 def retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

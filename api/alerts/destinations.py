@@ -1,4 +1,4 @@
-"""Alert destinations: kinds, validation, secret masking and the ``alert_destinations`` rows.
+"""Alert destinations: validation by kind (see :mod:`.kinds`), secret masking and the ``alert_destinations`` rows.
 
 A destination keeps non-secret ``options`` (JSON) apart from its ``secret`` (JSON: webhook URL, routing key, HMAC
 secret). Only :func:`load_destination` ever reads the secret, for delivery; everything shown to a caller goes through
@@ -17,14 +17,7 @@ from urllib.parse import urlsplit
 import duckdb
 import orjson
 
-DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
-
-#: kind -> (required secret keys, allowed option keys)
-KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "slack": (("url",), ("trace_url_template",)),
-    "pagerduty": (("routing_key",), ("events_url", "source", "trace_url_template")),
-    "webhook": (("url", "hmac_secret"), ("trace_url_template",)),
-}
+from spanprism.api.alerts.kinds import get_kind, kind_names
 
 
 class DestinationError(ValueError):
@@ -33,9 +26,10 @@ class DestinationError(ValueError):
 
 def validate(kind: str, options: dict[str, Any], secret: dict[str, Any]) -> None:
     """Raise :class:`DestinationError` unless ``options``/``secret`` fit ``kind`` (messages never echo secrets)."""
-    if kind not in KINDS:
-        raise DestinationError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
-    needed, allowed = KINDS[kind]
+    if kind not in kind_names():
+        raise DestinationError(f"unknown kind {kind!r}; choose from {', '.join(kind_names())}")
+    entry = get_kind(kind)
+    needed, allowed = entry.secret_keys, entry.option_keys
     missing = [k for k in needed if not isinstance(secret.get(k), str) or not secret[k]]
     if missing:
         raise DestinationError(f"{kind} destination needs secret field(s) {missing}")
@@ -45,11 +39,15 @@ def validate(kind: str, options: dict[str, Any], secret: dict[str, Any]) -> None
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise DestinationError(f"{kind} destination has unknown option(s) {unknown}; allowed: {list(allowed)}")
-    for key in ("url",):
-        if key in secret and urlsplit(secret[key]).scheme not in ("http", "https"):
-            raise DestinationError(f"secret field {key!r} must be an http(s) URL")
-    if "events_url" in options and urlsplit(str(options["events_url"])).scheme not in ("http", "https"):
-        raise DestinationError("option 'events_url' must be an http(s) URL")
+    for key in entry.url_keys:
+        for where, values in (("secret field", secret), ("option", options)):
+            if key in values and urlsplit(str(values[key])).scheme not in ("http", "https"):
+                raise DestinationError(f"{where} {key!r} must be an http(s) URL")
+    if entry.check is not None:
+        try:
+            entry.check(options, secret)
+        except ValueError as exc:
+            raise DestinationError(str(exc)) from exc
 
 
 def mask(value: str) -> str:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from spanprism.api.alerts.kinds import JSON_HEADERS, DestinationKind, Prepared
 from spanprism.api.alerts.render import Links, severity, summary, top_contributions
+
+if TYPE_CHECKING:
+    from spanprism.api.alerts.destinations import Destination
+
+DEFAULT_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
 
 def event(record: dict[str, Any], action: str, routing_key: str, links: Links, *,
@@ -36,3 +44,20 @@ def event(record: dict[str, Any], action: str, routing_key: str, links: Links, *
     if link_list:
         body["links"] = link_list
     return body
+
+
+def prepare(dest: Destination, record: dict[str, Any], action: str, delivery_id: str, links: Links) -> Prepared:
+    """POST the event to ``events_url`` (default: PagerDuty's); the routing key is the secret."""
+    body = event(record, action, dest.secret["routing_key"], links, source=dest.options.get("source"))
+    return Prepared(dest.options.get("events_url") or DEFAULT_EVENTS_URL, orjson.dumps(body), dict(JSON_HEADERS))
+
+
+KIND = DestinationKind(
+    name="pagerduty",
+    secret_keys=("routing_key",),
+    option_keys=("events_url", "source", "trace_url_template"),
+    url_keys=("events_url",),
+    prepare=prepare,
+    example={"routing_key": "R0UT1NGKEY0123456789abcdef01234", "events_url": DEFAULT_EVENTS_URL,
+             "source": "spanprism-prod", "trace_url_template": "https://tempo.example/trace/{trace_id}"},
+)  # fmt: skip

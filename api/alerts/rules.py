@@ -16,8 +16,9 @@ from typing import Any
 import duckdb
 import orjson
 
+from spanprism.attribution.vocabulary import LABELS
+
 SERIES_FIELDS = ("service", "provider", "model", "operation", "tenant")
-LABELS = ("prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth", "unexplained")
 
 
 class RuleError(ValueError):

@@ -6,9 +6,15 @@ button text ≤ 75 characters, ≤ 25 elements per actions block. ``text`` is th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from spanprism.api.alerts.kinds import JSON_HEADERS, DestinationKind, Prepared
 from spanprism.api.alerts.render import Links, metric_line, series_name, summary, top_contributions
+
+if TYPE_CHECKING:
+    from spanprism.api.alerts.destinations import Destination
 
 
 def _clip(text: str, limit: int) -> str:
@@ -63,3 +69,19 @@ def message(record: dict[str, Any], event: str, links: Links) -> dict[str, Any]:
     """The webhook JSON body for ``event`` (``trigger`` or ``resolve``)."""
     blocks = _resolve_blocks(record, links) if event == "resolve" else _trigger_blocks(record, links)
     return {"text": _clip(summary(record, event), 3000), "blocks": blocks[:50]}
+
+
+def prepare(dest: Destination, record: dict[str, Any], event: str, delivery_id: str, links: Links) -> Prepared:
+    """POST the Block Kit message to the incoming-webhook URL (the URL is the secret: it carries the token)."""
+    return Prepared(dest.secret["url"], orjson.dumps(message(record, event, links)), dict(JSON_HEADERS))
+
+
+KIND = DestinationKind(
+    name="slack",
+    secret_keys=("url",),
+    option_keys=("trace_url_template",),
+    url_keys=("url",),
+    prepare=prepare,
+    example={"url": "https://hooks.slack.com/services/T000/B000/XXXX",
+             "trace_url_template": "https://tempo.example/trace/{trace_id}"},
+)  # fmt: skip

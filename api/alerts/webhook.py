@@ -11,9 +11,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from spanprism.api.alerts.kinds import DestinationKind, Prepared
+
+if TYPE_CHECKING:
+    from spanprism.api.alerts.destinations import Destination
+    from spanprism.api.alerts.render import Links
 
 
 def body(record: dict[str, Any], event: str) -> bytes:
@@ -49,3 +55,20 @@ def verify_signature(secret: str, timestamp: str | int, body: bytes, signature: 
     if abs((time.time() if now is None else now) - ts) > tolerance_s:
         return False
     return hmac.compare_digest(sign(secret, ts, body), signature or "")
+
+
+def prepare(dest: Destination, record: dict[str, Any], event: str, delivery_id: str, links: Links) -> Prepared:
+    """POST the signed record to the receiver's URL (the links are unused: the record carries its exemplars)."""
+    content = body(record, event)
+    return Prepared(dest.secret["url"], content, headers(dest.secret["hmac_secret"], content, delivery_id, event))
+
+
+KIND = DestinationKind(
+    name="webhook",
+    secret_keys=("url", "hmac_secret"),
+    option_keys=("trace_url_template",),
+    url_keys=("url",),
+    prepare=prepare,
+    example={"url": "https://alerts.example.com/spanprism", "hmac_secret": "whsec-0123456789abcdef",
+             "trace_url_template": "https://tempo.example/trace/{trace_id}"},
+)  # fmt: skip

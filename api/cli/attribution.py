@@ -19,12 +19,11 @@ from spanprism.api.cli.remote import client, open_or_server
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
 from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT, load_default
-from spanprism.attribution.classifier.reasons import REASONS
-from spanprism.attribution.evaluation.scoring import LABELS
 from spanprism.attribution.evaluation.training import DEFAULT_TRAIN, evaluate_holdout, train
 from spanprism.attribution.passes import runs
 from spanprism.attribution.passes.label_pass import feedback_examples, record_feedback, regression_features
 from spanprism.attribution.store.records import list_regressions
+from spanprism.attribution.vocabulary import ALL_REASONS, LABELS, check_reason
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -151,8 +150,10 @@ def _fmt(value: Any) -> str:
 
 def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism label ID LABEL [--reason R]``: record the true cause from a post-mortem."""
-    if args.reason and args.reason not in REASONS[args.label]:
-        console.print(f"[red]error:[/red] reason {args.reason!r} does not belong to {args.label}")
+    try:
+        check_reason(args.label, args.reason)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
         return 2
     con = db.open_db(settings.db)
     try:
@@ -215,7 +216,7 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
             "spanprism label 3f2a9c cache_eviction --reason prompt_changed")  # fmt: skip
     p.add_argument("id", help="regression id (a unique prefix is enough)")
     p.add_argument("label", choices=LABELS, help="the true label")
-    p.add_argument("--reason", help="the true reason sub-label")
+    p.add_argument("--reason", choices=ALL_REASONS, help="the true reason sub-label (one of that label's)")
     p.add_argument("--note", help="free text, e.g. a post-mortem link")
 
     p = add(sub, "train", cmd_train, "Rebuild the attribution classifier from simulation seeds (deterministic).",

@@ -16,9 +16,10 @@ from spanprism.api.cli.data import console, out
 from spanprism.api.cli.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, evaluate_folder, write_simulation
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
-from spanprism.attribution.evaluation.scoring import LABELS, Score
+from spanprism.attribution.evaluation.scoring import Score
 from spanprism.attribution.simulator.simulate import SimulationConfig
 from spanprism.attribution.store.records import list_regressions
+from spanprism.attribution.vocabulary import LABELS
 from spanprism.ingest.pipeline import ingest_paths
 
 #: The demo workload: six services over three days, replayed from the bundled Mooncake and LLMPerf traces.

@@ -11,20 +11,22 @@ from pydantic import BaseModel, Field
 from spanprism.api.alerts import destinations as dst
 from spanprism.api.alerts import rules as rl
 from spanprism.api.alerts.delivery import install_log_redaction, prepare, send
+from spanprism.api.alerts.kinds import kind_names, secret_help
 from spanprism.api.alerts.outbox import STATUSES, list_outbox
 from spanprism.api.alerts.render import SAMPLE_RECORD, Links
 from spanprism.api.deps import AdminAuth, DbDep, SettingsDep
+from spanprism.attribution.vocabulary import Label
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
-Kind = Literal["slack", "pagerduty", "webhook"]
+Kind = Literal[kind_names()]  # type: ignore[valid-type]
 
 
 class DestinationCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     kind: Kind
     options: dict[str, Any] = Field(default_factory=dict, description="non-secret settings, e.g. trace_url_template")
-    secret: dict[str, str] = Field(description="slack: url; pagerduty: routing_key; webhook: url, hmac_secret")
+    secret: dict[str, str] = Field(description=secret_help())
 
 
 class DestinationUpdate(BaseModel):
@@ -49,7 +51,7 @@ class RuleCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     destination_id: str
     series: dict[str, str] = Field(default_factory=dict, description="field -> fnmatch glob, e.g. service: chat-*")
-    labels: list[str] = Field(default_factory=list, description="empty = every label")
+    labels: list[Label] = Field(default_factory=list, description="empty = every label")
     min_change_pct: float = Field(0.0, ge=0)
     min_confidence: float = Field(0.0, ge=0, le=1)
     enabled: bool = True
@@ -59,7 +61,7 @@ class RuleUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     destination_id: str | None = None
     series: dict[str, str] | None = None
-    labels: list[str] | None = None
+    labels: list[Label] | None = None
     min_change_pct: float | None = Field(None, ge=0)
     min_confidence: float | None = Field(None, ge=0, le=1)
     enabled: bool | None = None

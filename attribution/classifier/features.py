@@ -52,16 +52,16 @@ from spanprism.attribution.classifier.windows import (
     window_of,
 )
 from spanprism.attribution.decomposition.decompose import Decomposition
+from spanprism.attribution.vocabulary import CONTRIBUTION_KEYS
 
 #: Typical prompt-cache lifetimes (OpenAI/Anthropic default ~5 min, extended ~1 h).
 CACHE_TTLS_S: tuple[float, ...] = (300.0, 3600.0)
 _EPS = 1e-9
 
-SHARE_LABELS = ("prefill_growth", "cache_eviction", "batch_contention", "routing_change", "output_growth", "residual")
 ROUTE_DIMS = ("region", "server_address", "deployment", "response_model", "system_fingerprint")
 
 FEATURE_NAMES: tuple[str, ...] = (
-    *(f"share_{k}" for k in SHARE_LABELS),
+    *(f"share_{k}" for k in CONTRIBUTION_KEYS),
     "share_rates_group",
     "rates_rose_share",
     "log_change",
@@ -146,7 +146,7 @@ def _p50(x: np.ndarray) -> float | None:
 def _decomposition_features(d: Decomposition) -> dict[str, float]:
     c = d.contributions_ms
     denom = max(sum(abs(v) for v in c.values()), abs(d.change_ms), _EPS)
-    out = {f"share_{k}": float(c.get(k, 0.0)) / denom for k in SHARE_LABELS}
+    out = {f"share_{k}": float(c.get(k, 0.0)) / denom for k in CONTRIBUTION_KEYS}
     out["share_rates_group"] = float(d.group_effects_ms.get("rates", 0.0)) / denom
     out["rates_rose_share"] = float(d.model_fit.get("rates_rose_share", 0.0) or 0.0)
     out["log_change"] = _log_ratio(d.observed_value, d.baseline_value)

@@ -31,15 +31,8 @@ from spanprism.attribution.classifier.features import FEATURE_NAMES, EpisodeCont
 from spanprism.attribution.classifier.fit import fit_logistic
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.decomposition.decompose import decompose
+from spanprism.attribution.vocabulary import LABELS
 
-LABELS: tuple[str, ...] = (
-    "prefill_growth",
-    "cache_eviction",
-    "batch_contention",
-    "routing_change",
-    "output_growth",
-    "unexplained",
-)
 FORMAT = "spanprism.attribution-classifier/1"
 VERSION = "classifier-v1"
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / f"{VERSION}.json"

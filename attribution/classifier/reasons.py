@@ -20,11 +20,16 @@ so it is a short rule over named features (:mod:`spanprism.attribution.classifie
   the cached prefix carries at least half of the added tokens, or the relative growth falls off towards the largest
   calls: the same tokens added to each), else ``user_input_growth``;
 * ``output_growth`` and ``unexplained`` have no reason (None).
+
+The table of which reasons each label has is :data:`spanprism.attribution.vocabulary.REASONS`; this module holds
+only the rules that pick one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+from spanprism.attribution.vocabulary import Label
 
 #: Added share of calls with a long gap (or none) since the previous call on their prompt key and route.
 SPARSE_GAP_SHARE = 0.1
@@ -44,15 +49,6 @@ ROUTE_VISIBLE = 0.05
 REGION_RTT_MS = 40.0
 #: Fall-off of the relative input growth from the middle to the largest calls that means "a fixed-size addition".
 PREFIX_TAPER = 0.05
-
-REASONS: dict[str, tuple[str, ...]] = {
-    "prefill_growth": ("user_input_growth", "system_prompt_growth"),
-    "cache_eviction": ("prompt_changed", "ttl_expired", "provider_evicted"),
-    "batch_contention": ("queueing", "decode_slowdown"),
-    "routing_change": ("region_shift", "deployment_change", "model_version_change"),
-    "output_growth": (),
-    "unexplained": (),
-}
 
 
 def _eviction(f: Mapping[str, float]) -> str:
@@ -115,7 +111,7 @@ def _prefill(f: Mapping[str, float]) -> str:
     return "user_input_growth"
 
 
-_RULES = {
+_RULES: dict[Label, Callable[[Mapping[str, float]], str]] = {
     "cache_eviction": _eviction,
     "batch_contention": _contention,
     "routing_change": _routing,
@@ -125,5 +121,5 @@ _RULES = {
 
 def pick_reason(label: str, features: Mapping[str, float]) -> str | None:
     """The reason for ``label`` given the episode ``features`` (None for labels without reasons)."""
-    rule = _RULES.get(label)
+    rule = _RULES.get(label)  # type: ignore[call-overload]
     return rule(features) if rule else None

@@ -55,15 +55,8 @@ from spanprism.attribution.decomposition.latency_model import (
     residuals,
 )
 from spanprism.attribution.decomposition.shapley import GROUPS, LatencyGame, MetricSpec, SideValues, quantile_coupling
+from spanprism.attribution.vocabulary import CONTRIBUTION_KEYS
 
-LABELS: tuple[str, ...] = (
-    "prefill_growth",
-    "cache_eviction",
-    "batch_contention",
-    "routing_change",
-    "output_growth",
-    "residual",
-)
 GROUP_LABEL = {
     "prompt_size": "prefill_growth",
     "cache_state": "cache_eviction",
@@ -216,7 +209,7 @@ def _rose_share(per_route: list[RouteRates]) -> float:
 
 
 def _contributions(effects: dict[str, float], rates_label: str, change: float) -> dict[str, float]:
-    out = {label: 0.0 for label in LABELS}
+    out = {key: 0.0 for key in CONTRIBUTION_KEYS}
     for group in GROUPS:
         label = GROUP_LABEL.get(group, rates_label)
         if label != "residual":

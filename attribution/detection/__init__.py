@@ -1,1 +1,29 @@
-"""Regression detection: per-series episode tests over rollups (CUSUM state machine, episodes)."""
+"""Regression detection: per-series episodes over rollups. One contract for detectors, one registry.
+
+:mod:`.episodes` builds the panels, refits baselines daily and computes each bucket's deviation; a detector (see
+:mod:`.base` for the contract and the registry; :mod:`.cusum` is the default) turns deviations into episodes.
+"""
+
+from spanprism.attribution.detection.base import (
+    DETECTORS,
+    Detector,
+    DetectorConfig,
+    DetectorRun,
+    Deviations,
+    Span,
+    create_detector,
+    detector_from_dict,
+    detector_names,
+)
+
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "DetectorConfig",
+    "DetectorRun",
+    "Deviations",
+    "Span",
+    "create_detector",
+    "detector_from_dict",
+    "detector_names",
+]

@@ -14,24 +14,70 @@ buckets for a thousand series is ~9,000 small vector steps, not a Python loop pe
   noise during the calm window does not stretch it. Quiet gaps shorter than that window stay inside one episode
   (adjacent anomalous stretches merge).
 Buckets without a value (too few calls, no data) leave every state untouched.
+
+:class:`CusumDetector` is this state machine behind the detector contract (:mod:`.base`), configured by
+:class:`CusumConfig`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+from spanprism.attribution.detection.base import Detector, DetectorConfig, DetectorRun, Deviations, Span
 
-@dataclass
-class Span:
-    """One episode of one series, in column indexes of the panel."""
 
-    row: int
-    onset: int
-    alarm: int
-    peak: int
-    end: int | None  # exclusive; None while open
+@dataclass(frozen=True)
+class CusumConfig(DetectorConfig):
+    """Sensitivity and timing of the CUSUM detector. Lower ``h`` or ``min_change_pct`` = more sensitive."""
+
+    k: float = 1.0  # allowance per bucket, in noise units
+    h: float = 6.0  # alarm threshold; a single bucket can add at most h/2 + k
+    min_change_pct: float = 10.0  # mean change since the run began, below which nothing opens
+    min_duration_s: int = 600  # no episode from less data than this (one bucket when buckets are longer)
+    resolve_z: float = 1.0  # back to baseline: mean deviation over the resolve window below this
+    hot_z: float = 2.0  # a bucket this far above baseline (mean over statistics) still belongs to the episode
+    resolve_after_s: int = 3600  # how long the series must look normal before an episode resolves
+
+    def resolve_buckets(self, grain_s: int) -> int:
+        return max(3, self.resolve_after_s // grain_s)
+
+    def min_buckets(self, grain_s: int) -> int:
+        return max(1, -(-self.min_duration_s // grain_s))
+
+
+class CusumDetector(Detector):
+    """One-sided CUSUM per statistic over noise-scaled bucket deviations; opens on any statistic's alarm."""
+
+    name: ClassVar[str] = "cusum"
+    version: ClassVar[int] = 1
+    config_class: ClassVar[type[DetectorConfig]] = CusumConfig
+    config: CusumConfig
+
+    def _start(self, n_series: int, stats: tuple[str, ...], grain_s: int) -> DetectorRun:
+        c = self.config
+        min_log_change = float(np.log1p(c.min_change_pct / 100))
+        tracker = EpisodeTracker(n_series, len(stats), k=c.k, h=c.h, min_log_change=min_log_change,
+                                 resolve_z=c.resolve_z, resolve_buckets=c.resolve_buckets(grain_s),
+                                 min_buckets=c.min_buckets(grain_s), hot_z=c.hot_z)  # fmt: skip
+        return _CusumRun(n_series, stats, tracker)
+
+
+class _CusumRun(DetectorRun):
+    """Feeds each bucket of a block to the :class:`EpisodeTracker`."""
+
+    def __init__(self, n_series: int, stats: tuple[str, ...], tracker: EpisodeTracker) -> None:
+        super().__init__(n_series, stats)
+        self.tracker = tracker
+
+    def _update(self, block: Deviations) -> None:
+        for j in range(block.n):
+            self.tracker.step(block.t0 + j, block.z[:, :, j], block.r[:, :, j])
+
+    def spans(self) -> list[Span]:
+        return self.tracker.spans()
 
 
 class EpisodeTracker:

@@ -7,11 +7,12 @@ anomaly must not become its own baseline; after ``mask_max_age_s`` a lasting cha
 the new normal). The series takes the first kind of ``config.baselines`` that could fit it (seasonal once two
 days exist, rolling before). Each bucket's deviation is scaled by the baseline's spread, widened when the bucket
 holds fewer calls than usual (sampling noise of a quantile grows as 1/√n) but never narrowed when it holds more,
-so an own-traffic surge with unchanged latency does not alarm. :mod:`attribution.detection.cusum` turns deviations into
-episodes. Buckets with fewer than ``min_calls`` calls are never evaluated; each series is evaluated on its finest
-grain whose typical bucket holds enough calls and also watched on every coarser grain (:func:`grain_plan`), which
-sees its quiet hours, its p95 when 5-minute buckets are too small for one, and sustained shifts too small for one
-5-minute quantile; a coarser episode is kept only where no finer one overlaps it (:func:`prefer_finer`).
+so an own-traffic surge with unchanged latency does not alarm. ``config.detector`` (the contract is in
+:mod:`.base`; CUSUM by default) turns deviations into episodes. Buckets with fewer than ``min_calls`` calls are
+never evaluated; each series is evaluated on its finest grain whose typical bucket holds enough calls and also
+watched on every coarser grain (:func:`grain_plan`), which sees its quiet hours, its p95 when 5-minute buckets are
+too small for one, and sustained shifts too small for one 5-minute quantile; a coarser episode is kept only where
+no finer one overlaps it (:func:`prefer_finer`).
 
 The geometric mean is a detection statistic only (the most efficient location estimate for log-normal
 latencies); records report the p95 or p50 that moved most.
@@ -29,7 +30,7 @@ import pandas as pd
 from spanprism.attribution.baselines import History, ParamsBatch, create_baseline
 from spanprism.attribution.baselines.base import DAY_S
 from spanprism.attribution.baselines.robust import nanmedian
-from spanprism.attribution.detection.cusum import EpisodeTracker, Span
+from spanprism.attribution.detection.base import Detector, Deviations, Span, create_detector
 
 #: Statistics per family; the first two are reported, all three detect.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -42,20 +43,18 @@ FAMILY_COUNTS: dict[str, str] = {"e2e": "n_ok", "ttft": "n_ttft", "itl": "n_itl"
 REPORTED = 2
 
 
+def _default_detector() -> Detector:
+    return create_detector("cusum")
+
+
 @dataclass(frozen=True)
 class DetectionConfig:
-    """Sensitivity and timing of detection. Lower ``cusum_h`` or ``min_change_pct`` = more sensitive."""
+    """What is evaluated and against which baselines; ``detector`` (and its config) decides what is an episode."""
 
     grains: tuple[int, ...] = (300, 3600)  # must be rollup grains; the smallest with enough calls is used
     min_calls: int = 20  # calls behind an evaluated bucket; fewer → not evaluated at all
     min_tail_calls: int = 60  # a p95 needs this many calls (≥ 3 above it), else 2-3 slow outliers decide it
-    cusum_k: float = 1.0  # allowance per bucket, in noise units
-    cusum_h: float = 6.0  # alarm threshold; a single bucket can add at most h/2 + k
-    min_duration_s: int = 600  # no episode from less data than this (one bucket when buckets are longer)
-    min_change_pct: float = 10.0  # mean change since the run began, below which nothing opens
-    resolve_z: float = 1.0  # back to baseline: mean deviation over the resolve window below this
-    hot_z: float = 2.0  # a bucket this far above baseline (mean over statistics) still belongs to the episode
-    resolve_after_s: int = 3600  # how long the series must look normal before an episode resolves
+    detector: Detector = field(default_factory=_default_detector)  # a registered detector (detection/base.py)
     merge_gap_s: int = 1800  # episodes of one series closer than this form one regression
     lookback_days: int = 28  # history a baseline is fitted on
     mask_max_age_s: int = 2 * DAY_S  # after this an unresolved change is taught to the baseline
@@ -63,12 +62,6 @@ class DetectionConfig:
     families: tuple[str, ...] = ("e2e", "ttft", "itl")
     watch_coarser: bool = True  # also evaluate each series on coarser grains (see grain_plan)
     coarser_unless_full: float = 0.98  # ... unless this share of its primary buckets already holds a p95
-
-    def resolve_buckets(self, grain_s: int) -> int:
-        return max(3, self.resolve_after_s // grain_s)
-
-    def min_buckets(self, grain_s: int) -> int:
-        return max(1, -(-self.min_duration_s // grain_s))
 
 
 @dataclass
@@ -268,30 +261,28 @@ def detect_family(panel: FamilyPanel, config: DetectionConfig, *, eval_from_col:
     histories = {s: History(panel.stats[s].copy(), panel.counts, panel.start_s, panel.grain_s, panel.keys)
                  for s in stats}  # fmt: skip
     masks = _Masks(histories, panel.stats, config.mask_max_age_s // panel.grain_s)
-    tracker = EpisodeTracker(n, len(stats), k=config.cusum_k, h=config.cusum_h,
-                             min_log_change=float(np.log1p(config.min_change_pct / 100)),
-                             resolve_z=config.resolve_z, resolve_buckets=config.resolve_buckets(panel.grain_s),
-                             min_buckets=config.min_buckets(panel.grain_s), hot_z=config.hot_z)  # fmt: skip
+    run = config.detector.start(n, stats, grain_s=panel.grain_s)
     centers = {s: np.full((n, total), np.nan, dtype=np.float32) for s in stats[:REPORTED]}
     last: dict[str, list[ParamsBatch]] = {}
     bpd = panel.buckets_per_day
     ts_all = panel.start_s + panel.grain_s * np.arange(total, dtype=np.int64)
     for day in range(eval_from_col // bpd, total // bpd):
         c0, c1 = day * bpd, (day + 1) * bpd
-        masks.update([*(prior or []), *tracker.spans()], c0)
+        masks.update([*(prior or []), *run.spans()], c0)
         z = np.full((n, len(stats), bpd), np.nan)
-        r = np.full_like(z, np.nan)
+        r, sd = np.full_like(z, np.nan), np.full_like(z, np.nan)
         for k, stat in enumerate(stats):
             center, scale, nref, last[stat] = _fit_day(histories[stat], day, ts_all[c0:c1], config)
             with np.errstate(invalid="ignore", divide="ignore"):
                 widen = np.sqrt(np.maximum(1.0, nref[:, None] / panel.counts[:, c0:c1]))
             r[:, k] = panel.stats[stat][:, c0:c1] - center
-            z[:, k] = r[:, k] / (scale * widen)
+            sd[:, k] = scale * widen
+            z[:, k] = r[:, k] / sd[:, k]
             if stat in centers:
                 centers[stat][:, c0:c1] = center
-        for t in range(max(c0, eval_from_col), c1):
-            tracker.step(t, z[:, :, t - c0], r[:, :, t - c0])
-    episodes = [_summarize(panel, sp, centers, total) for sp in tracker.spans()]
+        lo = max(c0, eval_from_col) - c0
+        run.update(Deviations(c0 + lo, stats, z[:, :, lo:], r[:, :, lo:], sd[:, :, lo:], panel.counts[:, c0 + lo : c1]))
+    episodes = [_summarize(panel, sp, centers, total) for sp in run.spans()]
     return episodes, last
 
 

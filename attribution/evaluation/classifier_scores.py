@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from spanprism.attribution.classifier.reasons import pick_reason
+from spanprism.attribution.vocabulary import CORE_LABELS
 
-CORE_LABELS = ("prefill_growth", "cache_eviction", "batch_contention", "routing_change")
 #: Confidence bins of the reliability table.
 RELIABILITY_BINS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0001)
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from spanprism.attribution.classifier.model import LABELS
-
-CORE_LABELS = LABELS[:4]
+from spanprism.attribution.vocabulary import CORE_LABELS, LABELS
 
 
 def _t(text: str) -> datetime:

@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanprism.attribution.classifier.features import EpisodeContext, context_from_episodes, episode_features
-from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT, LABELS, Attributor, fit_attributor
+from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT, Attributor, fit_attributor
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.evaluation.classifier_scores import evaluate, format_report
 from spanprism.attribution.simulator.simulate import FAMILIES, SimulationConfig, SimulationResult, simulate
+from spanprism.attribution.vocabulary import LABELS
 
 HOUR_US = 3_600_000_000
 #: Shortest baseline handed to the decomposition.

@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from spanprism.attribution.classifier.features import EpisodeContext
 from spanprism.attribution.classifier.model import VERSION, Attribution, Attributor
-from spanprism.attribution.classifier.reasons import REASONS
 from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT
+from spanprism.attribution.vocabulary import check_reason
 from spanprism.models.transaction import transaction
 
 _SERIES = ("service", "provider", "request_model", "operation")
@@ -165,10 +165,7 @@ def record_feedback(con: duckdb.DuckDBPyConnection, regression_id: str, *, label
     ``features`` (from :func:`regression_features`) are kept with the label so that ``spanprism train
     --with-feedback`` can learn from it. Raises ValueError for an unknown label or a reason of another label.
     """
-    if label not in REASONS:
-        raise ValueError(f"unknown label {label!r}; known: {', '.join(REASONS)}")
-    if reason is not None and reason not in REASONS[label]:
-        raise ValueError(f"reason {reason!r} does not belong to {label}")
+    check_reason(label, reason)
     row = {"id": uuid.uuid4().hex, "regression_id": regression_id, "label": label, "reason": reason, "note": note,
            "created_at": datetime.now(UTC)}  # fmt: skip
     con.execute(
