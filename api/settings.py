@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `spanprism serve` listens on (0.0.0.0 for all interfaces).")
     port: int = Field(4318, description="Port of the OTLP/HTTP receiver and the REST API (4318 is the OTLP default).")
     url: str | None = Field(
-        None, description="URL of a running server; when set, `ingest`, `attribute` and `regressions` go through it."
+        None,
+        description="URL of a running server; when set, the CLI's `ingest`, `attribute`, `jobs`, `regressions`, "
+        "`explain`, `label`, `keys` and `alerts` go through it.",
     )
     api_key: str | None = Field(None, description="API key the CLI sends to `url` (bearer).")
     admin_key: str | None = Field(

@@ -15,6 +15,7 @@ from spanprism.api.cli import data as cli_data
 from spanprism.api.cli import jobs as cli_jobs
 from spanprism.api.cli import serve as cli_serve
 from spanprism.api.cli import sim as cli_sim
+from spanprism.api.cli.backend import BackendError
 from spanprism.api.settings import Settings
 from spanprism.api.storage.connect import DatabaseLockedError
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         return args.handler(args, settings)
-    except DatabaseLockedError as exc:
+    except (DatabaseLockedError, BackendError) as exc:  # the file is not ours, or the server refused or is gone
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

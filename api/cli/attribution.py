@@ -9,20 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import httpx
 import orjson
 from rich.table import Table
 
 from spanprism.api.cli import jobs as cli_jobs
 from spanprism.api.cli.data import console, out
-from spanprism.api.cli.remote import client, open_or_server
+from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
-from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT, load_default
+from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT
 from spanprism.attribution.evaluation.training import DEFAULT_TRAIN, evaluate_holdout, train
 from spanprism.attribution.passes import runs
-from spanprism.attribution.passes.label_pass import feedback_examples, record_feedback, regression_features
-from spanprism.attribution.store.records import list_regressions
+from spanprism.attribution.passes.label_pass import feedback_examples
 from spanprism.attribution.vocabulary import ALL_REASONS, LABELS, check_reason
 
 
@@ -73,35 +71,10 @@ def print_report(records: list[dict[str, Any]], title: str = "regressions") -> N
     out.print(table)
 
 
-def _remote_regressions(url: str, api_key: str | None, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every matching record from a running server, page by page (GET /api/v1/regressions)."""
-    query = {k: v for k, v in (("label", args.label), ("status", args.status)) if v}
-    query.update({k: v.isoformat() for k, v in (("since", args.since), ("until", args.until)) if v})
-    records: list[dict[str, Any]] = []
-    with client(url, api_key, timeout=60) as http:
-        while True:
-            resp = http.get("/api/v1/regressions", params={**query, "offset": len(records)})
-            resp.raise_for_status()
-            body = resp.json()
-            records += body["data"]
-            if not body["data"] or len(records) >= body["count"]:
-                return records
-
-
 def cmd_regressions(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism regressions [--json] [--url URL]``: the DESIGN.md records, newest first (local file or a server)."""
-    con, url = open_or_server(settings, args.url)
-    if con is not None:
-        try:
-            records = list_regressions(con, label=args.label, status=args.status, since=args.since, until=args.until)
-        finally:
-            con.close()
-    if url:
-        try:
-            records = _remote_regressions(url, settings.api_key, args)
-        except httpx.HTTPError as exc:
-            console.print(f"[red]error:[/red] could not read regressions from {url}: {exc}")
-            return 1
+    with open_backend(settings, args.url) as backend:
+        records = backend.regressions(label=args.label, status=args.status, since=args.since, until=args.until)
     if args.json:
         sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif records:
@@ -111,18 +84,10 @@ def cmd_regressions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _find(con: duckdb.DuckDBPyConnection, prefix: str) -> dict[str, Any] | None:
-    matches = [r for r in list_regressions(con, detail=True) if r["id"].startswith(prefix)]
-    return matches[0] if len(matches) == 1 else None
-
-
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism explain ID``: one regression with its evidence, contributions and exemplar traces."""
-    con = db.open_db(settings.db)
-    try:
-        record = _find(con, args.id)
-    finally:
-        con.close()
+    with open_backend(settings) as backend:
+        record = backend.regression(args.id)
     if record is None:
         console.print(f"[red]error:[/red] no single regression matches id {args.id!r}")
         return 1
@@ -155,17 +120,12 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    con = db.open_db(settings.db)
-    try:
-        record = _find(con, args.id)
-        if record is None:
-            console.print(f"[red]error:[/red] no single regression matches id {args.id!r}")
-            return 1
-        features = regression_features(con, load_default(settings.classifier), record["id"])
-        record_feedback(con, record["id"], label=args.label, reason=args.reason, note=args.note, features=features)
-    finally:
-        con.close()
-    out.print(f"recorded {args.label}{'/' + args.reason if args.reason else ''} for {record['id']}")
+    with open_backend(settings) as backend:
+        regression_id = backend.label(args.id, label=args.label, reason=args.reason, note=args.note)
+    if regression_id is None:
+        console.print(f"[red]error:[/red] no single regression matches id {args.id!r}")
+        return 1
+    out.print(f"recorded {args.label}{'/' + args.reason if args.reason else ''} for {regression_id}")
     return 0
 
 

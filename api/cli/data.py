@@ -6,18 +6,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import nullcontext
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from spanprism.api.cli.remote import client, open_or_server
+from spanprism.api.cli.backend import Backend
+from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
-from spanprism.ingest.pipeline import IngestSummary, expand_sources, ingest_paths
+from spanprism.ingest.pipeline import IngestSummary, expand_sources
 
 console = Console(stderr=True)
 # Piped output is not truncated to 80 columns: tables are read by people and by grep alike.
@@ -27,66 +25,24 @@ out = Console(width=None if sys.stdout.isatty() else 220)
 PROGRESS_MIN_BYTES = 8 << 20
 
 
-def _ingest_with_progress(con, args: argparse.Namespace, settings: Settings) -> IngestSummary:
-    inputs, _ = expand_sources(args.paths)
+def _ingest(backend: Backend, paths: list[str], workers: int) -> IngestSummary:
+    """Ingest on ``backend``, with a progress bar on a terminal when the inputs are large."""
+    inputs, _ = expand_sources(paths)
     total = sum(os.path.getsize(p) for p in inputs if p != "-")
-    workers = args.workers or settings.ingest_workers
-    kwargs = {"workers": workers, "tenant_attribute": settings.tenant_attribute, "chunk_bytes": settings.chunk_bytes}
     if total < PROGRESS_MIN_BYTES or not console.is_terminal:
-        return ingest_paths(con, args.paths, **kwargs)
+        return backend.ingest(paths, workers=workers)
     columns = (TextColumn("ingest"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("ingest", total=total)
-        return ingest_paths(con, args.paths, progress=lambda n: bar.advance(task, n), **kwargs)
-
-
-def _stream(item: str) -> Iterator[bytes]:
-    """A file (or stdin) in 1 MiB pieces: uploads are streamed, never read whole."""
-    with nullcontext(sys.stdin.buffer) if item == "-" else open(item, "rb") as f:
-        while piece := f.read(1 << 20):
-            yield piece
-
-
-def _ingest_remote(args: argparse.Namespace, settings: Settings, url: str) -> IngestSummary:
-    """Send each input to ``POST /api/v1/ingest`` of a running server and add up its summaries."""
-    inputs, errors = expand_sources(args.paths)
-    summary = IngestSummary(errors=errors)
-    with client(url, settings.api_key, timeout=httpx.Timeout(30.0, read=None)) as http:
-        for item in inputs:
-            name = "stdin" if item == "-" else item
-            try:
-                reply = http.post("/api/v1/ingest", params={"filename": name}, content=_stream(item))
-            except (OSError, httpx.HTTPError) as exc:
-                summary.errors.append(f"{name}: {exc}")
-                continue
-            if reply.status_code != 200:
-                summary.errors.append(f"{name}: the server answered {reply.status_code}: {reply.text[:300]}")
-                continue
-            got = reply.json()
-            for key in ("spans_seen", "calls_stored", "duplicates", "non_llm_skipped", "quarantined"):
-                setattr(summary, key, getattr(summary, key) + got[key])
-            summary.conventions.update(got["conventions"])
-            summary.batches.extend([f"{name} (server)"] * got["batches"])  # the API returns the count only
-            summary.errors.extend(got["errors"])
-    return summary
-
-
-def _run_ingest(args: argparse.Namespace, settings: Settings) -> IngestSummary:
-    """Local when the DB file is free; through the server when ``url`` is set or ``serve`` holds the file."""
-    con, url = open_or_server(settings)
-    if con is None:
-        if not settings.url:
-            console.print(f"{settings.db} is held by a running server; sending the files to {url}")
-        return _ingest_remote(args, settings, url)
-    try:
-        return _ingest_with_progress(con, args, settings)
-    finally:
-        con.close()
+        return backend.ingest(paths, workers=workers, progress=lambda n: bar.advance(task, n))
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism ingest PATH...``: store LLM calls, quarantine bad records, print a summary."""
-    summary = _run_ingest(args, settings)
+    with open_backend(settings) as backend:
+        if backend.held_by_server:
+            console.print(f"{settings.db} is held by a running server; sending the files to {backend.location}")
+        summary = _ingest(backend, args.paths, args.workers or settings.ingest_workers)
     for err in summary.errors:
         console.print(f"[red]error:[/red] {err}")
     if args.json:

@@ -3,96 +3,33 @@
 A pass runs in this process on the DuckDB file, recorded in ``job_runs`` with trigger ``cli``. When a server owns
 the file (``settings.url`` is set, or the file is locked and a server answers at ``http://{host}:{port}``), the
 pass is queued on it with ``POST /api/v1/jobs/attribute`` and polled until it finishes, so the CLI and the
-scheduler never run two passes at once.
+scheduler never run two passes at once (:mod:`spanprism.api.cli.remote` decides which).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from datetime import datetime
 from typing import Any
 
-import httpx
 from rich.table import Table
 
 from spanprism.api.cli.data import console, out
-from spanprism.api.cli.remote import client, local_server, open_or_server
+from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
-from spanprism.api.storage import connect as db
 from spanprism.attribution.passes import runs
-
-POLL_S = 0.5
-_OPEN = ("queued", "running")
-
-
-class RemoteError(RuntimeError):
-    """The server refused or failed a request (the message says what to fix)."""
-
-
-def _client(url: str, api_key: str | None) -> httpx.Client:
-    return client(url, api_key, timeout=30)
-
-
-def _checked(resp: httpx.Response) -> dict[str, Any]:
-    if resp.status_code in (401, 403):
-        raise RemoteError(f"{resp.request.url} answered {resp.status_code}: set SPANPRISM_API_KEY to an admin key")
-    if resp.status_code >= 400:
-        raise RemoteError(f"{resp.request.url} answered {resp.status_code}: {resp.text[:300]}")
-    return resp.json()
-
-
-def run_remote(url: str, api_key: str | None, kind: str, *, since: datetime | None = None,
-               until: datetime | None = None, poll_s: float = POLL_S) -> dict[str, Any]:  # fmt: skip
-    """Queue a pass on the server at ``url`` and poll it until its status is final; returns the run record."""
-    body: dict[str, Any] = {"kind": kind}
-    body.update({k: v.isoformat() for k, v in (("since", since), ("until", until)) if v is not None})
-    with _client(url, api_key) as client:
-        record = _checked(client.post("/api/v1/jobs/attribute", json=body))
-        while record["status"] in _OPEN:
-            time.sleep(poll_s)
-            record = _checked(client.get(f"/api/v1/jobs/{record['id']}"))
-    return record
-
-
-def run_local(settings: Settings, kind: str, *, since: datetime | None = None,
-              until: datetime | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run a pass in this process (raises ``DatabaseLockedError`` when a server owns the file)."""
-    con = db.open_db(settings.db)
-    try:
-        runs.mark_interrupted(con)  # this process owns the file: any run still "running" is dead
-        record = runs.new_run(kind, "cli", since=since, until=until)
-        final = runs.execute(con, record, classifier=settings.classifier, lookback_days=settings.nightly_lookback_days)
-    finally:
-        con.close()
-    return runs.public(final)
-
-
-def run_pass(settings: Settings, kind: str, *, since: datetime | None = None,
-             until: datetime | None = None) -> dict[str, Any]:  # fmt: skip
-    """One pass where it belongs: on ``settings.url``, else here, else on the server that holds the file."""
-    if settings.url:
-        return run_remote(settings.url, settings.api_key, kind, since=since, until=until)
-    try:
-        return run_local(settings, kind, since=since, until=until)
-    except db.DatabaseLockedError:
-        url = local_server(settings)
-        if url is None:
-            raise
-        console.print(f"the database is held by the server at {url}; queueing the pass there")
-        return run_remote(url, settings.api_key, kind, since=since, until=until)
 
 
 def run_and_report(settings: Settings, kind: str, *, since: datetime | None, until: datetime | None,
                    as_json: bool) -> int:  # fmt: skip
-    """Run one pass, print its outcome; exit code 0 when it succeeded or had nothing to do."""
-    try:
+    """Run one pass where it belongs (here, or queued on the server that owns the file) and print its outcome;
+    exit code 0 when it succeeded or had nothing to do."""
+    with open_backend(settings) as backend:
+        if backend.held_by_server:
+            console.print(f"the database is held by the server at {backend.location}; queueing the pass there")
         with console.status(f"running a {kind} attribution pass"):
-            record = run_pass(settings, kind, since=since, until=until)
-    except (RemoteError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
+            record = backend.run_pass(kind, since=since, until=until)
     counts = record["counts"]
     if as_json:
         print(json.dumps({**counts, "run": {k: v for k, v in record.items() if k != "counts"}}, indent=2))
@@ -107,27 +44,10 @@ def run_and_report(settings: Settings, kind: str, *, since: datetime | None, unt
     return 0 if record["status"] in ("succeeded", "skipped") else 1
 
 
-def _list(settings: Settings, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
-    query = {k: v for k, v in (("kind", args.kind), ("status", args.status)) if v}
-    con, url = open_or_server(settings)
-    if con is not None:
-        try:
-            page, total = runs.list_runs(con, **query, limit=args.limit)
-        finally:
-            con.close()
-        return [runs.public(r) for r in page], total
-    with _client(url, settings.api_key) as client:
-        body = _checked(client.get("/api/v1/jobs", params={**query, "limit": args.limit}))
-    return body["data"], body["count"]
-
-
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism jobs [--kind --status --limit --json]``: recorded attribution runs, newest first."""
-    try:
-        page, total = _list(settings, args)
-    except (RemoteError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
+    with open_backend(settings) as backend:
+        page, total = backend.list_runs(kind=args.kind, status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps({"data": page, "count": total}, indent=2))
         return 0

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable
 
 from spanprism.api.cli.data import out
-from spanprism.api.cli.remote import client, open_or_server
-from spanprism.api.security import create_key, list_keys, parse_scopes, revoke_key
+from spanprism.api.cli.remote import open_backend
+from spanprism.api.security import parse_scopes
 from spanprism.api.settings import Settings
 
 
@@ -21,66 +21,31 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _keys_remote(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    """The same through a running server (``SPANPRISM_API_KEY`` must be an admin key)."""
-    with client(url, settings.api_key, timeout=30) as http:
-        if args.action == "create":
-            reply = http.post("/api/v1/keys", json={"name": args.name or "cli", "scopes": sorted(args.scopes)})
-        elif args.action == "list":
-            reply = http.get("/api/v1/keys")
-        else:
-            reply = http.delete(f"/api/v1/keys/{args.id}")
-    if reply.status_code >= 400:
-        print(f"error: {url} answered {reply.status_code}: {reply.text[:300]}")
-        return 1
-    if args.action == "create":
-        body = reply.json()
-        out.print(f"key {body['id']} ({', '.join(body['scopes'])}); store it now, it is not shown again:")
-        print(body["key"])
-    elif args.action == "list":
-        for k in reply.json()["data"]:
-            state = "revoked" if k["revoked_at"] else "active"
-            out.print(f"{k['id']}  {k['name']}  {','.join(k['scopes'])}  {state}  created {k['created_at'][:10]}")
-    else:
-        out.print(f"revoked {args.id}")
-    return 0
-
-
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism keys create|list|revoke``: API keys (stored hashed; a new key is printed once)."""
     if args.action == "create":
         try:
-            args.scopes = parse_scopes(",".join(args.scope or []))
+            scopes = parse_scopes(",".join(args.scope or []))
         except ValueError as exc:
             print(f"error: {exc}")
             return 2
     if args.action == "revoke" and not args.id:
         print("error: keys revoke needs --id")
         return 2
-    con, url = open_or_server(settings)
-    if con is None:
-        return _keys_remote(args, settings, url)
-    try:
+    with open_backend(settings) as backend:
         if args.action == "create":
-            scopes = args.scopes
-            con.execute("BEGIN TRANSACTION")
-            key_id, plain = create_key(con, name=args.name or "cli", scopes=scopes)
-            con.execute("COMMIT")
-            out.print(f"key {key_id} ({', '.join(sorted(scopes))}); store it now, it is not shown again:")
-            print(plain)
+            created = backend.create_key(name=args.name or "cli", scopes=scopes)
+            out.print(f"key {created['id']} ({', '.join(created['scopes'])}); store it now, it is not shown again:")
+            print(created["key"])
         elif args.action == "list":
-            for k in list_keys(con):
+            for k in backend.list_keys():
                 state = "revoked" if k["revoked_at"] else "active"
-                out.print(
-                    f"{k['id']}  {k['name']}  {','.join(k['scopes'])}  {state}  created {k['created_at']:%Y-%m-%d}"
-                )
-        else:
-            if not revoke_key(con, args.id):
-                print(f"error: no active key {args.id}")
-                return 1
+                out.print(f"{k['id']}  {k['name']}  {','.join(k['scopes'])}  {state}  created {k['created_at'][:10]}")
+        elif backend.revoke_key(args.id):
             out.print(f"revoked {args.id}")
-    finally:
-        con.close()
+        else:
+            print(f"error: no active key {args.id}")
+            return 1
     return 0
 
 

@@ -25,7 +25,7 @@ from spanprism.api.schemas import (
 )
 from spanprism.api.storage.database import Database
 from spanprism.attribution.classifier.model import Attributor, load_default
-from spanprism.attribution.passes.label_pass import list_feedback, record_feedback, regression_features
+from spanprism.attribution.passes.label_pass import find_regression, record_feedback, regression_features
 from spanprism.attribution.store.records import list_regressions
 
 router = APIRouter(prefix="/regressions", tags=["regressions"])
@@ -74,14 +74,10 @@ async def index(
 
 def _find(database: Database, prefix: str) -> dict[str, Any]:
     with database.read() as cur:
-        matches = [r for r in list_regressions(cur, detail=True) if r["id"].startswith(prefix)]
-        exact = [r for r in matches if r["id"] == prefix]
-        if len(exact) == 1 or len(matches) == 1:
-            record = (exact or matches)[0]
-            record["feedback"] = list_feedback(cur, record["id"])
-            return record
-    why = "is ambiguous" if matches else "matches no regression"
-    raise HTTPException(status.HTTP_404_NOT_FOUND, f"id {prefix!r} {why}")
+        try:
+            return find_regression(cur, prefix)
+        except LookupError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
 @router.get("/{regression_id}", response_model=RegressionDetail, responses=NOT_FOUND)

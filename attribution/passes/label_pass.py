@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from spanprism.attribution.classifier.features import EpisodeContext
 from spanprism.attribution.classifier.model import VERSION, Attribution, Attributor
-from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT
+from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT, list_regressions
 from spanprism.attribution.vocabulary import check_reason
 from spanprism.models.transaction import transaction
 
@@ -183,6 +183,21 @@ def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[di
         [regression_id],
     ).fetchall()
     return [{"id": r[0], "label": r[1], "reason": r[2], "note": r[3], "created_at": r[4]} for r in rows]
+
+
+def find_regression(con: duckdb.DuckDBPyConnection, ref: str) -> dict[str, Any]:
+    """The regression whose id is ``ref`` or alone starts with it, with ``metrics`` and its ``feedback``.
+
+    Shared by ``GET /regressions/{id}`` and the CLI. Raises LookupError (saying why) when ``ref`` matches no
+    regression or several.
+    """
+    matches = [r for r in list_regressions(con, detail=True) if r["id"].startswith(ref)]
+    exact = [r for r in matches if r["id"] == ref]
+    if len(exact) == 1 or len(matches) == 1:
+        record = (exact or matches)[0]
+        record["feedback"] = list_feedback(con, record["id"])
+        return record
+    raise LookupError(f"id {ref!r} {'is ambiguous' if matches else 'matches no regression'}")
 
 
 def feedback_examples(con: duckdb.DuckDBPyConnection) -> list[tuple[dict[str, float], str, str | None]]:
