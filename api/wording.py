@@ -184,6 +184,21 @@ def contributions(record: dict[str, Any]) -> list[tuple[str, str, float]]:
     return [*known, *other, ("residual", MECHANISMS["residual"], float(_finite(got.get("residual")) or 0.0))]
 
 
+#: The step that closes a waterfall: the decomposition explains its own baseline and episode windows, which are not
+#: exactly the detector's (whose values the record reports), so the two differences can disagree by a little.
+WINDOW_GAP = ("window_gap", "difference between the detector's and the decomposition's windows")
+
+
+def waterfall_steps(record: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """:func:`contributions` plus, when they do not close, the window gap: the steps sum to observed − baseline."""
+    steps = contributions(record)
+    base, obs = _finite(record.get("baseline")), _finite(record.get("observed"))
+    if base is None or obs is None:
+        return steps
+    gap = (obs - base) - sum(v for *_, v in steps)
+    return [*steps, (*WINDOW_GAP, gap)] if abs(gap) >= 0.05 else steps
+
+
 def cause(record: dict[str, Any]) -> str:
     """``prefill growth: user inputs grew (confidence 87 %)``."""
     label = str(record.get("label") or "unexplained")
@@ -239,7 +254,7 @@ def explain_text(record: dict[str, Any], *, debug: bool = False) -> str:
     lines = [f"regression {record.get('id')}  {record.get('status')}  {_when(record)}",
              f"series  {series_label(record)}", "", sentence(record), f"cause   {cause(record)}", "",
              "where the extra milliseconds went"]  # fmt: skip
-    parts = contributions(record)
+    parts = waterfall_steps(record)
     top = max([abs(v) for *_, v in parts] + [1e-9])
     rows = [(f"{words} ({key.replace('_', ' ')})" if key != "residual" else words, ms(v, signed=True),
              "█" * round(24 * abs(v) / top)) for key, words, v in parts]  # fmt: skip

@@ -54,7 +54,8 @@ def prepare(dest: Destination, record: dict[str, Any], event: str, delivery_id: 
         body = pagerduty.event(record, event, dest.secret["routing_key"], links, source=dest.options.get("source"))
         return Prepared(dest.options.get("events_url") or DEFAULT_PAGERDUTY_URL, orjson.dumps(body), json_headers)
     if dest.kind == "webhook":
-        content = webhook.body(record, event)
+        urls = links.record_links(str(record.get("id")))
+        content = webhook.body({**record, "links": urls} if urls else record, event)
         return Prepared(dest.secret["url"], content,
                         webhook.headers(dest.secret["hmac_secret"], content, delivery_id, event))  # fmt: skip
     raise ValueError(f"unknown destination kind {dest.kind!r}")

@@ -8,6 +8,7 @@ is a ``circle.pt`` with a ``<title>`` (UTC time and value, for hover and screen 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -102,13 +103,22 @@ def _axes(frame: Frame, fmt: Callable[[float], str], *, times: bool = True, grid
         if grid:
             out.append(f'<line class="grid" x1="{frame.left}" x2="{frame.width - frame.right}" y1="{y}" y2="{y}"/>')
         out.append(f'<text class="tick" x="{frame.left - 6}" y="{y + 4}" text-anchor="end">{escape(fmt(v))}</text>')
-    with_date = frame.t1 - frame.t0 > 86400
-    for i in range(6 if times else 0):
-        t = frame.t0 + (frame.t1 - frame.t0) * i / 5
-        x = frame.x(t)
-        anchor = "start" if i == 0 else "end" if i == 5 else "middle"
-        out.append(f'<text class="tick" x="{x}" y="{frame.height - 8}" text-anchor="{anchor}">'
+    return out + (_time_ticks(frame) if times else [])
+
+
+#: Time-axis tick spacings (seconds): the first that gives at most six ticks is used, on whole multiples (UTC).
+TICK_STEPS = (300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
+
+
+def _time_ticks(frame: Frame) -> list[str]:
+    span = frame.t1 - frame.t0
+    step = next((s for s in TICK_STEPS if span / s <= 6), TICK_STEPS[-1])
+    with_date = span > 86400
+    out, t = [], math.ceil(frame.t0 / step) * step
+    while t <= frame.t1:
+        out.append(f'<text class="tick" x="{frame.x(t)}" y="{frame.height - 8}" text-anchor="middle">'
                    f"{utc_label(t, with_date=with_date)}</text>")  # fmt: skip
+        t += step
     return out
 
 
@@ -148,6 +158,7 @@ def metric_chart(points: Sequence[dict[str, Any]], *, label: str, since: str, un
     values = [v for p in [*points, *extra] for v in (p.get("value"), p.get("upper"), p.get("baseline"))
               if v is not None]  # fmt: skip
     top = max(values, default=1.0)
+    top = 1.0 / 1.08 if unit == "pct" and top <= 1.0 else top  # a share axis ends at 100 %
     fmt = ms if unit == "ms" else (lambda v: f"{100 * v:.0f} %") if unit == "pct" else (lambda v: f"{v:,.0f}")
     frame = Frame(t0, t1, 0.0, top * 1.08 or 1.0, width=width, height=height)
     body = _axes(frame, fmt) + _episodes(frame, episodes)
