@@ -32,9 +32,9 @@ from spanprism.api.wording import metric_name
 CHROMIUM = Path(os.environ.get("SPANPRISM_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
-#: Elements reaching past the right edge of the viewport, outside a horizontally scrolling table wrapper.
+#: Elements reaching past the right edge of the viewport, outside a horizontally scrolling wrapper (tables, charts).
 WIDE = """() => [...document.querySelectorAll('main *, header *')]
-  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest('.scroll'))
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest('.scroll, .fig'))
   .slice(0, 5).map(e => `${e.tagName}.${e.className.baseVal ?? e.className} ${e.textContent.slice(0, 40)}`)"""
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip

@@ -19,7 +19,7 @@ from spanprism.api import wording
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 #: Bumped when a static file changes, so browsers do not keep a stale copy past an upgrade.
-STATIC_VERSION = "2"
+STATIC_VERSION = "3"
 
 
 def time_tag(value: str | datetime | None) -> Markup:
