@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from html import escape
 from typing import Any
 
@@ -49,13 +50,19 @@ class Frame:
     top: int = 12
     bottom: int = 28
 
+    @cached_property
+    def _kx(self) -> float:
+        return (self.width - self.left - self.right) / ((self.t1 - self.t0) or 1.0)
+
+    @cached_property
+    def _ky(self) -> float:
+        return (self.height - self.top - self.bottom) / ((self.y1 - self.y0) or 1.0)
+
     def x(self, t: float) -> float:
-        span = (self.t1 - self.t0) or 1.0
-        return round(self.left + (t - self.t0) / span * (self.width - self.left - self.right), 1)
+        return round(self.left + (t - self.t0) * self._kx, 1)
 
     def y(self, v: float) -> float:
-        span = (self.y1 - self.y0) or 1.0
-        return round(self.height - self.bottom - (v - self.y0) / span * (self.height - self.top - self.bottom), 1)
+        return round(self.height - self.bottom - (v - self.y0) * self._ky, 1)
 
 
 def _svg(frame: Frame, label: str, body: list[str], cls: str = "chart", extra: str = "") -> str:
@@ -172,8 +179,9 @@ def metric_chart(points: Sequence[dict[str, Any]], *, label: str, since: str, un
         x = frame.x(epoch(onset) or t0)
         body.append(f'<line class="onset" x1="{x}" x2="{x}" y1="{frame.top}" y2="{frame.height - frame.bottom}"'
                     f' data-time="{escape(onset)}"><title>onset {escape(onset)}</title></line>')  # fmt: skip
-    dots = [f'<circle class="pt" cx="{frame.x(t)}" cy="{frame.y(p["value"])}" r="2.2" data-t="{escape(p["time"])}">'
-            f"<title>{escape(p['time'])}: {escape(fmt(p['value']))}</title></circle>"
+    # Bucket times are our own ISO strings ([0-9TZ:-]): nothing in them needs escaping.
+    dots = [f'<circle class="pt" cx="{frame.x(t)}" cy="{frame.y(p["value"])}" r="2.2" data-t="{p["time"]}">'
+            f"<title>{p['time']}: {fmt(p['value'])}</title></circle>"
             for t, p in zip(ts, points, strict=True) if p.get("value") is not None]  # fmt: skip
     body.append(f'<g class="pts">{"".join(dots)}</g>')
     return _svg(frame, label, body, extra=f' data-since="{escape(since)}" data-until="{escape(until)}"')

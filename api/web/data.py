@@ -117,7 +117,11 @@ def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win:
     if series is not None:
         points = panels.metric_points(cur, series, record["metric"], step_s=win.step_s, since=win.since,
                                       until=win.until, config=CONFIG)  # fmt: skip
-    exemplars = panels.exemplar_calls(cur, record.get("exemplars") or [])
+    # Exemplars are calls of the episode: bounding the lookup by it keeps a 10M-call table from being scanned.
+    start = datetime.fromisoformat(record["start"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(record["end"].replace("Z", "+00:00")) if record.get("end") else None
+    exemplars = panels.exemplar_calls(cur, record.get("exemplars") or [], since=start - timedelta(hours=1),
+                                      until=end + timedelta(hours=1) if end else None)  # fmt: skip
     return {"series": series, "points": points, "exemplars": exemplars}
 
 

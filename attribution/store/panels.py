@@ -326,10 +326,12 @@ def open_regressions_by_label(con: duckdb.DuckDBPyConnection) -> dict[str, float
     return counts
 
 
-def exemplar_calls(con: duckdb.DuckDBPyConnection, exemplars: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def exemplar_calls(con: duckdb.DuckDBPyConnection, exemplars: Sequence[Mapping[str, Any]], *,
+                   since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """The stored ids and timings of a record's exemplar calls (in the record's order; unknown ones as given).
 
     What a support ticket asks for is the provider's request id, which the record's ``{trace_id, span_id}`` lacks.
+    ``since``/``until`` (the episode, say) let DuckDB skip every row group outside it instead of scanning the table.
     """
     pairs = [(str(x.get("trace_id", "")), str(x.get("span_id", ""))) for x in exemplars]
     found: dict[tuple[str, str], dict[str, Any]] = {}
@@ -337,8 +339,10 @@ def exemplar_calls(con: duckdb.DuckDBPyConnection, exemplars: Sequence[Mapping[s
         cur = con.execute(
             "SELECT trace_id, span_id, provider_request_id, response_id, start_time, duration_ms, ttft_ms,"
             " uncached_input_tokens, cache_read_tokens, output_tokens, region, deployment, response_model"
-            " FROM llm_calls WHERE (trace_id, span_id) IN (SELECT (t, s) FROM (SELECT unnest(?) AS t, unnest(?) AS s))",
-            [[t for t, _ in pairs], [s for _, s in pairs]],
+            " FROM llm_calls WHERE (trace_id, span_id) IN (SELECT (t, s) FROM (SELECT unnest(?) AS t, unnest(?) AS s))"
+            " AND start_time >= coalesce(?, '-infinity'::TIMESTAMPTZ)"
+            " AND start_time < coalesce(?, 'infinity'::TIMESTAMPTZ)",
+            [[t for t, _ in pairs], [s for _, s in pairs], since, until],
         )
         columns = [d[0] for d in cur.description]
         for row in cur.fetchall():
