@@ -120,8 +120,10 @@ def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win:
     # Exemplars are calls of the episode: bounding the lookup by it keeps a 10M-call table from being scanned.
     start = datetime.fromisoformat(record["start"].replace("Z", "+00:00"))
     end = datetime.fromisoformat(record["end"].replace("Z", "+00:00")) if record.get("end") else None
-    exemplars = panels.exemplar_calls(cur, record.get("exemplars") or [], since=start - timedelta(hours=1),
-                                      until=end + timedelta(hours=1) if end else None)  # fmt: skip
+    # (They are picked from the episode's calls; one bucket of slack on each side.)
+    slack = timedelta(seconds=CONFIG.grains[0])
+    exemplars = panels.exemplar_calls(cur, record.get("exemplars") or [], since=start - slack,
+                                      until=end + slack if end else None)  # fmt: skip
     return {"series": series, "points": points, "exemplars": exemplars}
 
 
