@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app(settings)`` builds it; nothing opens a database at import.
 
 One port serves the OTLP/HTTP receiver (``POST /v1/traces``), the REST API under ``/api/v1`` and the operations
-endpoints (``/healthz``, ``/readyz``, ``/metrics``). The lifespan opens (and migrates) the DuckDB file, then starts
+endpoints (``/healthz``, ``/readyz``, ``/metrics``) and the web pages (``api/web``). The lifespan opens (and
+migrates) the DuckDB file, then starts
 the background services (ingest writer, scheduler, alert outbox) and stops them in reverse order.
 """
 
@@ -19,6 +20,7 @@ from spanprism.api.routers import ingest as ingest_routes
 from spanprism.api.services.lifecycle import Service, ServiceFactory
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
+from spanprism.api.web import mount as mount_pages
 from spanprism.attribution.store.panels import open_regressions_by_label
 
 log = logging.getLogger("spanprism.app")
@@ -94,4 +96,5 @@ def create_app(
     for read_router in (series.router, baselines.router, regressions.router, calls.router):
         app.include_router(read_router, prefix=API_PREFIX)
     app.include_router(alerts.router, prefix=API_PREFIX)
+    mount_pages(app)  # the web pages: /, /series/…, /regressions/…, /quarantine, /login
     return app

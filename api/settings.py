@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         None,
         description="Base URL of this server as users reach it (links in alerts), e.g. `https://spanprism.example`.",
     )
+    session_secret: str | None = Field(
+        None,
+        description="Secret that signs the web pages' login cookie; unset = a random one per process (logins end "
+        "at restart; set the same value on every replica).",
+    )
+    session_hours: float = Field(12.0, gt=0, description="Hours a web login (session cookie) stays valid.")
 
     # --- scheduled attribution (api/scheduler.py) ---------------------------------------------------------------
     scheduler_enabled: bool = Field(

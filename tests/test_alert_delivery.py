@@ -153,7 +153,7 @@ def test_slack_message_is_block_kit_with_links_and_a_resolve_follow_up(db, deliv
     assert "chat-api" in flat and "812 → 1,650" in flat and "prefill_growth" in flat and "90%" in flat
     assert "`prefill_growth` +610 ms" in flat
     assert f"https://tempo.example/trace/{EXEMPLAR['trace_id']}" in flat
-    assert "https://spanprism.example/api/v1/regressions/reg-slack" in flat
+    assert "https://spanprism.example/regressions/reg-slack" in flat  # the web page, not the JSON
     resolve(db, "reg-slack")
     assert enqueue_pass(db) == 1
     drain(deliverer, lambda: len(receiver.ok()) == 2)
@@ -193,6 +193,8 @@ def test_webhook_signature_verifies_and_replays_are_rejected(db, deliverer, rece
     record = orjson.loads(body)
     assert record["event"] == "trigger" and record["id"] == "reg-wh" and record["label"] == "prefill_growth"
     assert record["series"] == {"service": "chat-api", "provider": "openai", "model": "gpt-4o", "operation": "chat"}
+    assert record["links"] == {"page": "https://spanprism.example/regressions/reg-wh",
+                               "api": "https://spanprism.example/api/v1/regressions/reg-wh"}  # fmt: skip
     assert sig.startswith("sha256=") and abs(int(ts) - time.time()) < 60
     assert verify_signature("whsec-test-0123", ts, body, sig)
     assert not verify_signature("wrong-secret", ts, body, sig)

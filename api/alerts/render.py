@@ -17,9 +17,21 @@ class Links:
     trace_url_template: str | None = None
 
     def regression(self, regression_id: str) -> str | None:
+        """The regression's web page (what a person opens from an alert); None without ``public_url``."""
+        if not self.public_url:
+            return None
+        return f"{self.public_url.rstrip('/')}/regressions/{regression_id}"
+
+    def regression_api(self, regression_id: str) -> str | None:
+        """The regression's JSON record in the REST API; None without ``public_url``."""
         if not self.public_url:
             return None
         return f"{self.public_url.rstrip('/')}{API_PREFIX}/regressions/{regression_id}"
+
+    def record_links(self, regression_id: str) -> dict[str, str]:
+        """``{"page": …, "api": …}`` for a webhook body; empty without ``public_url``."""
+        page, api = self.regression(regression_id), self.regression_api(regression_id)
+        return {"page": page, "api": api} if page and api else {}
 
     def traces(self, record: dict[str, Any], limit: int = 3) -> list[tuple[str, str]]:
         """``(trace_id, url)`` of the first exemplars (none without a template)."""

@@ -58,8 +58,9 @@ def verify_signature(secret: str, timestamp: str | int, body: bytes, signature: 
 
 
 def prepare(dest: Destination, record: dict[str, Any], event: str, delivery_id: str, links: Links) -> Prepared:
-    """POST the signed record to the receiver's URL (the links are unused: the record carries its exemplars)."""
-    content = body(record, event)
+    """POST the signed record to the receiver's URL, with ``links`` to its web page and API record when known."""
+    urls = links.record_links(str(record.get("id")))
+    content = body({**record, "links": urls} if urls else record, event)
     return Prepared(dest.secret["url"], content, headers(dest.secret["hmac_secret"], content, delivery_id, event))
 
 

@@ -17,6 +17,7 @@ from spanprism.api.cli.data import console, out
 from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
+from spanprism.api.wording import explain_text
 from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT
 from spanprism.attribution.evaluation.training import DEFAULT_TRAIN, evaluate_holdout, train
 from spanprism.attribution.passes import runs
@@ -94,23 +95,8 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    print_report([record], title=f"regression {record['id']}")
-    contrib = Table("mechanism", "ms", title="where the extra milliseconds went")
-    for k, v in sorted(record["contributions_ms"].items(), key=lambda kv: -abs(kv[1])):
-        contrib.add_row(k, f"{v:+.1f}")
-    out.print(contrib)
-    evidence = Table("signal", "baseline", "observed", title="evidence")
-    for row in record["evidence"]:
-        evidence.add_row(str(row.get("signal")), _fmt(row.get("baseline")), _fmt(row.get("observed")))
-    out.print(evidence)
-    out.print("exemplar traces: " + ", ".join(f"{x['trace_id']}/{x['span_id']}" for x in record["exemplars"]))
+    out.print(explain_text(record, debug=args.debug), markup=False, highlight=False, soft_wrap=True)
     return 0
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
 
 
 def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
@@ -171,6 +157,7 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
             "spanprism explain 3f2a9c")  # fmt: skip
     p.add_argument("id", help="regression id (a unique prefix is enough)")
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
+    p.add_argument("--debug", action="store_true", help="also show the classifier's internal features")
 
     p = add(sub, "label", cmd_label, "Record the true cause of a regression (post-mortem feedback for training).",
             "spanprism label 3f2a9c cache_eviction --reason prompt_changed")  # fmt: skip

@@ -105,7 +105,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print_report(records, title=f"{len(records)} regressions, newest first")
     _print_truth(folder)
     out.print("next: `spanprism explain <id>` for the evidence and exemplar traces of one regression")
+    if records:
+        _print_page_hint(settings, records[0]["id"])
     return 0
+
+
+def _print_page_hint(settings: Settings, regression_id: str) -> None:
+    """Where the newest regression's web page will be, and the command that serves it (open reads: a local demo)."""
+    base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    db_flag = "" if str(settings.db) == "spanprism.duckdb" else f" --db {settings.db}"
+    out.print(f"see it in a browser: SPANPRISM_READ_OPEN=true .venv/bin/spanprism{db_flag} serve", soft_wrap=True)
+    out.print(f"  then open {base}/regressions/{regression_id}", soft_wrap=True, highlight=False)
 
 
 def _print_truth(folder: Path) -> None:

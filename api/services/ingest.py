@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 
 from spanprism.api.metrics import Metrics
+from spanprism.api.services.new_series import NewSeries
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
 from spanprism.ingest.load import BatchCounts, BatchInput, store_batches
@@ -75,6 +76,7 @@ class IngestService:
         # Bodies read but not yet decoded also hold memory: at most this many requests decode (or wait to) at once.
         self.max_decoding = 4 * max(1, settings.ingest_workers)
         self._decoding = 0  # only touched on the event loop thread
+        self.new_series = NewSeries()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -199,7 +201,9 @@ class IngestService:
                               i.out.non_llm_skipped, i.out.conventions) for i in items]  # fmt: skip
         try:
             with self.db.writer() as cur:
-                return list(store_batches(cur, batches))
+                counts = list(store_batches(cur, batches))
+                self.new_series.register(cur, [b.calls for b in batches])  # listed now, not at the next pass
+                return counts
         except Exception:
             if len(items) == 1:
                 log.exception("storing an OTLP request failed")
@@ -209,6 +213,7 @@ class IngestService:
             try:
                 with self.db.writer() as cur:
                     results.extend(store_batches(cur, [batch]))
+                    self.new_series.register(cur, [batch.calls])
             except Exception:
                 log.exception("storing an OTLP request failed")
                 results.append(self._failed())

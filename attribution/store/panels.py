@@ -324,3 +324,28 @@ def open_regressions_by_label(con: duckdb.DuckDBPyConnection) -> dict[str, float
         label = record.get("label") or "unexplained"
         counts[label] = counts.get(label, 0.0) + 1.0
     return counts
+
+
+def exemplar_calls(con: duckdb.DuckDBPyConnection, exemplars: Sequence[Mapping[str, Any]], *,
+                   since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The stored ids and timings of a record's exemplar calls (in the record's order; unknown ones as given).
+
+    What a support ticket asks for is the provider's request id, which the record's ``{trace_id, span_id}`` lacks.
+    ``since``/``until`` (the episode, say) let DuckDB skip every row group outside it instead of scanning the table.
+    """
+    pairs = [(str(x.get("trace_id", "")), str(x.get("span_id", ""))) for x in exemplars]
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    if pairs:
+        cur = con.execute(
+            "SELECT trace_id, span_id, provider_request_id, response_id, start_time, duration_ms, ttft_ms,"
+            " uncached_input_tokens, cache_read_tokens, output_tokens, region, deployment, response_model"
+            " FROM llm_calls WHERE (trace_id, span_id) IN (SELECT (t, s) FROM (SELECT unnest(?) AS t, unnest(?) AS s))"
+            " AND start_time >= coalesce(?, '-infinity'::TIMESTAMPTZ)"
+            " AND start_time < coalesce(?, 'infinity'::TIMESTAMPTZ)",
+            [[t for t, _ in pairs], [s for _, s in pairs], since, until],
+        )
+        columns = [d[0] for d in cur.description]
+        for row in cur.fetchall():
+            call = {c: (iso(v) if isinstance(v, datetime) else v) for c, v in zip(columns, row, strict=True)}
+            found[(call["trace_id"], call["span_id"])] = call
+    return [found.get(p, {"trace_id": p[0], "span_id": p[1]}) for p in pairs]

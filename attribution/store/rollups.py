@@ -158,6 +158,17 @@ def _series_upsert(config: RollupConfig) -> str:
       last_bucket = greatest(series.last_bucket, excluded.last_bucket)"""
 
 
+def register_series(con: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, *,
+                    config: RollupConfig | None = None) -> None:  # fmt: skip
+    """Upsert the ``series`` rows of the calls stored in [lo, hi] now, ahead of the next rollup pass.
+
+    So a new series is listed (``GET /series``, the overview page) within seconds of its first stored span rather
+    than after the next scheduled pass. The rollup pass runs the same upsert, so nothing is counted twice.
+    """
+    config = config or RollupConfig()
+    con.execute(_series_upsert(config), dict(zip(("lo", "hi"), _aligned(lo, hi, config.base_grain), strict=True)))
+
+
 def _aligned(lo: datetime, hi: datetime, grain: int) -> tuple[datetime, datetime]:
     lo_s = int(lo.timestamp()) // grain * grain
     hi_s = (int(hi.timestamp()) // grain + 1) * grain
