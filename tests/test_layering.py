@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "migrations": set(),
     "migrations.versions": set(),
     "ingest": {"models"},
+    # Root modules, e.g. calls_window (the one call-window shape decomposition and classifier both read): pure.
     "attribution": {"models"},
     "attribution.baselines": _ATTRIBUTION_CORE,
     "attribution.detection": _ATTRIBUTION_CORE,
