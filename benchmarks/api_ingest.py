@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from spanprism.api.server import free_port, wait_healthy  # noqa: E402
 from spanprism.api.storage.connect import open_db  # noqa: E402
-from spanprism.ingest.load import BatchInput, store_batches  # noqa: E402
+from spanprism.ingest.load import store_batches  # noqa: E402
 from spanprism.ingest.otlp_http import process_body  # noqa: E402
 
 KEY = "bench-admin-key"
@@ -118,9 +118,7 @@ def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[in
                            tenant_attribute=None)  # fmt: skip
         seen += out.spans_seen
         if con is not None:
-            batch = BatchInput("bench", out.calls, out.quarantined, out.spans_seen, out.non_llm_skipped,
-                               out.conventions)  # fmt: skip
-            calls += store_batches(con, [batch])[0].calls_stored
+            calls += store_batches(con, [out])[0].calls_stored
         else:
             calls += out.calls.num_rows
     elapsed = time.perf_counter() - t0
