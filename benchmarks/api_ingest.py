@@ -41,7 +41,7 @@ from opentelemetry.trace import SpanKind, set_span_in_context
 
 from spanprism.api.server import free_port, wait_healthy
 from spanprism.api.storage.connect import open_db
-from spanprism.ingest.load import BatchInput, store_batches
+from spanprism.ingest.load import store_batches
 from spanprism.ingest.otlp_http import process_body
 
 KEY = "bench-admin-key"
@@ -115,9 +115,7 @@ def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[in
                            tenant_attribute=None)  # fmt: skip
         seen += out.spans_seen
         if con is not None:
-            batch = BatchInput("bench", out.calls, out.quarantined, out.spans_seen, out.non_llm_skipped,
-                               out.conventions)  # fmt: skip
-            calls += store_batches(con, [batch])[0].calls_stored
+            calls += store_batches(con, [out])[0].calls_stored
         else:
             calls += out.calls.num_rows
     elapsed = time.perf_counter() - t0

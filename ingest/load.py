@@ -21,7 +21,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from spanprism.ingest.records import Quarantined
+from spanprism.ingest.records import Batch, Quarantined
 from spanprism.models.schema import LLM_CALLS_SCHEMA, conform
 from spanprism.models.transaction import transaction
 
@@ -39,19 +39,6 @@ class BatchCounts:
     non_llm_skipped: int = 0
     quarantined: int = 0
     conventions: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class BatchInput:
-    """One batch to write: canonical rows, quarantined records and the counts the caller observed."""
-
-    source: str
-    calls: pa.Table
-    quarantined: list[Quarantined]
-    spans_seen: int
-    non_llm_skipped: int = 0
-    conventions: dict[str, int] = field(default_factory=dict)
-    batch_id: str = ""
 
 
 def new_batch_id() -> str:
@@ -74,7 +61,7 @@ def _quarantine_table(items: list[tuple[str, Quarantined]], now: datetime) -> pa
     )
 
 
-def _batch_rows(batches: Sequence[BatchInput], counts: Sequence[BatchCounts], now: datetime) -> pa.Table:
+def _batch_rows(batches: Sequence[Batch], counts: Sequence[BatchCounts], now: datetime) -> pa.Table:
     finished = datetime.now(UTC)
     return pa.table(
         {
@@ -103,7 +90,7 @@ def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, *, ignor
     return inserted
 
 
-def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[BatchInput], tables: list[pa.Table],
+def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[Batch], tables: list[pa.Table],
            counts: list[BatchCounts], *, ignore: bool) -> None:  # fmt: skip
     """Every row of ``batches`` inside the caller's transaction; fills ``calls_stored``/``duplicates``."""
     now = datetime.now(UTC)
@@ -132,7 +119,7 @@ def _with_batch_id(calls: pa.Table, batch_id: str) -> pa.Table:
 
 def store_batches(
     con: duckdb.DuckDBPyConnection,
-    batches: Sequence[BatchInput],
+    batches: Sequence[Batch],
     *,
     also: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> list[BatchCounts]:
@@ -157,18 +144,6 @@ def store_batches(
     return counts
 
 
-def store_batch(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    source: str,
-    calls: pa.Table,
-    quarantined: list[Quarantined],
-    spans_seen: int,
-    non_llm_skipped: int = 0,
-    conventions: dict[str, int] | None = None,
-    batch_id: str | None = None,
-) -> BatchCounts:
+def store_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> BatchCounts:
     """Write one batch atomically and return its counts. Raises (after rolling back) on a storage error."""
-    batch = BatchInput(source, calls, quarantined, spans_seen, non_llm_skipped, dict(conventions or {}),
-                       batch_id or "")  # fmt: skip
     return store_batches(con, [batch])[0]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import gc
 
 from spanprism.ingest.decode import DecodeError, decode_bytes, undo_content_encoding
-from spanprism.ingest.pipeline import ChunkOutput, process_decoded
-from spanprism.ingest.records import Quarantined
+from spanprism.ingest.pipeline import process_decoded
+from spanprism.ingest.records import Batch, Quarantined
 from spanprism.models.schema import LLM_CALLS_SCHEMA
 
 ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "zstd")
@@ -37,7 +37,7 @@ def check_headers(content_type: str | None, content_encoding: str | None) -> Non
 
 
 def process_body(data: bytes, *, source: str, content_type: str, content_encoding: str | None, limit: int,
-                 tenant_attribute: str | None) -> ChunkOutput:  # fmt: skip
+                 tenant_attribute: str | None) -> Batch:  # fmt: skip
     """Decode and normalize one request body. Raises :class:`DecodeError` (or a subclass) if unusable as a whole."""
     check_headers(content_type, content_encoding)
     body = undo_content_encoding(data, content_encoding, limit)
@@ -53,13 +53,12 @@ def process_body(data: bytes, *, source: str, content_type: str, content_encodin
 
 
 def quarantined_body(data: bytes, *, source: str, content_type: str, content_encoding: str | None,
-                     reason: str) -> ChunkOutput:  # fmt: skip
+                     reason: str) -> Batch:  # fmt: skip
     """An undecodable request body as one quarantined record, kept as received (compressed or not).
 
     The sender is told 400 (do not retry), so this copy is the only one left: it stays inspectable and can be
     re-driven once the decoder learns the input (a whole body re-decodes with its format and gzip/zstd sniffed).
     """
     where = f"request body ({media_type(content_type)}, {(content_encoding or 'identity').strip().lower()})"
-    return ChunkOutput(source=source, calls=LLM_CALLS_SCHEMA.empty_table(),
-                       quarantined=[Quarantined(source, where, reason, data)], spans_seen=0, non_llm_skipped=0,
-                       conventions={}, size=len(data))  # fmt: skip
+    return Batch(source=source, calls=LLM_CALLS_SCHEMA.empty_table(),
+                 quarantined=[Quarantined(source, where, reason, data)], spans_seen=0, size=len(data))  # fmt: skip

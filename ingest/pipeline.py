@@ -20,30 +20,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 import duckdb
-import pyarrow as pa
 
 from spanprism.ingest.decode import decode_chunk, iter_chunks, open_input
 from spanprism.ingest.load import BatchCounts, store_batch
 from spanprism.ingest.normalize import normalize
-from spanprism.ingest.records import DecodeResult, Quarantined, RawChunk
+from spanprism.ingest.records import Batch, DecodeResult, RawChunk, merge_batches
 
 #: Inputs smaller than this are processed in-process: spawning workers costs more than it saves.
 PARALLEL_MIN_BYTES = 16 << 20
 
 ProgressFn = Callable[[int], None]
-
-
-@dataclass(slots=True)
-class ChunkOutput:
-    """Decode + normalize result of one chunk, ready for the loader (picklable)."""
-
-    source: str
-    calls: pa.Table
-    quarantined: list[Quarantined]
-    spans_seen: int
-    non_llm_skipped: int
-    conventions: dict[str, int]
-    size: int
 
 
 @dataclass(slots=True)
@@ -81,10 +67,10 @@ class IngestSummary:
         }
 
 
-def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attribute: str | None) -> ChunkOutput:
+def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attribute: str | None) -> Batch:
     """Normalize decoded spans and merge both stages' quarantine lists."""
     norm = normalize(decoded.spans, tenant_attribute=tenant_attribute)
-    return ChunkOutput(
+    return Batch(
         source=source,
         calls=norm.table,
         quarantined=decoded.quarantined + norm.quarantined,
@@ -95,7 +81,7 @@ def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attrib
     )
 
 
-def process_chunk(chunk: RawChunk, tenant_attribute: str | None = None) -> ChunkOutput:
+def process_chunk(chunk: RawChunk, tenant_attribute: str | None = None) -> Batch:
     """Decode and normalize one chunk. Pure; runs in worker processes."""
     # The cyclic GC would rescan the many short-lived dicts of a chunk again and again; nothing here forms cycles.
     was_enabled = gc.isenabled()
@@ -107,26 +93,8 @@ def process_chunk(chunk: RawChunk, tenant_attribute: str | None = None) -> Chunk
             gc.enable()
 
 
-def merge_outputs(outputs: Sequence[ChunkOutput]) -> ChunkOutput:
-    """Several chunks of one source as one output (one write transaction, one batch)."""
-    if len(outputs) == 1:
-        return outputs[0]
-    conventions: Counter[str] = Counter()
-    for out in outputs:
-        conventions.update(out.conventions)
-    return ChunkOutput(
-        source=outputs[0].source,
-        calls=pa.concat_tables([o.calls for o in outputs]),
-        quarantined=[q for o in outputs for q in o.quarantined],
-        spans_seen=sum(o.spans_seen for o in outputs),
-        non_llm_skipped=sum(o.non_llm_skipped for o in outputs),
-        conventions=dict(conventions),
-        size=sum(o.size for o in outputs),
-    )
-
-
 class _BatchWriter:
-    """Groups consecutive chunk outputs of one source into write batches of about ``batch_rows`` rows.
+    """Groups consecutive chunk batches of one source into write batches of about ``batch_rows`` rows.
 
     DuckDB appends ~2x faster per row in large transactions than in small ones, and the primary-key
     check is cheaper too; a batch still lands whole or not at all.
@@ -135,10 +103,10 @@ class _BatchWriter:
     def __init__(self, con: duckdb.DuckDBPyConnection, summary: IngestSummary, progress: ProgressFn | None,
                  batch_rows: int) -> None:  # fmt: skip
         self.con, self.summary, self.progress, self.batch_rows = con, summary, progress, batch_rows
-        self.held: list[ChunkOutput] = []
+        self.held: list[Batch] = []
         self.rows = 0
 
-    def add(self, out: ChunkOutput) -> None:
+    def add(self, out: Batch) -> None:
         if self.held and self.held[0].source != out.source:
             self.flush()
         self.held.append(out)
@@ -151,21 +119,9 @@ class _BatchWriter:
     def flush(self) -> None:
         if not self.held:
             return
-        merged = merge_outputs(self.held)
+        merged = merge_batches(self.held)
         self.held, self.rows = [], 0
-        self.summary.add(_store(self.con, merged))
-
-
-def _store(con: duckdb.DuckDBPyConnection, out: ChunkOutput) -> BatchCounts:
-    return store_batch(
-        con,
-        source=out.source,
-        calls=out.calls,
-        quarantined=out.quarantined,
-        spans_seen=out.spans_seen,
-        non_llm_skipped=out.non_llm_skipped,
-        conventions=out.conventions,
-    )
+        self.summary.add(store_batch(self.con, merged))
 
 
 def expand_sources(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[str]]:
@@ -231,7 +187,7 @@ def ingest_paths(
         writer.flush()
         return summary
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending: deque[Future[ChunkOutput]] = deque()
+        pending: deque[Future[Batch]] = deque()
         for chunk in chunks:
             pending.append(pool.submit(process_chunk, chunk, tenant_attribute))
             # Store in submission order so batches (and line numbers) stay chronological.

@@ -1,13 +1,15 @@
 """The shapes passed between decode, normalize and load.
 
 ``decode`` turns bytes into :class:`SpanRecord` dicts (one per OTLP span, encoding-independent);
-``normalize`` turns those into canonical ``llm_calls`` Arrow rows; ``load`` writes them. Anything that
+``normalize`` turns those into canonical ``llm_calls`` Arrow rows; the pipeline hands them to ``load`` as one
+:class:`Batch` (the same object from the decode worker to the writer, never unpacked and repacked). Anything that
 cannot be used becomes a :class:`Quarantined` item carrying its raw bytes and a precise reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -91,3 +93,37 @@ class NormalizeResult:
     quarantined: list[Quarantined] = field(default_factory=list)
     non_llm_skipped: int = 0
     conventions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Canonical rows of one input slice (a chunk, a source's consecutive chunks, an OTLP request) with what was seen
+    making them: decode + normalize produce it, the loader writes it whole or not at all. Picklable (it comes back
+    from decode worker processes)."""
+
+    source: str
+    calls: pa.Table
+    quarantined: list[Quarantined]
+    spans_seen: int
+    non_llm_skipped: int = 0
+    conventions: dict[str, int] = field(default_factory=dict)
+    size: int = 0  # input bytes behind it (for progress)
+    batch_id: str = ""  # empty: the loader assigns a fresh id
+
+
+def merge_batches(batches: Sequence[Batch]) -> Batch:
+    """Several batches of one source as one (one write transaction, one ``ingest_batches`` row)."""
+    if len(batches) == 1:
+        return batches[0]
+    conventions: Counter[str] = Counter()
+    for b in batches:
+        conventions.update(b.conventions)
+    return Batch(
+        source=batches[0].source,
+        calls=pa.concat_tables([b.calls for b in batches]),
+        quarantined=[q for b in batches for q in b.quarantined],
+        spans_seen=sum(b.spans_seen for b in batches),
+        non_llm_skipped=sum(b.non_llm_skipped for b in batches),
+        conventions=dict(conventions),
+        size=sum(b.size for b in batches),
+    )

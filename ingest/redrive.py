@@ -20,8 +20,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from spanprism.ingest import otlp_json, otlp_proto
 from spanprism.ingest.decode import DecodeError, decode_chunk, iter_chunks, open_input, show
-from spanprism.ingest.pipeline import ChunkOutput, process_decoded
-from spanprism.ingest.records import DecodeResult, Quarantined
+from spanprism.ingest.pipeline import process_decoded
+from spanprism.ingest.records import Batch, DecodeResult, Quarantined
 
 _SPAN = re.compile(r"span \d+$")
 _RESOURCE = re.compile(r"resourceSpans\[\d+\]$")
@@ -85,6 +85,6 @@ def redecode(raw: bytes, *, source: str, location: str) -> DecodeResult:
     return result
 
 
-def redrive_record(raw: bytes, *, source: str, location: str, tenant_attribute: str | None = None) -> ChunkOutput:
+def redrive_record(raw: bytes, *, source: str, location: str, tenant_attribute: str | None = None) -> Batch:
     """Re-decode and normalize one quarantined record; ``quarantined`` is empty when it now parses."""
     return process_decoded(redecode(raw, source=source, location=location), source, len(raw), tenant_attribute)

@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spanprism.attribution.decomposition.decompose import decompose, parse_metric
+from spanprism.attribution.calls_window import window_of
+from spanprism.attribution.decomposition.decompose import Decomposition, parse_metric
+from spanprism.attribution.decomposition.decompose import decompose as decompose_windows
 from spanprism.attribution.decomposition.shapley import exact_shapley, quantile_coupling, weighted_quantile
 from spanprism.attribution.vocabulary import CONTRIBUTION_KEYS
 from spanprism.models.schema import conform
@@ -31,6 +33,11 @@ ROUTES = {
 }
 BASE_MIX = {"east": 0.57, "west": 0.38, "slow": 0.05}
 CACHED_COST = 0.1  # a cached prompt token costs a tenth of an uncached one
+
+
+def decompose(base: pa.Table, epi: pa.Table, **kw: object) -> Decomposition:
+    """Decompose two windows given as llm_calls rows (each built into its call window, as the classifier does)."""
+    return decompose_windows(window_of(base), window_of(epi), **kw)  # type: ignore[arg-type]
 
 
 def make_calls(

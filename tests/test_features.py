@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 from classifier_synth import calls
 
+from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.features import (
     EVIDENCE_ONLY,
     FEATURE_NAMES,
@@ -16,12 +17,13 @@ from spanprism.attribution.classifier.features import (
     episode_features,
     feature_vector,
 )
-from spanprism.attribution.classifier.windows import route_tv, window_of
+from spanprism.attribution.classifier.windows import route_tv
 from spanprism.attribution.decomposition.decompose import decompose
 
 
 def feats(base: pa.Table, epi: pa.Table, metric: str = "e2e_p95_ms", **kw: object) -> dict[str, float]:
-    return episode_features(decompose(base, epi, metric=metric), base, epi, **kw)  # type: ignore[arg-type]
+    b, e = window_of(base), window_of(epi)
+    return episode_features(decompose(b, e, metric=metric), b, e, **kw)  # type: ignore[arg-type]
 
 
 def test_every_feature_is_named_finite_and_ordered() -> None:

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from classifier_synth import calls
 
+from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.features import EpisodeContext, episode_features
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.classifier.shape import shape_features, unrecorded_dims
-from spanprism.attribution.classifier.windows import window_of
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.evaluation.training import LabelledWindow, _as_recorded
 
@@ -79,16 +79,13 @@ def test_unrecorded_dimensions_become_flags_evidence_and_the_reason() -> None:
     )
     b, e = window_of(base), window_of(epi)
     assert unrecorded_dims(b, e) == ["region", "server_address", "deployment", "system_fingerprint"]
-    f = episode_features(decompose(base, epi, metric="itl_p95_ms"), base, epi, EpisodeContext())
+    f = episode_features(decompose(b, e, metric="itl_p95_ms"), b, e, EpisodeContext())
     assert f["unrecorded_deployment"] == 1.0 and f["unrecorded_response_model"] == 0.0
     assert f["route_unrecorded_share"] == 0.8
     # A route move nobody recorded: the mix of every recorded dimension is flat, so the reason is the hidden one.
     assert pick_reason("routing_change", f) == "deployment_change"
-    visible = episode_features(
-        decompose(calls(900, 11), calls(450, 13, t0_h=5, hours=2, west_share=0.6)),
-        calls(900, 11),
-        calls(450, 13, t0_h=5, hours=2, west_share=0.6),
-    )
+    b, e = window_of(calls(900, 11)), window_of(calls(450, 13, t0_h=5, hours=2, west_share=0.6))
+    visible = episode_features(decompose(b, e), b, e)
     assert pick_reason("routing_change", visible) == "region_shift"
 
 

@@ -25,6 +25,7 @@ from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, genera
 from spanprism.attribution.store.records import list_regressions
 from spanprism.attribution.vocabulary import LABELS
 from spanprism.ingest.load import store_batch
+from spanprism.ingest.records import Batch
 
 SPECS = [SeriesSpec(service="checkout", rate=0.05), SeriesSpec(service="search", rate=0.04, ttft_ms=300.0)]
 SHIFT = Shift(0, at(3, 8), 5 * 3600, 1.9, "ttft")
@@ -47,7 +48,7 @@ def part(calls: pa.Table, lo_day: float, hi_day: float, *, late: bool | None = N
 
 
 def ingest(con, table: pa.Table, source: str) -> None:
-    store_batch(con, source=source, calls=table, quarantined=[], spans_seen=table.num_rows)
+    store_batch(con, Batch(source=source, calls=table, quarantined=[], spans_seen=table.num_rows))
 
 
 @pytest.fixture(scope="module")

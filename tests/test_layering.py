@@ -1,6 +1,7 @@
 """Imports flow one way, between packages and between the rooms inside them.
 
-Packages: api → attribution, ingest → models; migrations import nothing of ours. Rooms (second-level sub-packages,
+Packages: api → attribution, ingest → models; migrations import nothing of ours. One module reads ``llm_calls``
+(attribution/store/calls.py); ingest/load.py is the one writer. Rooms (second-level sub-packages,
 or a package's root modules) have their own allowed set, so that e.g. the simulator stays a self-contained wing
 that only evaluation (and the CLI that drives it) imports, and detection never reaches into the classifier.
 """
@@ -8,6 +9,7 @@ that only evaluation (and the CLI that drives it) imports, and detection never r
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "migrations": set(),
     "migrations.versions": set(),
     "ingest": {"models"},
+    # Root modules, e.g. calls_window (the one call-window shape decomposition and classifier both read): pure.
     "attribution": {"models"},
     "attribution.baselines": _ATTRIBUTION_CORE,
     "attribution.detection": _ATTRIBUTION_CORE,
@@ -102,3 +105,16 @@ def test_benchmarks_import_nothing_from_tests():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 assert node.module.split(".")[0] not in {"tests", "support"}, f"{path.name} imports {node.module}"
+
+
+_READS_CALLS = re.compile(r"\b(?:FROM|JOIN)\s+llm_calls\b|\bllm_calls\s+WHERE\b", re.IGNORECASE)
+CALLS_READER = ROOT / "attribution" / "store" / "calls.py"
+
+
+def test_one_module_reads_llm_calls():
+    readers = set()
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _READS_CALLS.search(node.value):
+                readers.add(path.relative_to(ROOT))
+    assert readers == {CALLS_READER.relative_to(ROOT)}, f"llm_calls is read outside store/calls.py: {sorted(readers)}"

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.features import EpisodeContext, episode_features
 from spanprism.attribution.classifier.reasons import PREFIX_TAPER, REGION_RTT_MS, pick_reason
 from spanprism.attribution.classifier.shape import host_intercept_shift_ms, input_growth_taper
-from spanprism.attribution.classifier.windows import window_of
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.models.schema import conform
 
@@ -73,7 +73,8 @@ def window(
 
 
 def features(base: pa.Table, epi: pa.Table) -> dict[str, float]:
-    return episode_features(decompose(base, epi), base, epi, EpisodeContext())
+    b, e = window_of(base), window_of(epi)
+    return episode_features(decompose(b, e), b, e, EpisodeContext())
 
 
 MOVES = {"region": "westeurope.example.com", "deployment": "eastus-std2.example.com"}

@@ -30,6 +30,7 @@ from spanprism.attribution.passes import runs
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls
 from spanprism.attribution.vocabulary import LABELS
 from spanprism.ingest.load import store_batch
+from spanprism.ingest.records import Batch
 
 SERVICES = [job_runner_service, scheduler_service]
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def seeded(tmp_path_factory, calls) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sched")
     con = open_db(root / "seed.duckdb")
     t = days(calls, 0, 3)
-    store_batch(con, source="days-0-2", calls=t, quarantined=[], spans_seen=t.num_rows)
+    store_batch(con, Batch(source="days-0-2", calls=t, quarantined=[], spans_seen=t.num_rows))
     con.close()
     rng = random.Random(3)
     features = [{n: rng.gauss(0.0, 1.0) for n in FEATURE_NAMES} for _ in range(8 * len(LABELS))]
@@ -96,7 +97,7 @@ def test_scheduled_ticks_never_overlap_coalesce_and_catch_up_new_data(tmp_path, 
         # New data arrives (as the ingest writer would write it): the next tick covers it, from the last end.
         with db.writer() as cur:
             t = days(calls, 3, 4)
-            store_batch(cur, source="day-3", calls=t, quarantined=[], spans_seen=t.num_rows)
+            store_batch(cur, Batch(source="day-3", calls=t, quarantined=[], spans_seen=t.num_rows))
         second = wait_for(lambda: [r for r in all_runs(live) if r["status"] == "succeeded" and r != first])[0]
         end = datetime.fromisoformat(first["window_end"])
         assert datetime.fromisoformat(second["window_start"]) == end - runs.OVERLAP

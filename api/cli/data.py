@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 
+import duckdb
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -15,6 +18,7 @@ from spanprism.api.cli.backend import Backend
 from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
+from spanprism.attribution.store import calls as stored_calls
 from spanprism.ingest.pipeline import IngestSummary, expand_sources
 
 console = Console(stderr=True)
@@ -76,42 +80,22 @@ def _print_summary(summary: IngestSummary) -> None:
 
 def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism calls``: a quick look at stored rows."""
-    where, params = ("WHERE service = ?", [args.service]) if args.service else ("", [])
-    sql = (
-        "SELECT start_time, service, provider, request_model, region, status, streaming, input_tokens, "
-        "cache_read_tokens, output_tokens, round(ttft_ms, 1) AS ttft_ms, round(itl_ms, 2) AS itl_ms, "
-        "round(duration_ms, 1) AS duration_ms, source_convention "
-        f"FROM llm_calls {where} ORDER BY start_time DESC LIMIT ?"
-    )
-    _print_query(settings, "latest LLM calls", sql, [*params, max(1, min(args.limit, 1000))])
+    limit = max(1, min(args.limit, 1000))
+    _print_query(settings, "latest LLM calls", partial(stored_calls.latest_calls, service=args.service, limit=limit))
     return 0
-
-
-SUMMARY_SQL = """
-SELECT service, provider, request_model, operation, count(*) AS calls,
-       round(avg(CASE WHEN status = 'error' THEN 1 ELSE 0 END) * 100, 1) AS error_pct,
-       round(quantile_cont(duration_ms, 0.95), 0) AS e2e_p95_ms,
-       round(quantile_cont(ttft_ms, 0.5), 0) AS ttft_p50_ms, round(quantile_cont(ttft_ms, 0.95), 0) AS ttft_p95_ms,
-       round(quantile_cont(itl_ms, 0.5), 1) AS itl_p50_ms,
-       round(median(input_tokens), 0) AS input_p50,
-       round(sum(cache_read_tokens) / nullif(sum(input_tokens) FILTER (WHERE cache_read_tokens IS NOT NULL), 0), 3)
-         AS cache_read_ratio
-FROM llm_calls GROUP BY ALL ORDER BY calls DESC
-"""
 
 
 def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism summary``: per-series TTFT, ITL and cache figures."""
-    _print_query(settings, "per-series summary", SUMMARY_SQL, [])
+    _print_query(settings, "per-series summary", stored_calls.series_summary)
     return 0
 
 
-def _print_query(settings: Settings, title: str, sql: str, params: list) -> None:
+def _print_query(settings: Settings, title: str,
+                 query: Callable[[duckdb.DuckDBPyConnection], tuple[list[str], list[tuple]]]) -> None:  # fmt: skip
     con = db.open_db(settings.db)
     try:
-        cur = con.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
+        names, rows = query(con)
     finally:
         con.close()
     print_rows(title, names, rows)

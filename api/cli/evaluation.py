@@ -21,6 +21,7 @@ from spanprism.api.storage.connect import open_db
 from spanprism.attribution.evaluation.scoring import Score, score
 from spanprism.attribution.simulator.otlp.writer import iter_table_rows, write_export
 from spanprism.attribution.simulator.simulate import SimulationConfig, simulate, write_labels
+from spanprism.attribution.store import calls
 from spanprism.attribution.store.records import list_regressions
 from spanprism.ingest.pipeline import ingest_paths
 
@@ -64,7 +65,10 @@ def read_labels(folder: Path) -> list[dict[str, Any]]:
 
 
 def _horizon(con: duckdb.DuckDBPyConnection) -> datetime:
-    return con.execute("SELECT max(start_time) FROM llm_calls").fetchall()[0][0] + timedelta(seconds=1)
+    span = calls.data_span(con)
+    if span is None:
+        raise ValueError("no LLM calls were ingested: nothing to evaluate")
+    return span[1] + timedelta(seconds=1)
 
 
 def evaluate_folder(folder: Path, db_path: Path, *, attribute_fn: Any, workers: int = 1) -> tuple[Score, dict]:

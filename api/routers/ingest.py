@@ -23,6 +23,7 @@ from spanprism.api.routers.otlp import read_body_to
 from spanprism.api.schemas import PagingDep, Since, Until, window
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
+from spanprism.attribution.store.calls import batches_span
 from spanprism.attribution.store.rollups import register_series
 from spanprism.ingest.decode import BodyTooLarge
 from spanprism.ingest.pipeline import IngestSummary, ingest_paths
@@ -70,10 +71,9 @@ def _ingest_file(database: Database, settings: Settings, path: str, source: str)
             cur.execute(f"UPDATE quarantine SET source = ? WHERE ingest_batch IN ({marks})",
                         [source, *summary.batches])  # fmt: skip
             # List new series now (GET /series, the overview page), not at the next attribution pass.
-            lo, hi = cur.execute(f"SELECT min(start_time), max(start_time) FROM llm_calls WHERE ingest_batch IN"
-                                 f" ({marks})", summary.batches).fetchone()  # fmt: skip
-            if lo is not None:
-                register_series(cur, lo, hi)
+            span = batches_span(cur, summary.batches)
+            if span is not None:
+                register_series(cur, *span)
     summary.errors = [e.replace(path, source) for e in summary.errors]
     return summary
 

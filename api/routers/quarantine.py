@@ -7,6 +7,7 @@ fails stays, with its reason updated to what the current code says. Both happen 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -18,8 +19,8 @@ from spanprism.api.deps import AdminAuth, DbDep, MetricsDep, ReadAuth, SettingsD
 from spanprism.api.schemas import PagingDep, window
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
-from spanprism.ingest.load import BatchInput, store_batches
-from spanprism.ingest.pipeline import ChunkOutput, merge_outputs
+from spanprism.ingest.load import store_batches
+from spanprism.ingest.records import Batch, merge_batches
 from spanprism.ingest.redrive import redrive_record
 
 router = APIRouter(prefix="/quarantine", tags=["quarantine"])
@@ -142,7 +143,7 @@ def _select(database: Database, body: RedriveRequest) -> list[tuple[str, str, st
 
 def _redrive(database: Database, settings: Settings, body: RedriveRequest) -> RedriveResult:
     records = _select(database, body)
-    fixed: list[tuple[str, ChunkOutput]] = []
+    fixed: list[tuple[str, Batch]] = []
     failing: list[tuple[str, str]] = []
     for record_id, source, location, data in records:
         out = redrive_record(bytes(data or b""), source=source, location=location,
@@ -151,9 +152,8 @@ def _redrive(database: Database, settings: Settings, body: RedriveRequest) -> Re
             failing.append((record_id, "; ".join(dict.fromkeys(q.reason for q in out.quarantined))))
         else:
             fixed.append((record_id, out))
-    merged = merge_outputs([out for _, out in fixed]) if fixed else None
-    batches = [BatchInput("redrive", merged.calls, [], merged.spans_seen, merged.non_llm_skipped,
-                          merged.conventions)] if merged else []  # fmt: skip
+    # One batch for all the records that now parse, recorded as coming from the re-drive.
+    batches = [replace(merge_batches([out for _, out in fixed]), source="redrive")] if fixed else []
     now = datetime.now(UTC)
 
     def mark(cur: Any) -> None:

@@ -25,9 +25,9 @@ from spanprism.api.metrics import Metrics
 from spanprism.api.services.new_series import NewSeries
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
-from spanprism.ingest.load import BatchCounts, BatchInput, store_batches
+from spanprism.ingest.load import BatchCounts, store_batches
 from spanprism.ingest.otlp_http import process_body
-from spanprism.ingest.pipeline import ChunkOutput
+from spanprism.ingest.records import Batch
 
 log = logging.getLogger("spanprism.ingest")
 
@@ -54,7 +54,7 @@ class ShuttingDown(Exception):
 
 @dataclass(slots=True)
 class _Item:
-    out: ChunkOutput
+    batch: Batch
     spans: int
     future: Future[BatchCounts]
 
@@ -109,7 +109,7 @@ class IngestService:
             return self._processes
 
     async def decode(self, body: bytes, *, source: str, content_type: str, content_encoding: str | None
-                     ) -> ChunkOutput:  # fmt: skip
+                     ) -> Batch:  # fmt: skip
         """Decode + normalize one body off the event loop. Raises ``ingest.decode.DecodeError`` (and subclasses)."""
         if self._stopping:
             raise ShuttingDown("the ingest service is stopping")
@@ -155,20 +155,20 @@ class IngestService:
         finally:
             self._decoding -= 1
 
-    def enqueue(self, out: ChunkOutput) -> Future[BatchCounts]:
+    def enqueue(self, batch: Batch) -> Future[BatchCounts]:
         """Queue decoded rows for the writer; the future resolves with the counts once they are committed.
 
         Raises :class:`QueueFull` when they do not fit (an empty queue takes any one request, so a request
         larger than the whole queue is still stored rather than refused forever).
         """
-        spans = max(1, out.spans_seen)
+        spans = max(1, batch.spans_seen)
         future: Future[BatchCounts] = Future()
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the ingest service is stopping")
             if self._depth and self._depth + spans > self.capacity:
                 raise QueueFull(f"{self._depth} spans are waiting to be written (limit {self.capacity})")
-            self._pending.append(_Item(out, spans, future))
+            self._pending.append(_Item(batch, spans, future))
             self._depth += spans
             self.metrics.queue_depth.set(self._depth)
             self._cond.notify()
@@ -197,8 +197,7 @@ class IngestService:
 
     def _write(self, items: list[_Item]) -> list[BatchCounts | BaseException]:
         """One transaction for the whole group; if it fails, each request alone so one bad one fails alone."""
-        batches = [BatchInput(i.out.source, i.out.calls, i.out.quarantined, i.out.spans_seen,
-                              i.out.non_llm_skipped, i.out.conventions) for i in items]  # fmt: skip
+        batches = [item.batch for item in items]
         try:
             with self.db.writer() as cur:
                 counts = list(store_batches(cur, batches))

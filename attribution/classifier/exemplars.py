@@ -10,16 +10,15 @@ log latency, so a reader who opens them sees a slow call of ordinary shape, not 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
-from spanprism.attribution.classifier.windows import Window, window_of
+from spanprism.attribution.calls_window import CallWindow
 
 #: How many exemplars to return (at least 3 whenever the episode has 3 ok calls).
 DEFAULT_COUNT = 5
 TYPICAL_QUANTILE = 0.9
 
 
-def _quantity(w: Window, metric: str) -> np.ndarray:
+def _quantity(w: CallWindow, metric: str) -> np.ndarray:
     if metric.startswith("ttft_"):
         return w.ttft
     if metric.startswith("itl_"):
@@ -32,9 +31,8 @@ def _robust_scale(x: np.ndarray) -> float:
     return mad if mad > 1e-9 else max(float(np.std(x)), 1.0)
 
 
-def pick_exemplars(episode_calls: pa.Table, *, metric: str = "e2e_p95_ms", count: int = DEFAULT_COUNT) -> list[dict]:
-    """Up to ``count`` ``{"trace_id", "span_id"}`` of episode calls nearest to the typical regressed call."""
-    w = window_of(episode_calls)
+def pick_exemplars(w: CallWindow, *, metric: str = "e2e_p95_ms", count: int = DEFAULT_COUNT) -> list[dict]:
+    """Up to ``count`` ``{"trace_id", "span_id"}`` of the episode's calls nearest to the typical regressed call."""
     latency = _quantity(w, metric)
     keep = np.isfinite(latency) & (latency > 0)
     if not np.any(keep):  # e.g. a TTFT metric on calls without TTFT: fall back to the span duration

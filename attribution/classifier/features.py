@@ -1,7 +1,8 @@
 """Scale-free features of one regression episode, for the attribution classifier.
 
-Inputs are a :class:`~.decompose.Decomposition` of the episode against its baseline, the two windows of
-``llm_calls`` themselves, and an :class:`EpisodeContext` (what happened on neighbouring series at the same time).
+Inputs are a :class:`~.decompose.Decomposition` of the episode against its baseline, the two call windows
+(:class:`~spanprism.attribution.calls_window.CallWindow`, the ones the decomposition read), and an
+:class:`EpisodeContext` (what happened on neighbouring series at the same time).
 Every feature is a share, a log ratio, a difference of shares or an indicator, so that a 300 ms chat series and a
 20 s agent series with the same mechanism land in the same place. Groups (see :data:`FEATURE_NAMES`):
 
@@ -33,8 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
+from spanprism.attribution.calls_window import CallWindow
 from spanprism.attribution.classifier.shape import (
     REASON_EVIDENCE,
     SHAPE_EVIDENCE,
@@ -43,14 +44,7 @@ from spanprism.attribution.classifier.shape import (
     shape_features,
     unrecorded_dims,
 )
-from spanprism.attribution.classifier.windows import (
-    Window,
-    gap_shares,
-    new_value_share,
-    route_tv,
-    stable_route_masks,
-    window_of,
-)
+from spanprism.attribution.classifier.windows import gap_shares, new_value_share, route_tv, stable_route_masks
 from spanprism.attribution.decomposition.decompose import Decomposition
 from spanprism.attribution.vocabulary import CONTRIBUTION_KEYS
 
@@ -160,7 +154,7 @@ def _evidence_value(d: Decomposition, prefix: str) -> tuple[float | None, float 
     return None, None
 
 
-def _rate_features(d: Decomposition, b: Window, e: Window) -> dict[str, float]:
+def _rate_features(d: Decomposition, b: CallWindow, e: CallWindow) -> dict[str, float]:
     streaming = b.streaming and e.streaming
     base_level = _p50(b.ttft) if streaming else _p50(b.duration)
     rb, ro = _evidence_value(d, "ttft_residual" if streaming else "duration_residual")
@@ -175,7 +169,7 @@ def _rate_features(d: Decomposition, b: Window, e: Window) -> dict[str, float]:
     }
 
 
-def _output_elasticity(b: Window, e: Window) -> float:
+def _output_elasticity(b: CallWindow, e: CallWindow) -> float:
     """Relative slowdown of long-output calls minus that of short-output calls (split at the baseline median).
 
     Per-token decode work (ITL up, longer outputs at a slower ITL) slows long answers more; a fixed delay
@@ -189,7 +183,7 @@ def _output_elasticity(b: Window, e: Window) -> float:
     return _log_ratio(long_e, long_b) - _log_ratio(short_e, short_b)
 
 
-def _token_features(b: Window, e: Window) -> dict[str, float]:
+def _token_features(b: CallWindow, e: CallWindow) -> dict[str, float]:
     """Prompt and output sizes over all calls (the client sends them, whatever the route); cache and uncached tokens
     over the calls on *stable* routes only (routes the baseline knew whose share did not grow), so a cold cache on
     a route that traffic just moved to reads as neither an eviction nor a prefill growth."""
@@ -237,7 +231,7 @@ def _ratio(cached: np.ndarray, inp: np.ndarray) -> float:
     return float(np.sum(cached)) / total if total > 0 else 0.0
 
 
-def _route_features(b: Window, e: Window) -> dict[str, float]:
+def _route_features(b: CallWindow, e: CallWindow) -> dict[str, float]:
     out = {f"tv_{d}": route_tv(b.routes[d], e.routes[d]) for d in ROUTE_DIMS}
     out["tv_max"] = max(out.values())
     base_share = _shares(b.route_key)
@@ -254,7 +248,7 @@ def _shares(keys: np.ndarray) -> dict[str, float]:
     return {str(k): c / keys.size for k, c in zip(uniq, counts, strict=True)} if keys.size else {}
 
 
-def _miss_concentration(b: Window, e: Window, base_share: dict[str, float]) -> dict[str, float]:
+def _miss_concentration(b: CallWindow, e: CallWindow, base_share: dict[str, float]) -> dict[str, float]:
     """Excess miss rate of the routes that grew over the other routes (a routing change starts cold on the new
     route; an eviction hits every route). 0 without cache data or when no route grew."""
     if not (b.cache_known and e.cache_known) or not e.n:
@@ -273,7 +267,7 @@ def _single_use(keys: np.ndarray) -> np.ndarray:
     return counts[inverse] == 1
 
 
-def _key_features(b: Window, e: Window) -> dict[str, float]:
+def _key_features(b: CallWindow, e: CallWindow) -> dict[str, float]:
     names = ("new_prompt_key_share", "single_use_key_change", "new_key_repeat_share", "gap_5m_change", "gap_1h_change")
     if not (b.has_prompt_key and e.has_prompt_key) or not e.n or not b.n:
         return dict.fromkeys(names, 0.0)
@@ -291,14 +285,11 @@ def _key_features(b: Window, e: Window) -> dict[str, float]:
 
 
 def episode_features(
-    decomposition: Decomposition,
-    baseline_calls: pa.Table,
-    episode_calls: pa.Table,
-    context: EpisodeContext | None = None,
+    decomposition: Decomposition, b: CallWindow, e: CallWindow, context: EpisodeContext | None = None
 ) -> dict[str, float]:
-    """All :data:`FEATURE_NAMES` (then :data:`EVIDENCE_ONLY`) for one episode, as finite floats."""
+    """All :data:`FEATURE_NAMES` (then :data:`EVIDENCE_ONLY`) for one episode (baseline ``b``, episode ``e``), as
+    finite floats."""
     context = context or EpisodeContext()
-    b, e = window_of(baseline_calls), window_of(episode_calls)
     metric = decomposition.metric
     feats: dict[str, float] = {}
     feats.update(_decomposition_features(decomposition))

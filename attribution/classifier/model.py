@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.exemplars import pick_exemplars
 from spanprism.attribution.classifier.features import FEATURE_NAMES, EpisodeContext, episode_features, feature_vector
 from spanprism.attribution.classifier.fit import fit_logistic
@@ -174,9 +175,12 @@ class Attributor:
         context: EpisodeContext | None = None,
         seed: int = 0,
     ) -> Attribution:
-        """Decompose, featurize, classify; then the reason, evidence rows and exemplar traces."""
-        decomposition = decompose(baseline_calls, episode_calls, metric=metric, seed=seed)
-        feats = episode_features(decomposition, baseline_calls, episode_calls, context)
+        """Decompose, featurize, classify; then the reason, evidence rows and exemplar traces.
+
+        Each window's rows become one :class:`CallWindow`, which every step reads."""
+        base, epi = window_of(baseline_calls), window_of(episode_calls)
+        decomposition = decompose(base, epi, metric=metric, seed=seed)
+        feats = episode_features(decomposition, base, epi, context)
         label, confidence, probs = self.classify(feats)
         reason = pick_reason(label, feats)
         evidence = [dict(row) for row in decomposition.evidence]
@@ -198,7 +202,7 @@ class Attributor:
             probabilities=probs,
             contributions_ms=dict(decomposition.contributions_ms),
             evidence=evidence,
-            exemplars=pick_exemplars(episode_calls, metric=metric),
+            exemplars=pick_exemplars(epi, metric=metric),
             baseline=decomposition.baseline_value,
             observed=decomposition.observed_value,
             features=feats,

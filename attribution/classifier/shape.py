@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spanprism.attribution.classifier.windows import NULL, Window, moved_masks
+from spanprism.attribution.calls_window import NULL_MARK, CallWindow
+from spanprism.attribution.classifier.windows import moved_masks
 
 #: Fewest finite per-call values on each side for a shape statistic to mean anything.
 MIN_CALLS = 12
@@ -86,12 +87,12 @@ def _shape(base: np.ndarray, epi: np.ndarray, prefix: str, *, with_above: bool) 
     return out
 
 
-def _decode_part(w: Window) -> np.ndarray:
+def _decode_part(w: CallWindow) -> np.ndarray:
     """What follows the first token (streaming) or the whole call (non-streaming), in ms."""
     return w.duration - w.ttft if w.streaming else w.duration
 
 
-def _rate_and_tail(w: Window) -> tuple[float, float] | None:
+def _rate_and_tail(w: CallWindow) -> tuple[float, float] | None:
     """(ms per output token, fixed ms) from the medians of the short- and long-output halves of the window."""
     y, x = _decode_part(w), w.output
     ok = np.isfinite(y) & (x > 1)
@@ -109,7 +110,7 @@ def _rate_and_tail(w: Window) -> tuple[float, float] | None:
     return rate, float(np.median(y[lo])) - rate * float(np.median(x[lo]))
 
 
-def _net_rate_features(b: Window, e: Window) -> dict[str, float]:
+def _net_rate_features(b: CallWindow, e: CallWindow) -> dict[str, float]:
     out = {"log_net_rate_ratio": 0.0, "fixed_tail_shift_rel": 0.0, "resid_spread_change": 0.0}
     fb, fe = _rate_and_tail(b), _rate_and_tail(e)
     level = float(np.nanmedian(b.duration)) if b.n else 0.0
@@ -130,12 +131,14 @@ def _net_rate_features(b: Window, e: Window) -> dict[str, float]:
     return out
 
 
-def unrecorded_dims(b: Window, e: Window) -> list[str]:
+def unrecorded_dims(b: CallWindow, e: CallWindow) -> list[str]:
     """Route dimensions the convention never records: NULL on every call of both windows."""
-    return [d for d in ROUTE_DIMS if b.n and e.n and np.all(b.routes[d] == NULL) and np.all(e.routes[d] == NULL)]
+    if not (b.n and e.n):
+        return []
+    return [d for d in ROUTE_DIMS if np.all(b.routes[d] == NULL_MARK) and np.all(e.routes[d] == NULL_MARK)]
 
 
-def shape_features(b: Window, e: Window) -> dict[str, float]:
+def shape_features(b: CallWindow, e: CallWindow) -> dict[str, float]:
     """All :data:`SHAPE_FEATURES` for a baseline and an episode window."""
     feats: dict[str, float] = {}
     streaming = b.streaming and e.streaming
@@ -153,7 +156,7 @@ def shape_features(b: Window, e: Window) -> dict[str, float]:
     return {k: float(np.clip(np.nan_to_num(feats[k]), -10.0, 10.0)) for k in SHAPE_FEATURES + SHAPE_EVIDENCE}
 
 
-def _latency_line(w: Window, mask: np.ndarray) -> tuple[float, float] | None:
+def _latency_line(w: CallWindow, mask: np.ndarray) -> tuple[float, float] | None:
     """Line of TTFT (streaming) or duration (also on output tokens) over uncached input tokens for the calls in
     ``mask``: (intercept ms, its standard error). Latency noise scales with the call (a slower GPU slows the whole
     call), so the fit weighs calls by 1 / fitted² (iteratively reweighted least squares on relative errors):
@@ -181,7 +184,7 @@ def _latency_line(w: Window, mask: np.ndarray) -> tuple[float, float] | None:
     return float(beta[0]), float(np.sqrt(max(cov[0, 0], 0.0)))
 
 
-def host_intercept_shift_ms(b: Window, e: Window) -> float:
+def host_intercept_shift_ms(b: CallWindow, e: CallWindow) -> float:
     """How much later the endpoint hosts that gained traffic answer than the hosts it left, at zero tokens (ms).
 
     A move to another region adds network round trip: a fixed, token-independent delay on every call of the new
@@ -199,7 +202,7 @@ def host_intercept_shift_ms(b: Window, e: Window) -> float:
     return float(shift) if abs(shift) >= INTERCEPT_Z * float(np.hypot(lb[1], le[1])) else 0.0
 
 
-def input_growth_taper(b: Window, e: Window) -> float:
+def input_growth_taper(b: CallWindow, e: CallWindow) -> float:
     """How much the relative growth of the input tokens falls off from the middle to the largest calls:
     max(log ratio at p50, at p75) − log ratio at p90.
 
@@ -213,6 +216,6 @@ def input_growth_taper(b: Window, e: Window) -> float:
     return float(max(lr[0], lr[1]) - lr[2])
 
 
-def reason_shape_features(b: Window, e: Window) -> dict[str, float]:
+def reason_shape_features(b: CallWindow, e: CallWindow) -> dict[str, float]:
     """All :data:`REASON_EVIDENCE` for a baseline and an episode window (ms are not clipped: they are physical)."""
     return {"host_intercept_shift_ms": host_intercept_shift_ms(b, e), "input_growth_taper": input_growth_taper(b, e)}

@@ -1,8 +1,8 @@
 """Explainable latency decomposition: how much of a metric's change each mechanism caused (``contributions_ms``).
 
-``decompose(baseline_calls, episode_calls, metric="e2e_p95_ms")`` splits ``observed − baseline`` of a series'
-metric into prefill_growth, cache_eviction, output_growth, routing_change, batch_contention and residual, summing
-exactly to the change. Method:
+``decompose(window_of(baseline_calls), window_of(episode_calls), metric="e2e_p95_ms")`` (call windows, see
+:mod:`spanprism.attribution.calls_window`) splits ``observed − baseline`` of a series' metric into prefill_growth,
+cache_eviction, output_growth, routing_change, batch_contention and residual, summing exactly to the change. Method:
 
 1. **Latency model** (latency_model.py), fitted on the baseline window with a Huber-robust regression of relative
    errors (statsmodels RLM). Streaming calls: TTFT ~ route level + uncached tokens + cache-read tokens (network +
@@ -42,9 +42,8 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
-from spanprism.attribution.decomposition.calls import CallArrays, extract_calls, varying_route_dims
+from spanprism.attribution.calls_window import CallWindow, varying_route_dims
 from spanprism.attribution.decomposition.evidence import build_evidence, model_residual_p50
 from spanprism.attribution.decomposition.latency_model import (
     BaselineFit,
@@ -124,7 +123,7 @@ def _plain(value: object) -> object:
     return value
 
 
-def metric_values(calls: CallArrays, spec: MetricSpec) -> np.ndarray:
+def metric_values(calls: CallWindow, spec: MetricSpec) -> np.ndarray:
     """Per-call values of the metric's quantity (NaN where a call cannot show it)."""
     if spec.quantity == "ttft":
         return calls.ttft
@@ -133,7 +132,7 @@ def metric_values(calls: CallArrays, spec: MetricSpec) -> np.ndarray:
     return calls.duration
 
 
-def _window_value(calls: CallArrays, spec: MetricSpec, which: str) -> float:
+def _window_value(calls: CallWindow, spec: MetricSpec, which: str) -> float:
     values = metric_values(calls, spec)
     value = spec.summarize(values, np.ones(values.size, dtype=np.int64))
     if not np.isfinite(value):
@@ -141,24 +140,23 @@ def _window_value(calls: CallArrays, spec: MetricSpec, which: str) -> float:
     return value
 
 
-def _is_streaming(base: CallArrays, epi: CallArrays) -> bool:
+def _is_streaming(base: CallWindow, epi: CallWindow) -> bool:
     return all(np.mean(np.isfinite(c.ttft)) >= STREAMING_SHARE for c in (base, epi))
 
 
-def decompose(
-    baseline_calls: pa.Table, episode_calls: pa.Table, *, metric: str = "e2e_p95_ms", seed: int = 0
-) -> Decomposition:
+def decompose(baseline: CallWindow, episode: CallWindow, *, metric: str = "e2e_p95_ms", seed: int = 0) -> Decomposition:
     """Attribute ``observed − baseline`` of ``metric`` to mechanisms (see the module docstring for the method)."""
     spec = parse_metric(metric)
-    dims = varying_route_dims(baseline_calls, episode_calls)
-    base, epi = extract_calls(baseline_calls, dims), extract_calls(episode_calls, dims)
+    dims = varying_route_dims(baseline, episode)
+    base, epi = baseline.in_id_order(), episode.in_id_order()
     streaming = base.n > 0 and epi.n > 0 and _is_streaming(base, epi)
     if spec.quantity != "e2e" and base.n and epi.n and not streaming:
         raise ValueError(f"{metric} needs a streaming series (most calls with a TTFT in both windows)")
     baseline_value, observed_value = _window_value(base, spec, "baseline"), _window_value(epi, spec, "episode")
-    base_m = base.subset(np.isfinite(base.ttft)) if streaming else base
-    epi_m = epi.subset(np.isfinite(epi.ttft)) if streaming else epi
-    routes, codes = np.unique(np.concatenate([base_m.route_key, epi_m.route_key]), return_inverse=True)
+    base_m = base.take(np.isfinite(base.ttft)) if streaming else base
+    epi_m = epi.take(np.isfinite(epi.ttft)) if streaming else epi
+    keys = [w.route_key_over(dims) for w in (base_m, epi_m)]
+    routes, codes = np.unique(np.concatenate(keys), return_inverse=True)
     rb, re_ = codes[: base_m.n], codes[base_m.n :]
     rng = np.random.default_rng(seed)
     fit = fit_baseline(base_m, rb, routes.size, streaming, rng)
@@ -188,8 +186,8 @@ def decompose(
 def _game(
     fit: BaselineFit,
     sides: tuple[SideParams, SideParams],
-    base: tuple[CallArrays, np.ndarray],
-    epi: tuple[CallArrays, np.ndarray],
+    base: tuple[CallWindow, np.ndarray],
+    epi: tuple[CallWindow, np.ndarray],
     spec: MetricSpec,
     rng: np.random.Generator,
 ) -> LatencyGame:
@@ -223,8 +221,8 @@ def _model_fit(
     fit: BaselineFit,
     routes: np.ndarray,
     per_route: list[RouteRates],
-    base: CallArrays,
-    epi: CallArrays,
+    base: CallWindow,
+    epi: CallWindow,
     synthetic: tuple[float, float],
     rose_share: float,
     dims: list[str],

@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from spanprism.attribution.decomposition.calls import CallArrays
+from spanprism.attribution.calls_window import CallWindow
 from spanprism.attribution.decomposition.latency_model import BaselineFit, SideParams, design
 from spanprism.models.schema import ROUTE_COLUMNS
 
@@ -25,22 +25,22 @@ def _p(x: np.ndarray, q: float) -> Value:
     return float(np.quantile(x, q)) if x.size else None
 
 
-def _cache_ratio(calls: CallArrays) -> Value:
+def _cache_ratio(calls: CallWindow) -> Value:
     total = float(np.sum(calls.input))
     return float(np.sum(calls.cached)) / total if total > 0 else None
 
 
-def _itl(calls: CallArrays) -> np.ndarray:
+def _itl(calls: CallWindow) -> np.ndarray:
     return np.where(np.isfinite(calls.itl_obs), calls.itl_obs, calls.itl_derived)
 
 
-def _calls_per_hour(calls: CallArrays) -> Value:
-    start = calls.start_s[np.isfinite(calls.start_s)]
+def _calls_per_hour(calls: CallWindow) -> Value:
+    start = calls.start_s if calls.start_known else calls.start_s[:0]
     span = float(start.max() - start.min()) if start.size > 1 else 0.0
     return calls.n / (span / 3600.0) if span > 0 else None
 
 
-def _token_signals(calls: CallArrays, cache_known: bool) -> dict[str, Value]:
+def _token_signals(calls: CallWindow, cache_known: bool) -> dict[str, Value]:
     return {
         "uncached_input_tokens_p50": _p(calls.input - calls.cached, 0.5),
         "input_tokens_p50": _p(calls.input, 0.5),
@@ -54,7 +54,7 @@ def _token_signals(calls: CallArrays, cache_known: bool) -> dict[str, Value]:
     }
 
 
-def model_residual_p50(fit: BaselineFit, params: SideParams, calls: CallArrays, route: np.ndarray) -> Value:
+def model_residual_p50(fit: BaselineFit, params: SideParams, calls: CallWindow, route: np.ndarray) -> Value:
     """Median of (modelled latency part − the baseline model's prediction): the unexplained level shift."""
     X = design(fit.columns, calls.input, calls.cached, calls.output)
     return _p(fit.target(calls) - params.first_part(route, X, fit.floor), 0.5)
@@ -65,17 +65,16 @@ def _shares(keys: np.ndarray) -> dict[str, float]:
     return {k: v / keys.size for k, v in counts.items()} if keys.size else {}
 
 
-def route_rows(base: CallArrays, epi: CallArrays, dims: list[str]) -> list[dict[str, object]]:
+def route_rows(base: CallWindow, epi: CallWindow, dims: list[str]) -> list[dict[str, object]]:
     """Total-variation distance of the mix per route dimension, then the largest routes' shares before/after."""
     rows: list[dict[str, object]] = []
     for dim in ROUTE_COLUMNS:
         tv = 0.0
         if dim in dims:
-            j = dims.index(dim)
-            sb, se = _shares(base.route_values[:, j]), _shares(epi.route_values[:, j])
+            sb, se = _shares(base.routes[dim]), _shares(epi.routes[dim])
             tv = 0.5 * sum(abs(sb.get(k, 0.0) - se.get(k, 0.0)) for k in set(sb) | set(se))
         rows.append({"signal": f"route_tv_{dim}", "baseline": 0.0, "observed": tv})
-    sb, se = _shares(base.route_key), _shares(epi.route_key)
+    sb, se = _shares(base.route_key_over(dims)), _shares(epi.route_key_over(dims))
     top = sorted(set(sb) | set(se), key=lambda k: (-max(sb.get(k, 0.0), se.get(k, 0.0)), k))[:TOP_ROUTES]
     rows.extend(
         {"signal": "route_share", "route": k, "baseline": sb.get(k, 0.0), "observed": se.get(k, 0.0)} for k in top
@@ -84,8 +83,8 @@ def route_rows(base: CallArrays, epi: CallArrays, dims: list[str]) -> list[dict[
 
 
 def build_evidence(
-    base: CallArrays,
-    epi: CallArrays,
+    base: CallWindow,
+    epi: CallWindow,
     dims: list[str],
     residual_p50: tuple[Value, Value],
     streaming: bool,

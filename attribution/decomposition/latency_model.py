@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 import statsmodels.api as sm
 
-from spanprism.attribution.decomposition.calls import CallArrays
+from spanprism.attribution.calls_window import CallWindow
 
 #: Baseline calls a route needs for its own slopes (else series-level slopes with its own level).
 MIN_OWN_FIT = 50
@@ -135,13 +135,13 @@ class BaselineFit:
     def known(self) -> np.ndarray:
         return self.n_base >= MIN_KNOWN
 
-    def target(self, calls: CallArrays) -> np.ndarray:
+    def target(self, calls: CallWindow) -> np.ndarray:
         """What the first part models: TTFT for streaming series, duration otherwise."""
         return calls.ttft if self.streaming else calls.duration
 
 
 def fit_baseline(
-    calls: CallArrays, route: np.ndarray, n_routes: int, streaming: bool, rng: np.random.Generator
+    calls: CallWindow, route: np.ndarray, n_routes: int, streaming: bool, rng: np.random.Generator
 ) -> BaselineFit:
     """Fit the series-level robust model, then per-route slopes (frequent routes) or per-route levels (others)."""
     columns = ("uncached", "cached") if streaming else ("uncached", "cached", "output")
@@ -194,7 +194,7 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float | None:
     return None if ss <= 0 else 1.0 - float(np.sum((y - pred) ** 2)) / ss
 
 
-def fit_quality(fit: BaselineFit, calls: CallArrays, route: np.ndarray) -> dict[str, float | None]:
+def fit_quality(fit: BaselineFit, calls: CallWindow, route: np.ndarray) -> dict[str, float | None]:
     """R² and MAE of the noise-free baseline model on the baseline window (e2e, and TTFT when streaming)."""
     X = design(fit.columns, calls.input, calls.cached, calls.output)
     first = fit.params.first_part(route, X, fit.floor)
@@ -223,7 +223,7 @@ class Residuals:
         return np.exp(self.eps)
 
 
-def residuals(fit: BaselineFit, params: SideParams, calls: CallArrays, route: np.ndarray) -> Residuals:
+def residuals(fit: BaselineFit, params: SideParams, calls: CallWindow, route: np.ndarray) -> Residuals:
     """Residuals that make ``params`` reproduce each call's observed latency exactly."""
     X = design(fit.columns, calls.input, calls.cached, calls.output)
     first = params.first_part(route, X, fit.floor)
@@ -249,7 +249,7 @@ def _median(x: np.ndarray, default: float) -> float:
 
 
 def _new_route_params(
-    fit: BaselineFit, sides: tuple[SideParams, SideParams], epi: CallArrays, epi_route: np.ndarray
+    fit: BaselineFit, sides: tuple[SideParams, SideParams], epi: CallWindow, epi_route: np.ndarray
 ) -> None:
     """Routes the baseline barely saw get episode-estimated parameters on BOTH sides: moving traffic there is ROUTE."""
     X_e = design(fit.columns, epi.input, epi.cached, epi.output)
@@ -269,7 +269,7 @@ def _per_route(values: np.ndarray, route: np.ndarray, r: int, pooled: float) -> 
 
 
 def calibrate_sides(
-    fit: BaselineFit, base: CallArrays, base_route: np.ndarray, epi: CallArrays, epi_route: np.ndarray
+    fit: BaselineFit, base: CallWindow, base_route: np.ndarray, epi: CallWindow, epi_route: np.ndarray
 ) -> tuple[SideParams, SideParams, list[RouteRates]]:
     """Baseline-side and episode-side per-route parameters, plus per-route rate diagnostics.
 
@@ -324,9 +324,9 @@ class RouteRates:
 def route_diagnostics(
     fit: BaselineFit,
     sides: tuple[SideParams, SideParams],
-    base: CallArrays,
+    base: CallWindow,
     base_route: np.ndarray,
-    epi: CallArrays,
+    epi: CallWindow,
     epi_route: np.ndarray,
 ) -> list[RouteRates]:
     """Per-route counts and rate moves, indexed by route code."""

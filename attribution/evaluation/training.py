@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.features import EpisodeContext, context_from_episodes, episode_features
 from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT, Attributor, fit_attributor
 from spanprism.attribution.decomposition.decompose import decompose
@@ -263,8 +264,8 @@ def simulation_examples(result: SimulationResult, *, seed: int | None = None, au
     for w in labelled_windows(result, jitter_seed=seed):
         copies = [w, _as_recorded(w, rng)] if augment else [w]
         for v in copies:
-            decomposition = decompose(v.baseline, v.episode, metric=v.metric, seed=seed)
-            feats = episode_features(decomposition, v.baseline, v.episode, v.context)
+            base, epi = window_of(v.baseline), window_of(v.episode)
+            feats = episode_features(decompose(base, epi, metric=v.metric, seed=seed), base, epi, v.context)
             out.append(
                 Example(
                     feats,

@@ -1,9 +1,10 @@
 """The attribution pass: give every detected regression its label, reason, confidence, contributions and exemplars.
 
-For each regression it reads the series' calls in the episode window and in a clean baseline window just before
-it (other regressions of the series cut out), builds the cross-series context (how many other series of the same
-provider regressed at the same time), asks the :class:`~attribution.classifier.model.Attributor`, and stores the answer
-in ``regression_attributions``. A regression is re-attributed only when detection updated it since.
+For each regression it reads the series' calls (through :mod:`spanprism.attribution.store.calls`) in the episode
+window and in a clean baseline window just before it (other regressions of the series cut out), builds the
+cross-series context (how many other series of the same provider regressed at the same time), asks the
+:class:`~attribution.classifier.model.Attributor`, and stores the answer in ``regression_attributions``. A regression
+is re-attributed only when detection updated it since.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow as pa
 
 from spanprism.attribution.classifier.features import EpisodeContext
 from spanprism.attribution.classifier.model import VERSION, Attribution, Attributor
+from spanprism.attribution.store import calls
 from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT, list_regressions
 from spanprism.attribution.vocabulary import check_reason
 from spanprism.models.transaction import transaction
@@ -58,25 +60,10 @@ def _pending(con: duckdb.DuckDBPyConnection, *, force: bool) -> list[_Regression
     return [_Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2]) for r in rows]
 
 
-def _series_where(reg: _Regression) -> tuple[str, list[Any]]:
-    clauses = [f"{col} IS NOT DISTINCT FROM ?" for col in _SERIES]
-    params = list(reg.series)
-    if reg.tenant is not None:
-        clauses.append("tenant = ?")
-        params.append(reg.tenant)
-    return " AND ".join(clauses), params
-
-
-def _calls(con: duckdb.DuckDBPyConnection, reg: _Regression, lo: datetime, hi: datetime, cut: list[tuple]) -> pa.Table:
-    where, params = _series_where(reg)
-    # Other regressions of the series are cut out of the baseline: they are not "normal".
-    for start, end in cut:
-        where += " AND NOT (start_time >= ? AND start_time < ?)"
-        params += [start, end]
-    return con.sql(
-        f"SELECT * FROM llm_calls WHERE {where} AND start_time >= ? AND start_time < ? ORDER BY start_time",
-        params=[*params, lo, hi],
-    ).to_arrow_table()
+def _series(reg: _Regression) -> dict[str, Any]:
+    """The regression's series as ``{column: value}`` (tenant only when the series is keyed by one)."""
+    series = dict(zip(_SERIES, reg.series, strict=True))
+    return series if reg.tenant is None else {**series, "tenant": reg.tenant}
 
 
 def _other_windows(con: duckdb.DuckDBPyConnection, reg: _Regression, until: datetime) -> list[tuple]:
@@ -93,13 +80,8 @@ def _context(con: duckdb.DuckDBPyConnection, reg: _Regression, end: datetime) ->
     """Other series of the same provider with traffic in the window, and how many of them regressed meanwhile."""
     if reg.provider is None:
         return EpisodeContext()
-    peers = con.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT service, request_model, operation FROM llm_calls"
-        " WHERE provider = ? AND start_time >= ? AND start_time < ?"
-        " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
-        " AND operation IS NOT DISTINCT FROM ?))",
-        [reg.provider, reg.start, end, reg.series[0], reg.series[2], reg.series[3]],
-    ).fetchall()[0][0]
+    besides = (reg.series[0], reg.series[2], reg.series[3])
+    peers = calls.peer_series_count(con, reg.provider, reg.start, end, besides=besides)
     regressed = con.execute(
         "SELECT count(DISTINCT series_key) FROM regressions WHERE provider = ? AND id <> ?"
         " AND start_time < ? AND coalesce(end_time, ?) > ?"
@@ -107,18 +89,19 @@ def _context(con: duckdb.DuckDBPyConnection, reg: _Regression, end: datetime) ->
         " AND operation IS NOT DISTINCT FROM ?)",
         [reg.provider, reg.id, end, end, reg.start, reg.series[0], reg.series[2], reg.series[3]],
     ).fetchall()[0][0]
-    return EpisodeContext(peers=int(peers), peers_regressed=int(min(regressed, peers)))
+    return EpisodeContext(peers=peers, peers_regressed=int(min(regressed, peers)))
 
 
 def _windows(con: duckdb.DuckDBPyConnection, reg: _Regression, baseline_hours: float) -> tuple[pa.Table, pa.Table]:
-    where, params = _series_where(reg)
-    last = con.execute(f"SELECT max(start_time) FROM llm_calls WHERE {where}", params).fetchall()[0][0]
+    series = _series(reg)
+    last = calls.last_call_start(con, series)
     end = reg.end or (last + timedelta(microseconds=1) if last else reg.start)
-    episode = _calls(con, reg, reg.start, end, [])
+    episode = calls.series_calls(con, series, reg.start, end)
+    # Other regressions of the series are cut out of the baseline: they are not "normal".
     cut = _other_windows(con, reg, end)
     baseline = pa.table({})
     for hours in (baseline_hours, baseline_hours * 3):  # sparse series: look further back before giving up
-        baseline = _calls(con, reg, reg.start - timedelta(hours=hours), reg.start, cut)
+        baseline = calls.series_calls(con, series, reg.start - timedelta(hours=hours), reg.start, cut=cut)
         if baseline.num_rows >= _MIN_BASELINE_CALLS:
             break
     return baseline, episode

@@ -32,6 +32,7 @@ import orjson
 from spanprism.attribution.classifier.model import Attributor, load_default
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.passes.label_pass import label_regressions
+from spanprism.attribution.store import calls
 
 log = logging.getLogger("spanprism.runs")
 
@@ -177,20 +178,17 @@ def _new_data(con: duckdb.DuckDBPyConnection, after: datetime | None) -> tuple[d
         " OR id NOT IN (SELECT ingest_batch FROM rollup_batches))", [after, after]).fetchall()]  # fmt: skip
     if not batches:
         return None
-    lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM llm_calls WHERE ingest_batch IN"
-                         " (SELECT unnest(?::VARCHAR[]))", [batches]).fetchall()[0]  # fmt: skip
-    return None if lo is None else (as_utc(lo), as_utc(hi))  # type: ignore[return-value]
+    return _utc_span(calls.batches_span(con, batches))
 
 
-def _data_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] | None:
-    lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM llm_calls").fetchall()[0]
-    return None if lo is None else (as_utc(lo), as_utc(hi))  # type: ignore[return-value]
+def _utc_span(span: calls.Span | None) -> tuple[datetime, datetime] | None:
+    return None if span is None else (as_utc(span[0]), as_utc(span[1]))  # type: ignore[return-value]
 
 
 def plan(con: duckdb.DuckDBPyConnection, kind: str, *, since: datetime | None = None, until: datetime | None = None,
          lookback_days: float = 0) -> Window | None:  # fmt: skip
     """The window a pass of ``kind`` should cover now, or None when there is nothing to do."""
-    span = _data_span(con)
+    span = _utc_span(calls.data_span(con))
     if span is None:
         return None
     last = last_covering_success(con)

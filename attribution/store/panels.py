@@ -20,8 +20,9 @@ import numpy as np
 import orjson
 
 from spanprism.attribution.baselines import create_baseline
+from spanprism.attribution.store.calls import calls_by_id, series_page
 from spanprism.attribution.store.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT, list_regressions
-from spanprism.attribution.store.rollups import RollupConfig, rollup_select
+from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select
 from spanprism.models.schema import ROUTE_COLUMNS
 from spanprism.models.tables import ROLLUP_METRICS
 
@@ -198,10 +199,6 @@ def baseline_band(con: duckdb.DuckDBPyConnection, series_key: str, metric: str, 
     return [_num(x) for x in mid.tolist()], [_num(x) for x in lo.tolist()], [_num(x) for x in hi.tolist()]
 
 
-def _bucket(step_s: int, column: str) -> str:
-    return f"to_timestamp((epoch_us({column}) // {step_s * 1_000_000}) * {step_s})"
-
-
 def _from_rollups(con: duckdb.DuckDBPyConnection, key: str, metric: str, grain: int, step_s: int,
                   since: datetime, until: datetime) -> list[tuple]:  # fmt: skip
     if step_s == grain:
@@ -210,18 +207,24 @@ def _from_rollups(con: duckdb.DuckDBPyConnection, key: str, metric: str, grain: 
         value, calls = f"sum({metric})", "sum(n_calls)"
     group = "" if step_s == grain else " GROUP BY 1"
     return con.execute(
-        f"SELECT {_bucket(step_s, 'bucket_start')} AS t, {value}, {calls} FROM series_rollups"
+        f"SELECT {bucket_sql(step_s, 'bucket_start')} AS t, {value}, {calls} FROM series_rollups"
         f" WHERE series_key = ? AND grain_s = ? AND bucket_start >= ? AND bucket_start < ?{group} ORDER BY 1",
         [key, grain, since, until],
     ).fetchall()
 
 
-def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metric: str, step_s: int,
-                since: datetime, until: datetime, config: RollupConfig) -> list[tuple]:  # fmt: skip
+def _call_columns(series: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``series`` row as ``{llm_calls column: value}`` (tenant only when the series is keyed by one)."""
     names = {"service": series["service"], "provider": series["provider"], "request_model": series["model"],
              "operation": series["operation"]}  # fmt: skip
     if series.get("tenant") is not None:
         names["tenant"] = series["tenant"]
+    return names
+
+
+def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metric: str, step_s: int,
+                since: datetime, until: datetime, config: RollupConfig) -> list[tuple]:  # fmt: skip
+    names = _call_columns(series)
     cfg = RollupConfig(grains=config.grains, series_columns=tuple(names),
                        cache_min_input_tokens=config.cache_min_input_tokens)  # fmt: skip
     where = " AND ".join(f"k_{c} IS NOT DISTINCT FROM ${c}" for c in names)
@@ -266,7 +269,7 @@ def route_mix(con: duckdb.DuckDBPyConnection, series_key: str, *, step_s: int, s
     dims = [dimension] if dimension else list(ROUTE_COLUMNS)
     rows = con.execute(
         f"SELECT t, dimension, value, n, n / sum(n) OVER (PARTITION BY t, dimension) FROM ("
-        f" SELECT {_bucket(step_s, 'bucket_start')} AS t, dimension, value, sum(n_calls) AS n FROM rollup_dimensions"
+        f" SELECT {bucket_sql(step_s, 'bucket_start')} AS t, dimension, value, sum(n_calls) AS n FROM rollup_dimensions"
         " WHERE series_key = ? AND grain_s = ? AND bucket_start >= ? AND bucket_start < ?"
         " AND dimension IN (SELECT unnest(?)) GROUP BY ALL) ORDER BY t, dimension, n DESC, value",
         [series_key, grain, since, until, dims],
@@ -302,19 +305,9 @@ def list_baselines(con: duckdb.DuckDBPyConnection, *, series_key: str | None, me
 def list_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], *, since: datetime, until: datetime,
                limit: int, offset: int) -> list[dict[str, Any]]:  # fmt: skip
     """Raw ``llm_calls`` rows of one series in [since, until), oldest first (times as ISO strings)."""
-    names = {"service": series["service"], "provider": series["provider"], "request_model": series["model"],
-             "operation": series["operation"]}  # fmt: skip
-    if series.get("tenant") is not None:
-        names["tenant"] = series["tenant"]
-    where = " AND ".join(f"{c} IS NOT DISTINCT FROM ?" for c in names)
-    cur = con.execute(
-        f"SELECT * FROM llm_calls WHERE {where} AND start_time >= ? AND start_time < ?"
-        " ORDER BY start_time, trace_id, span_id LIMIT ? OFFSET ?",
-        [*names.values(), since, until, limit, offset],
-    )
-    columns = [d[0] for d in cur.description]
+    columns, rows = series_page(con, _call_columns(series), since, until, limit=limit, offset=offset)
     return [{c: (iso(v) if isinstance(v, datetime) else _num(v) if isinstance(v, float) else v)
-             for c, v in zip(columns, row, strict=True)} for row in cur.fetchall()]  # fmt: skip
+             for c, v in zip(columns, row, strict=True)} for row in rows]  # fmt: skip
 
 
 def open_regressions_by_label(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
@@ -336,16 +329,8 @@ def exemplar_calls(con: duckdb.DuckDBPyConnection, exemplars: Sequence[Mapping[s
     pairs = [(str(x.get("trace_id", "")), str(x.get("span_id", ""))) for x in exemplars]
     found: dict[tuple[str, str], dict[str, Any]] = {}
     if pairs:
-        cur = con.execute(
-            "SELECT trace_id, span_id, provider_request_id, response_id, start_time, duration_ms, ttft_ms,"
-            " uncached_input_tokens, cache_read_tokens, output_tokens, region, deployment, response_model"
-            " FROM llm_calls WHERE (trace_id, span_id) IN (SELECT (t, s) FROM (SELECT unnest(?) AS t, unnest(?) AS s))"
-            " AND start_time >= coalesce(?, '-infinity'::TIMESTAMPTZ)"
-            " AND start_time < coalesce(?, 'infinity'::TIMESTAMPTZ)",
-            [[t for t, _ in pairs], [s for _, s in pairs], since, until],
-        )
-        columns = [d[0] for d in cur.description]
-        for row in cur.fetchall():
+        columns, rows = calls_by_id(con, pairs, since=since, until=until)
+        for row in rows:
             call = {c: (iso(v) if isinstance(v, datetime) else v) for c, v in zip(columns, row, strict=True)}
             found[(call["trace_id"], call["span_id"])] = call
     return [found.get(p, {"trace_id": p[0], "span_id": p[1]}) for p in pairs]

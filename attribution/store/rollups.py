@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from spanprism.attribution.store.calls import CALLS_IN_RANGE, data_span, unrolled_batches
 from spanprism.models.schema import LLM_CALL_COLUMNS, ROUTE_COLUMNS, SERIES_COLUMNS
 
 #: Columns of ``series`` that name a series (NULL when not part of the configured key).
@@ -70,9 +71,12 @@ def series_key_sql(columns: Sequence[str]) -> str:
     return f"substr(md5(concat_ws(chr(31), {parts})), 1, 16)"
 
 
-def _bucket_sql(grain: int) -> str:
+def bucket_sql(step_s: int, column: str = "start_time") -> str:
+    """SQL of the start of the ``step_s``-second bucket holding ``column`` (a timestamp), as a UTC timestamp.
+
+    Rollups bucket calls with it and the panels re-bucket rollups with it, so both agree on every boundary."""
     # Epoch arithmetic instead of time_bucket(): independent of the session TimeZone and of week origins.
-    return f"to_timestamp((epoch_us(start_time) // {grain * 1_000_000}) * {grain})"
+    return f"to_timestamp((epoch_us({column}) // {step_s * 1_000_000}) * {step_s})"
 
 
 def _series_cols(config: RollupConfig) -> str:
@@ -94,7 +98,7 @@ def rollup_select(config: RollupConfig, grain: int) -> str:
         for c in ("input_tokens", "uncached_input_tokens", "cache_read_tokens", "output_tokens")
     )
     return f"""
-    SELECT {_series_cols(config)}, {grain} AS grain_s, {_bucket_sql(grain)} AS b,
+    SELECT {_series_cols(config)}, {grain} AS grain_s, {bucket_sql(grain)} AS b,
       count(*) AS n_calls, count(*) FILTER (WHERE status = 'error') AS n_errors,
       count(ttft_ms) FILTER (WHERE {ok}) AS n_ttft, count(itl_ms) FILTER (WHERE {ok}) AS n_itl,
       count(queue_ms) FILTER (WHERE {ok}) AS n_queue,
@@ -111,7 +115,7 @@ def rollup_select(config: RollupConfig, grain: int) -> str:
         / nullif(sum(input_tokens) FILTER (WHERE cache_read_tokens IS NOT NULL), 0) AS cache_read_ratio,
       count(*) FILTER (WHERE {eligible} AND cache_read_tokens > 0)
         / nullif(count(*) FILTER (WHERE {eligible}), 0) AS cache_hit_rate
-    FROM llm_calls WHERE start_time >= $lo AND start_time < $hi
+    FROM {CALLS_IN_RANGE}
     GROUP BY ALL"""
 
 
@@ -139,8 +143,8 @@ def _dimensions_insert(config: RollupConfig) -> str:
     INSERT INTO rollup_dimensions
     SELECT series_key, {grain}, b, dimension, value, sum(n)
     FROM (UNPIVOT (SELECT {_keyed(config)} AS series_key, * EXCLUDE ({key_cols})
-                   FROM (SELECT {_series_cols(config)}, {_bucket_sql(grain)} AS b, {routes}, count(*) AS n
-                         FROM llm_calls WHERE start_time >= $lo AND start_time < $hi GROUP BY ALL))
+                   FROM (SELECT {_series_cols(config)}, {bucket_sql(grain)} AS b, {routes}, count(*) AS n
+                         FROM {CALLS_IN_RANGE} GROUP BY ALL))
           ON {", ".join(ROUTE_COLUMNS)} INTO NAME dimension VALUE value)
     GROUP BY ALL"""
 
@@ -151,8 +155,8 @@ def _series_upsert(config: RollupConfig) -> str:
     return f"""
     INSERT INTO series
     SELECT {_keyed(config)}, {names}, lo, hi
-    FROM (SELECT {_series_cols(config)}, min({_bucket_sql(grain)}) AS lo, max({_bucket_sql(grain)}) AS hi
-          FROM llm_calls WHERE start_time >= $lo AND start_time < $hi GROUP BY ALL)
+    FROM (SELECT {_series_cols(config)}, min({bucket_sql(grain)}) AS lo, max({bucket_sql(grain)}) AS hi
+          FROM {CALLS_IN_RANGE} GROUP BY ALL)
     ON CONFLICT (series_key) DO UPDATE SET
       first_bucket = least(series.first_bucket, excluded.first_bucket),
       last_bucket = greatest(series.last_bucket, excluded.last_bucket)"""
@@ -186,13 +190,8 @@ def _merge(windows: list[tuple[datetime, datetime]], slack_s: int) -> list[tuple
 
 
 def pending_batches(con: duckdb.DuckDBPyConnection) -> list[tuple[str, datetime, datetime]]:
-    """Ingest batches present in ``llm_calls`` but not yet rolled up, with their calls' time span."""
-    rows = con.execute(
-        """SELECT coalesce(ingest_batch, '') AS batch, min(start_time), max(start_time) FROM llm_calls
-           WHERE coalesce(ingest_batch, '') NOT IN (SELECT ingest_batch FROM rollup_batches)
-           GROUP BY 1 ORDER BY 2"""
-    ).fetchall()
-    return [(b, _utc(lo), _utc(hi)) for b, lo, hi in rows]
+    """Ingest batches present in ``llm_calls`` but not yet rolled up, with their calls' time span (UTC)."""
+    return [(b, _utc(lo), _utc(hi)) for b, lo, hi in unrolled_batches(con)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -232,8 +231,8 @@ def refresh_rollups(
     batches = pending_batches(con)
     windows = [(lo, hi) for _, lo, hi in batches]
     if since is not None or until is not None:
-        bounds = con.execute("SELECT min(start_time), max(start_time) FROM llm_calls").fetchall()[0]
-        if bounds[0] is not None:
+        bounds = data_span(con)
+        if bounds is not None:
             lo = max(_utc(since), _utc(bounds[0])) if since else _utc(bounds[0])
             hi = min(_utc(until), _utc(bounds[1])) if until else _utc(bounds[1])
             if lo <= hi:
