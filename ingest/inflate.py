@@ -22,7 +22,7 @@ import zstandard
 from spanprism.ingest.framing import GZIP_MAGIC, ZSTD_MAGIC
 from spanprism.ingest.otlp_json import DecodeError
 
-__all__ = ["BodyTooLarge", "Inflater", "InputTooLarge", "inflate_bytes"]
+__all__ = ["BodyTooLarge", "Inflater", "InputTooLarge", "check_inflated_size", "inflate_bytes"]
 
 #: Compressed bytes fed per call. zstd has no output bound per call, and a run-length block turns 4 bytes into
 #: 128 KiB: 2 KiB in gives at most ~64 MiB out, so the limit is checked at that granularity at worst.
@@ -168,3 +168,20 @@ def inflate_bytes(data: bytes, kind: str, limit: int) -> bytes:
     if inflater.damage:
         raise DecodeError(inflater.damage)
     return body
+
+
+def check_inflated_size(path: str, limit: int) -> None:
+    """Raise :class:`InputTooLarge` if the gzip/zstd file at ``path`` inflates past ``limit`` bytes.
+
+    Inflating only (nothing is parsed) stops a decompression bomb in well under a second at the HTTP cap, before
+    any of it is decoded or stored; an uncompressed file is left alone.
+    """
+    with open(path, "rb") as raw:
+        head = raw.read(4)
+        kind = "gzip" if head.startswith(GZIP_MAGIC) else "zstd" if head == ZSTD_MAGIC else None
+        if kind is None:
+            return
+        raw.seek(0)
+        inflater = Inflater(raw, kind, limit)
+        while inflater.read(1 << 20):
+            pass

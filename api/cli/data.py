@@ -31,7 +31,8 @@ def _ingest_with_progress(con, args: argparse.Namespace, settings: Settings) -> 
     inputs, _ = expand_sources(args.paths)
     total = sum(os.path.getsize(p) for p in inputs if p != "-")
     workers = args.workers or settings.ingest_workers
-    kwargs = {"workers": workers, "tenant_attribute": settings.tenant_attribute, "chunk_bytes": settings.chunk_bytes}
+    kwargs = {"workers": workers, "tenant_attribute": settings.tenant_attribute, "chunk_bytes": settings.chunk_bytes,
+              "limits": settings.ingest_limits()}  # fmt: skip
     if total < PROGRESS_MIN_BYTES or not console.is_terminal:
         return ingest_paths(con, args.paths, **kwargs)
     columns = (TextColumn("ingest"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
