@@ -52,13 +52,13 @@ class Settings(BaseSettings):
         "x-spanprism-key", description="Header the OTLP receiver also reads the key from (a Collector's `headers:`)."
     )
     max_body_bytes: int = Field(
-        64 << 20, description="Largest accepted OTLP/HTTP or upload body after decompression (413 above)."
+        64 << 20, description="Largest accepted OTLP/HTTP or upload body as received, OTLP also after decompression."
     )
     max_decompressed_bytes: int = Field(
         4 << 30,
         gt=0,
         description="Largest size one compressed input (file, upload or OTLP body) may inflate to, checked while "
-        "inflating; over it the input is refused (413 over HTTP, where `max_body_bytes` also bounds it).",
+        "inflating; over it the input is refused (413 over HTTP; an OTLP body is also bounded by `max_body_bytes`).",
     )
     max_records_per_input: int = Field(
         10_000_000, gt=0, description="Most records (lines, length-prefixed records) one input may hold; refused above."

@@ -39,18 +39,26 @@ def test_truncated_zstd_otlp_body_is_refused_and_kept(server: Live) -> None:
     assert whole.status_code == 200 and len(stored(server, "m-zstd")) == 20
 
 
-def test_upload_bomb_is_refused_quickly_and_stores_nothing(server: Live, tmp_path: Path) -> None:
+def test_upload_bomb_is_refused_quickly(make_server, tmp_path: Path) -> None:
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)
     bomb = b"".join([*(packer.compress(bytes(1 << 20)) for _ in range(100)), packer.flush()])  # 100 MiB of zeros
     assert len(bomb) < 200_000
-    started = time.monotonic()
-    reply = server.client.post("/api/v1/ingest", params={"filename": "bomb.gz"}, content=bomb)
-    assert reply.status_code == 413 and "max_decompressed_bytes" in reply.text
-    assert time.monotonic() - started < 20
-    assert server.client.get("/api/v1/ingest/batches").json()["count"] == 0
-    # The OTLP path refuses the same bytes the same way.
-    otlp = server.client.post("/v1/traces", content=bomb, headers={**PROTOBUF, "content-encoding": "gzip"})
-    assert otlp.status_code == 413
+    with make_server(max_decompressed_bytes=32 << 20) as live:  # over the inflated cap: refused before storing
+        started = time.monotonic()
+        reply = live.client.post("/api/v1/ingest", params={"filename": "bomb.gz"}, content=bomb)
+        assert reply.status_code == 413 and "max_decompressed_bytes" in reply.text
+        assert time.monotonic() - started < 20
+        assert live.client.get("/api/v1/ingest/batches").json()["count"] == 0
+        # The OTLP path refuses the same bytes the same way (there max_body_bytes bounds the inflated body too).
+        otlp = live.client.post("/v1/traces", content=bomb, headers={**PROTOBUF, "content-encoding": "gzip"})
+        assert otlp.status_code == 413
+    with make_server(max_records_per_input=5_000_000) as live:  # under it: the records cap refuses it, counted
+        started = time.monotonic()
+        reply = live.client.post("/api/v1/ingest", params={"filename": "bomb.gz"}, content=bomb)
+        assert reply.status_code == 413 and "max_records_per_input" in reply.text
+        assert time.monotonic() - started < 30
+        kept = _quarantined(live, "upload:bomb.gz")
+        assert len(kept) == 1 and "max_records_per_input" in kept[0][1]
 
 
 def test_quarantine_reason_filter_matches_wildcards_literally(server: Live) -> None:

@@ -64,8 +64,8 @@ class BatchesPublic(BaseModel):
 def _ingest_file(database: Database, settings: Settings, path: str, source: str) -> IngestSummary:
     """Ingest one uploaded file, taking the write lock per batch (never for the whole upload: the OTLP writer and
     the scheduler interleave). Raises :class:`BodyTooLarge` when it inflates past the cap, before storing any."""
-    limits = settings.ingest_limits(http=True)
-    check_inflated_size(path, limits.max_decompressed_bytes or settings.max_body_bytes)
+    limits = settings.ingest_limits()  # an export file may inflate far past max_body_bytes, as on the CLI
+    check_inflated_size(path, settings.max_decompressed_bytes)
 
     def store(out: ChunkOutput) -> BatchCounts:
         out.source = source  # provenance: the client's file name, not our temporary path
