@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from spanprism.ingest.limits import Limits
 
 
 class Settings(BaseSettings):
@@ -51,7 +54,31 @@ class Settings(BaseSettings):
         "x-spanprism-key", description="Header the OTLP receiver also reads the key from (a Collector's `headers:`)."
     )
     max_body_bytes: int = Field(
-        64 << 20, description="Largest accepted OTLP/HTTP or upload body after decompression (413 above)."
+        64 << 20, description="Largest accepted OTLP/HTTP or upload body as received, OTLP also after decompression."
+    )
+    max_decompressed_bytes: int = Field(
+        4 << 30,
+        gt=0,
+        description="Largest size one compressed input (file, upload or OTLP body) may inflate to, checked while "
+        "inflating; over it the input is refused (413 over HTTP; an OTLP body is also bounded by `max_body_bytes`).",
+    )
+    max_records_per_input: int = Field(
+        10_000_000, gt=0, description="Most records (lines, length-prefixed records) one input may hold; refused above."
+    )
+    max_string_chars: int = Field(
+        1024, ge=32, description="Longest text value (service, model, ids, names …) one stored call may hold."
+    )
+    oversize_strings: Literal["truncate", "quarantine"] = Field(
+        "truncate", description="What a longer value does: `truncate` (cut, marked `…[truncated]`) or `quarantine`."
+    )
+    max_span_age_days: float = Field(
+        3650.0, gt=0, description="Spans starting longer ago than this are quarantined (implausible timestamps)."
+    )
+    max_span_future_hours: float = Field(
+        24.0, ge=0, description="Spans starting further than this in the future are quarantined (clock skew bound)."
+    )
+    ready_stall_s: float = Field(
+        60.0, gt=0, description="`/readyz` answers 503 when queued spans have waited this long without a commit."
     )
     ingest_queue_spans: int = Field(
         200_000, description="Spans waiting to be written before the OTLP receiver answers 503 with Retry-After."
@@ -107,6 +134,13 @@ class Settings(BaseSettings):
         description="Link for exemplar traces in alerts, e.g. `https://tempo.example/trace/{trace_id}` "
         "(`{trace_id}` and `{span_id}` are filled in); a destination's own option wins.",
     )
+
+    def ingest_limits(self, *, http: bool = False) -> Limits:
+        """The ingest caps and bounds these settings ask for; ``http`` also bounds inflated size by the body cap."""
+        inflated = min(self.max_decompressed_bytes, self.max_body_bytes) if http else self.max_decompressed_bytes
+        return Limits(max_decompressed_bytes=inflated, max_records=self.max_records_per_input,
+                      max_string_chars=self.max_string_chars, oversize_strings=self.oversize_strings,
+                      max_age_days=self.max_span_age_days, max_future_hours=self.max_span_future_hours)  # fmt: skip
 
     @classmethod
     def settings_customise_sources(

@@ -16,6 +16,7 @@
 | `panel_15m_cold` | `step=15m` over 24 h: quantiles computed from the raw calls (quantile_cont), cache misses |
 | `regressions` | `GET /regressions?limit=100` |
 | `regressions_series` | `GET /regressions?service=…` |
+| `series` | `GET /series?limit=100` (health of every series: traffic, latest p95s vs baseline, open regressions) |
 
     .venv/bin/python benchmarks/api_query.py                       # ~10M calls; first run builds the DB
     .venv/bin/python benchmarks/api_query.py --series 20 --days 7  # a quick look
@@ -224,6 +225,8 @@ def main() -> None:
             "panel_15m_cold": panel("15m", warm=False),
             "regressions": lambda i: "/api/v1/regressions?limit=100",
             "regressions_series": lambda i: f"/api/v1/regressions?service={service}",
+            # The list every dashboard opens first: health of 100 series as of the end of the data.
+            "series": lambda i: f"/api/v1/series?limit=100&until={end.strftime('%Y-%m-%dT%H:%M:%SZ')}",
         }  # fmt: skip
         print(f"\n{rows:,} calls, {len(keys)} series, {args.requests} requests per row\n")
         print("| request | clients | n | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|")

@@ -30,7 +30,6 @@ Anything else yields one quarantined item ("unrecognized input"). Blank lines an
 from __future__ import annotations
 
 import gc
-import gzip
 import io
 import os
 import re
@@ -54,6 +53,7 @@ from spanprism.ingest.framing import (
     iter_whole,
     read_up_to,
 )
+from spanprism.ingest.inflate import BodyTooLarge, Inflater, InputTooLarge, inflate_bytes
 from spanprism.ingest.otlp_json import DecodeError, show
 from spanprism.ingest.records import DecodeResult, Quarantined, RawChunk, SpanRecord
 
@@ -61,12 +61,14 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "BodyTooLarge",
     "DecodeError",
+    "InputTooLarge",
     "RejectedChunk",
     "decode_bytes",
     "decode_chunk",
     "iter_chunks",
     "open_input",
     "sniff",
+    "stream_damage",
     "undo_content_encoding",
 ]
 
@@ -80,8 +82,12 @@ _WHITESPACE = b" \t\r\n"
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
-def open_input(source: str | os.PathLike[str] | BinaryIO) -> BinaryIO:
-    """Open a path, or wrap a binary stream, undoing gzip or standard zstd compression on the fly (streaming)."""
+def open_input(source: str | os.PathLike[str] | BinaryIO, limit: int | None = None) -> BinaryIO:
+    """Open a path, or wrap a binary stream, undoing gzip or standard zstd compression on the fly (streaming).
+
+    A compressed stream is read through an :class:`Inflater`: it stops at damage (see :func:`stream_damage`) and
+    raises :class:`InputTooLarge` once it has inflated more than ``limit`` bytes.
+    """
     owned: list[BinaryIO] = []
     if isinstance(source, str | os.PathLike):
         stream: BinaryIO = open(source, "rb")  # noqa: SIM115 - closed by the returned wrapper
@@ -90,15 +96,20 @@ def open_input(source: str | os.PathLike[str] | BinaryIO) -> BinaryIO:
         stream = source
     head = read_up_to(stream, 4)
     joined = Joined(head, stream, owned)
-    inner: BinaryIO
     if head.startswith(GZIP_MAGIC):
-        inner = gzip.GzipFile(fileobj=io.BufferedReader(joined), mode="rb")  # type: ignore[assignment]
-    elif head == ZSTD_MAGIC:
-        # read_across_frames: the Collector flushes, so a long-running export holds many frames.
-        inner = zstandard.ZstdDecompressor().stream_reader(joined, read_across_frames=True, closefd=True)  # type: ignore[assignment]
-    else:
-        return io.BufferedReader(joined, buffer_size=1 << 20)  # type: ignore[return-value]
-    return io.BufferedReader(Joined(b"", inner, [inner, joined]), buffer_size=1 << 20)  # type: ignore[return-value]
+        # Read-ahead matters: the Inflater reads its input in pieces.
+        return io.BufferedReader(Inflater(joined, "gzip", limit), buffer_size=1 << 20)  # type: ignore[return-value]
+    if head == ZSTD_MAGIC:  # several frames are read on: the Collector flushes, so a long export holds many
+        return io.BufferedReader(Inflater(joined, "zstd", limit), buffer_size=1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(joined, buffer_size=1 << 20)  # type: ignore[return-value]
+
+
+def stream_damage(stream: BinaryIO) -> tuple[str, int] | None:
+    """(reason, compressed byte offset) when ``stream`` (from :func:`open_input`) ended at damage, else None."""
+    inflater = getattr(stream, "raw", None)
+    if isinstance(inflater, Inflater) and inflater.damage:
+        return inflater.damage, inflater.consumed
+    return None
 
 
 def sniff(head: bytes) -> str | None:
@@ -137,13 +148,46 @@ def _is_document(body: bytes) -> bool:
 
 
 def iter_chunks(
-    stream: BinaryIO, source: str, *, chunk_bytes: int = 4 << 20, max_record_bytes: int = 64 << 20
+    stream: BinaryIO,
+    source: str,
+    *,
+    chunk_bytes: int = 4 << 20,
+    max_record_bytes: int = 64 << 20,
+    max_records: int | None = None,
+    max_decompressed_bytes: int | None = None,
 ) -> Iterator[RawChunk]:
-    """Sniff the stream's format and yield chunks of whole records (see the module docstring)."""
+    """Sniff the stream's format and yield chunks of whole records (see the module docstring); never raises.
+
+    Damage (a compressed stream cut short or corrupt, an unreadable file) ends the input with one
+    :class:`RejectedChunk` naming the byte offset and the reason, after every chunk read before it. An input
+    over ``max_records`` records or ``max_decompressed_bytes`` inflated bytes ends with a *refused* one.
+    """
+    try:
+        yield from _framed(stream, source, chunk_bytes, max_record_bytes, max_records, max_decompressed_bytes)
+    except InputTooLarge as exc:
+        yield RejectedChunk(source, "unknown", b"", reason=str(exc), location="input", refused=True)
+    except Exception as exc:  # one unreadable input must not end the command (or the server request) with a traceback
+        yield RejectedChunk(source, "unknown", b"", reason=f"unreadable input: {type(exc).__name__}: {exc}",
+                            location="input")  # fmt: skip
+
+
+def _framed(stream: BinaryIO, source: str, chunk_bytes: int, max_record_bytes: int, max_records: int | None,
+            max_decompressed_bytes: int | None) -> Iterator[RawChunk]:  # fmt: skip
     head = read_up_to(stream, _SNIFF_BYTES)
     if head.startswith(GZIP_MAGIC) or head.startswith(ZSTD_MAGIC):  # not opened with open_input
-        stream = open_input(Joined(head, stream, []))  # type: ignore[arg-type]
+        stream = open_input(Joined(head, stream, []), max_decompressed_bytes)  # type: ignore[arg-type]
         head = read_up_to(stream, _SNIFF_BYTES)
+    for chunk in _records(stream, head, source, chunk_bytes, max_record_bytes):
+        if max_records is not None and chunk.first > max_records:
+            raise InputTooLarge(f"input holds more than max_records_per_input ({max_records}) records")
+        yield chunk
+    damage = stream_damage(stream)
+    if damage:
+        yield RejectedChunk(source, "unknown", b"", reason=damage[0], location=f"byte {damage[1]}")
+
+
+def _records(stream: BinaryIO, head: bytes, source: str, chunk_bytes: int, max_record_bytes: int
+             ) -> Iterator[RawChunk]:  # fmt: skip
     skip = len(_BOM) if head.startswith(_BOM) else 0
     fmt = sniff(head[skip:])
     buffer = Buffer(head, stream, max(chunk_bytes, 1 << 16), start=skip)
@@ -313,10 +357,6 @@ def decode_bytes(data: bytes, source: str, content_type: str, content_encoding: 
     return result
 
 
-class BodyTooLarge(DecodeError):
-    """The (decompressed) body is larger than the receiver accepts (HTTP 413)."""
-
-
 def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
     out, rest = bytearray(), data
     while rest:  # gzip allows several concatenated members
@@ -337,9 +377,8 @@ def undo_content_encoding(data: bytes, encoding: str | None, limit: int = MAX_DE
     if encoding in ("identity", ""):
         return data
     try:
-        if encoding == "zstd":
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
-                body = reader.read(limit + 1)
+        if encoding == "zstd":  # the Inflater checks the frame ended (zstd's stream reader does not)
+            body = inflate_bytes(data, "zstd", limit)
         elif encoding == "deflate":
             try:  # RFC 9110 deflate is zlib-wrapped; some clients send the raw stream
                 body = _inflate(data, 15, limit, encoding)

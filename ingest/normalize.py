@@ -25,6 +25,7 @@ import pyarrow as pa
 from spanprism.ingest import conventions as cv
 from spanprism.ingest.coerce import Rejected, as_str, first_str
 from spanprism.ingest.endpoints import DEPLOYMENT_HEADER, URL_KEYS, deployment, endpoint, region
+from spanprism.ingest.limits import Limits, bound_rows
 from spanprism.ingest.records import NormalizeResult, Quarantined, SpanRecord
 from spanprism.ingest.timing import EventSummary, derive_timing, summarize_events
 from spanprism.ingest.tokens import extract_tokens
@@ -90,6 +91,8 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
     """One canonical row, in ``LLM_CALL_COLUMNS`` order; raises :class:`Rejected` for unusable spans."""
     if len(span["trace_id"]) != 32 or len(span["span_id"]) != 16:
         raise Rejected(f"bad ids (trace_id {span['trace_id']!r}, span_id {span['span_id']!r})")
+    if span["start_ns"] >> 64 or span["end_ns"] >> 64:  # JSON digit strings are not range-checked when parsed
+        raise Rejected(f"timestamp out of the uint64 range (start {span['start_ns']}, end {span['end_ns']})")
     attrs = span["attributes"]
     resource = span["resource"]
     ev = summarize_events(span["events"])
@@ -175,12 +178,15 @@ def _table(rows: list[tuple[Any, ...]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=LLM_CALLS_SCHEMA)
 
 
-def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = None) -> NormalizeResult:
+def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = None,
+              limits: Limits | None = None) -> NormalizeResult:  # fmt: skip
     """Canonical rows for the LLM spans in ``spans``; unusable LLM spans quarantined, others counted.
 
     ``tenant_attribute`` names the span (then resource) attribute holding the tenant; None leaves it NULL.
+    ``limits`` bounds text lengths and start times (:func:`spanprism.ingest.limits.bound_rows`; defaults if None).
     """
     rows: list[tuple[Any, ...]] = []
+    kept: list[SpanRecord] = []  # the span of each row, for the bounds check to quarantine
     quarantined: list[Quarantined] = []
     skipped = 0
     for span in spans:
@@ -189,10 +195,16 @@ def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = Non
             continue
         try:
             rows.append(_row(span, tenant_attribute))
+            kept.append(span)
         except Rejected as exc:
             quarantined.append(Quarantined(span["source"], span["location"], str(exc), span["raw"]()))
         except Exception as exc:  # a malformed span must never crash the batch (DESIGN.md failure rules)
             reason = f"normalize failed: {type(exc).__name__}: {exc}"
             quarantined.append(Quarantined(span["source"], span["location"], reason, span["raw"]()))
-    conventions = Counter(row[_CONVENTION_INDEX] for row in rows)
-    return NormalizeResult(_table(rows), quarantined, skipped, dict(conventions))
+    table, out_of_bounds = bound_rows(_table(rows), kept, limits or Limits())
+    if out_of_bounds:
+        quarantined.extend(out_of_bounds)
+        conventions = Counter(table["source_convention"].to_pylist())
+    else:
+        conventions = Counter(row[_CONVENTION_INDEX] for row in rows)
+    return NormalizeResult(table, quarantined, skipped, dict(conventions))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 
 from spanprism.ingest.decode import DecodeError, decode_bytes, undo_content_encoding
+from spanprism.ingest.limits import Limits
 from spanprism.ingest.pipeline import process_decoded
 from spanprism.ingest.records import Batch, Quarantined
 from spanprism.models.schema import LLM_CALLS_SCHEMA
@@ -37,8 +38,11 @@ def check_headers(content_type: str | None, content_encoding: str | None) -> Non
 
 
 def process_body(data: bytes, *, source: str, content_type: str, content_encoding: str | None, limit: int,
-                 tenant_attribute: str | None) -> Batch:  # fmt: skip
-    """Decode and normalize one request body. Raises :class:`DecodeError` (or a subclass) if unusable as a whole."""
+                 tenant_attribute: str | None, limits: Limits | None = None) -> Batch:  # fmt: skip
+    """Decode and normalize one request body. Raises :class:`DecodeError` (or a subclass) if unusable as a whole.
+
+    ``limit`` caps the decompressed body; ``limits`` bounds the calls (text lengths, start times).
+    """
     check_headers(content_type, content_encoding)
     body = undo_content_encoding(data, content_encoding, limit)
     # As in spanprism.ingest.pipeline.process_chunk: the walk makes many short-lived, acyclic containers that the cyclic
@@ -46,7 +50,11 @@ def process_body(data: bytes, *, source: str, content_type: str, content_encodin
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return process_decoded(decode_bytes(body, source, content_type), source, len(body), tenant_attribute)
+        return process_decoded(decode_bytes(body, source, content_type), source, len(body), tenant_attribute, limits)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a body the decoder trips on is the client's problem (400, kept), never a 500
+        raise DecodeError(f"decode failed: {type(exc).__name__}: {exc}") from None
     finally:
         if was_enabled:
             gc.enable()

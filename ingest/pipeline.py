@@ -13,23 +13,25 @@ import os
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import BinaryIO
 
 import duckdb
 
-from spanprism.ingest.decode import decode_chunk, iter_chunks, open_input
+from spanprism.ingest.decode import RejectedChunk, decode_chunk, iter_chunks, open_input
+from spanprism.ingest.limits import Limits
 from spanprism.ingest.load import BatchCounts, store_batch
 from spanprism.ingest.normalize import normalize
 from spanprism.ingest.records import Batch, DecodeResult, RawChunk, merge_batches
+from spanprism.ingest.workers import worker_pool
 
 #: Inputs smaller than this are processed in-process: spawning workers costs more than it saves.
 PARALLEL_MIN_BYTES = 16 << 20
 
 ProgressFn = Callable[[int], None]
+StoreFn = Callable[[Batch], BatchCounts]
 
 
 @dataclass(slots=True)
@@ -67,9 +69,10 @@ class IngestSummary:
         }
 
 
-def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attribute: str | None) -> Batch:
+def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attribute: str | None,
+                    limits: Limits | None = None) -> Batch:  # fmt: skip
     """Normalize decoded spans and merge both stages' quarantine lists."""
-    norm = normalize(decoded.spans, tenant_attribute=tenant_attribute)
+    norm = normalize(decoded.spans, tenant_attribute=tenant_attribute, limits=limits)
     return Batch(
         source=source,
         calls=norm.table,
@@ -81,13 +84,13 @@ def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attrib
     )
 
 
-def process_chunk(chunk: RawChunk, tenant_attribute: str | None = None) -> Batch:
+def process_chunk(chunk: RawChunk, tenant_attribute: str | None = None, limits: Limits | None = None) -> Batch:
     """Decode and normalize one chunk. Pure; runs in worker processes."""
     # The cyclic GC would rescan the many short-lived dicts of a chunk again and again; nothing here forms cycles.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return process_decoded(decode_chunk(chunk), chunk.source, len(chunk.data), tenant_attribute)
+        return process_decoded(decode_chunk(chunk), chunk.source, len(chunk.data), tenant_attribute, limits)
     finally:
         if was_enabled:
             gc.enable()
@@ -100,9 +103,9 @@ class _BatchWriter:
     check is cheaper too; a batch still lands whole or not at all.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, summary: IngestSummary, progress: ProgressFn | None,
+    def __init__(self, store: StoreFn, summary: IngestSummary, progress: ProgressFn | None,
                  batch_rows: int) -> None:  # fmt: skip
-        self.con, self.summary, self.progress, self.batch_rows = con, summary, progress, batch_rows
+        self.store, self.summary, self.progress, self.batch_rows = store, summary, progress, batch_rows
         self.held: list[Batch] = []
         self.rows = 0
 
@@ -121,7 +124,11 @@ class _BatchWriter:
             return
         merged = merge_batches(self.held)
         self.held, self.rows = [], 0
-        self.summary.add(store_batch(self.con, merged))
+        self.summary.add(self.store(merged))
+
+
+def _store(con: duckdb.DuckDBPyConnection, batch: Batch) -> BatchCounts:
+    return store_batch(con, batch)
 
 
 def expand_sources(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[str]]:
@@ -147,15 +154,20 @@ def expand_sources(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[str]
     return found, errors
 
 
-def _chunks(inputs: Iterable[str], chunk_bytes: int, errors: list[str]) -> Iterator[RawChunk]:
+def _chunks(inputs: Iterable[str], chunk_bytes: int, errors: list[str], limits: Limits) -> Iterator[RawChunk]:
     for item in inputs:
         try:
-            stream: BinaryIO = open_input(sys.stdin.buffer if item == "-" else item)
+            stream: BinaryIO = open_input(sys.stdin.buffer if item == "-" else item, limits.max_decompressed_bytes)
         except OSError as exc:
             errors.append(f"{item}: {exc.strerror or exc}")
             continue
-        with stream:
-            yield from iter_chunks(stream, "stdin" if item == "-" else item, chunk_bytes=chunk_bytes)
+        with stream:  # iter_chunks never raises: damage and refusals come out as RejectedChunks, then the next input
+            for chunk in iter_chunks(stream, "stdin" if item == "-" else item, chunk_bytes=chunk_bytes,
+                                     max_records=limits.max_records,
+                                     max_decompressed_bytes=limits.max_decompressed_bytes):  # fmt: skip
+                if isinstance(chunk, RejectedChunk) and chunk.refused:
+                    errors.append(f"{item}: {chunk.reason}")
+                yield chunk
 
 
 def _input_bytes(inputs: Sequence[str]) -> int:
@@ -171,25 +183,29 @@ def ingest_paths(
     chunk_bytes: int = 4 << 20,
     batch_rows: int = 100_000,
     progress: ProgressFn | None = None,
+    limits: Limits | None = None,
+    store: StoreFn | None = None,
 ) -> IngestSummary:
     """Ingest files, folders, globs or ``-`` into ``con``.
 
     Chunks of one source are written in atomic batches of about ``batch_rows`` rows; a crash leaves whole
-    batches only, and re-running the same ingest completes it without duplicates.
+    batches only, and re-running the same ingest completes it without duplicates. ``store`` replaces the
+    default writer (``con`` is then unused): the server passes one that takes its write lock per batch.
     """
     inputs, errors = expand_sources(sources)
     summary = IngestSummary(errors=errors)
-    chunks = _chunks(inputs, chunk_bytes, summary.errors)
-    writer = _BatchWriter(con, summary, progress, batch_rows)
+    limits = limits or Limits()
+    chunks = _chunks(inputs, chunk_bytes, summary.errors, limits)
+    writer = _BatchWriter(store or (lambda out: _store(con, out)), summary, progress, batch_rows)
     if workers <= 1 or ("-" not in inputs and _input_bytes(inputs) < PARALLEL_MIN_BYTES):
         for chunk in chunks:
-            writer.add(process_chunk(chunk, tenant_attribute))
+            writer.add(process_chunk(chunk, tenant_attribute, limits))
         writer.flush()
         return summary
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:  # workers die with this process, even on SIGKILL
         pending: deque[Future[Batch]] = deque()
         for chunk in chunks:
-            pending.append(pool.submit(process_chunk, chunk, tenant_attribute))
+            pending.append(pool.submit(process_chunk, chunk, tenant_attribute, limits))
             # Store in submission order so batches (and line numbers) stay chronological.
             while len(pending) > 2 * workers or (pending and pending[0].done()):
                 writer.add(pending.popleft().result())

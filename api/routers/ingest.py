@@ -26,7 +26,10 @@ from spanprism.api.storage.database import Database
 from spanprism.attribution.store.calls import batches_span
 from spanprism.attribution.store.rollups import register_series
 from spanprism.ingest.decode import BodyTooLarge
+from spanprism.ingest.inflate import check_inflated_size
+from spanprism.ingest.load import BatchCounts, store_batch
 from spanprism.ingest.pipeline import IngestSummary, ingest_paths
+from spanprism.ingest.records import Batch
 
 router = APIRouter(prefix="/ingest", tags=["ingest"])
 
@@ -62,15 +65,22 @@ class BatchesPublic(BaseModel):
 
 
 def _ingest_file(database: Database, settings: Settings, path: str, source: str) -> IngestSummary:
-    with database.writer() as cur:
-        summary = ingest_paths(cur, [path], workers=settings.ingest_workers, chunk_bytes=settings.chunk_bytes,
-                               tenant_attribute=settings.tenant_attribute)  # fmt: skip
-        if summary.batches:  # provenance: the client's file name, not our temporary path
-            marks = ",".join("?" * len(summary.batches))
-            cur.execute(f"UPDATE ingest_batches SET source = ? WHERE id IN ({marks})", [source, *summary.batches])
-            cur.execute(f"UPDATE quarantine SET source = ? WHERE ingest_batch IN ({marks})",
-                        [source, *summary.batches])  # fmt: skip
-            # List new series now (GET /series, the overview page), not at the next attribution pass.
+    """Ingest one uploaded file, taking the write lock per batch (never for the whole upload: the OTLP writer and
+    the scheduler interleave). Raises :class:`BodyTooLarge` when it inflates past the cap, before storing any."""
+    limits = settings.ingest_limits()  # an export file may inflate far past max_body_bytes, as on the CLI
+    check_inflated_size(path, settings.max_decompressed_bytes)
+
+    def store(batch: Batch) -> BatchCounts:
+        batch.source = source  # provenance: the client's file name, not our temporary path
+        for item in batch.quarantined:
+            item.source = source
+        with database.writer() as cur:
+            return store_batch(cur, batch)
+
+    summary = ingest_paths(database.con, [path], workers=settings.ingest_workers, chunk_bytes=settings.chunk_bytes,
+                           tenant_attribute=settings.tenant_attribute, limits=limits, store=store)  # fmt: skip
+    if summary.batches:  # list new series now (GET /series, the overview page), not at the next attribution pass
+        with database.writer() as cur:
             span = batches_span(cur, summary.batches)
             if span is not None:
                 register_series(cur, *span)
@@ -82,7 +92,7 @@ def _ingest_file(database: Database, settings: Settings, path: str, source: str)
     "",
     response_model=IngestResult,
     summary="Upload an export file (raw body, any `spanprism ingest` format) and ingest it",
-    responses={413: {"description": "body over max_body_bytes"}},
+    responses={413: {"description": "body over max_body_bytes, or it inflates past the cap or holds too many records"}},
 )
 async def upload(
     request: Request,
@@ -101,11 +111,17 @@ async def upload(
                 metrics.requests_rejected.labels(code="413").inc()
                 raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
         summary = await run_in_threadpool(_ingest_file, database, settings, path, f"upload:{filename}")
+    except BodyTooLarge as exc:
+        metrics.requests_rejected.labels(code="413").inc()
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
     finally:
         os.unlink(path)
     metrics.spans_received.inc(summary.spans_seen)
     metrics.spans_stored.inc(summary.calls_stored)
     metrics.spans_quarantined.inc(summary.quarantined)
+    if summary.errors:  # one file: an error means it was refused as a whole (records cap); earlier batches stay
+        metrics.requests_rejected.labels(code="413").inc()
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "; ".join(summary.errors))
     return summary.as_dict()
 
 

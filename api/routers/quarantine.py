@@ -29,6 +29,13 @@ router = APIRouter(prefix="/quarantine", tags=["quarantine"])
 MAX_REDRIVE = 10_000
 
 
+def _contains(text: str | None) -> str | None:
+    """A LIKE pattern matching ``text`` anywhere, literally: its ``%``, ``_`` and ``\\`` are escaped."""
+    if text is None:
+        return None
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 class QuarantineFilter(BaseModel):
     """Which records: every given field must match."""
 
@@ -42,7 +49,7 @@ class QuarantineFilter(BaseModel):
     def sql(self) -> tuple[str, list[Any]]:
         where, params = ["TRUE"], []
         for clause, value in (("ingest_batch = ?", self.batch), ("source = ?", self.source),
-                              ("reason ILIKE '%' || ? || '%'", self.reason), ("received_at >= ?", self.since),
+                              ("reason ILIKE ? ESCAPE '\\'", _contains(self.reason)), ("received_at >= ?", self.since),
                               ("received_at < ?", self.until)):  # fmt: skip
             if value is not None:
                 where.append(clause)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 from spanprism.api.metrics import Metrics
 from spanprism.api.services.new_series import NewSeries
@@ -28,6 +28,7 @@ from spanprism.api.storage.database import Database
 from spanprism.ingest.load import BatchCounts, store_batches
 from spanprism.ingest.otlp_http import process_body
 from spanprism.ingest.records import Batch
+from spanprism.ingest.workers import worker_pool
 
 log = logging.getLogger("spanprism.ingest")
 
@@ -77,6 +78,8 @@ class IngestService:
         self.max_decoding = 4 * max(1, settings.ingest_workers)
         self._decoding = 0  # only touched on the event loop thread
         self.new_series = NewSeries()
+        self._progress_at = time.monotonic()  # last commit, or when the queue last became non-empty
+        self._limits = settings.ingest_limits(http=True)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,7 +105,7 @@ class IngestService:
             return self._threads
         with self._pool_lock:
             if self._processes is None:
-                self._processes = ProcessPoolExecutor(self.settings.ingest_workers, mp_context=get_context("spawn"))
+                self._processes = worker_pool(self.settings.ingest_workers)  # workers die with the server
                 # The pool spawns workers on demand; start (and import) all of them now, not during later requests.
                 for _ in range(self.settings.ingest_workers):
                     self._processes.submit(process_body, b"", **_EMPTY_BODY)
@@ -118,8 +121,9 @@ class IngestService:
             "source": source,
             "content_type": content_type,
             "content_encoding": content_encoding,
-            "limit": self.settings.max_body_bytes,
+            "limit": self._limits.max_decompressed_bytes,
             "tenant_attribute": self.settings.tenant_attribute,
+            "limits": self._limits,
         }
         executor = self._executor(len(body))
         try:
@@ -135,6 +139,12 @@ class IngestService:
     @property
     def depth(self) -> int:
         return self._depth
+
+    def stalled_s(self) -> float:
+        """Seconds spans have been waiting without a commit (0 when nothing waits): a stuck writer shows here."""
+        if not self._depth:
+            return 0.0
+        return time.monotonic() - self._progress_at
 
     @property
     def full(self) -> bool:
@@ -169,6 +179,8 @@ class IngestService:
             if self._depth and self._depth + spans > self.capacity:
                 raise QueueFull(f"{self._depth} spans are waiting to be written (limit {self.capacity})")
             self._pending.append(_Item(batch, spans, future))
+            if not self._depth:
+                self._progress_at = time.monotonic()
             self._depth += spans
             self.metrics.queue_depth.set(self._depth)
             self._cond.notify()
@@ -185,6 +197,7 @@ class IngestService:
                 items, self._pending = self._pending, []
             results = self._write(items)
             with self._cond:  # free the queue before answering, so an acknowledged client may send again
+                self._progress_at = time.monotonic()
                 self._depth -= sum(item.spans for item in items)
                 self.metrics.queue_depth.set(self._depth)
             for item, result in zip(items, results, strict=True):

@@ -134,12 +134,14 @@ def series_health(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], 
         " AND series_key IN (SELECT unnest(?)) AND bucket_start >= ? AND bucket_start < ? GROUP BY series_key",
         [coarse, keys, at - timedelta(hours=2), at]).fetchall()}  # fmt: skip
     regs = _open_regressions(con, keys, at)
+    params = _all_params(con, keys)  # one query, not one per series and metric (the list's latency was N+1 queries)
     for s in series:
         key = s["series_key"]
         n_hour, n_day = calls.get(key, (None, None))
         s["calls_1h"], s["calls_24h"] = int(n_hour or 0), int(n_day or 0)
         when, *values = latest.get(key, (None, None, None, None))
-        s["latest"] = {m: _versus_baseline(con, key, m, v, when) for m, v in zip(HEALTH_METRICS, values, strict=True)}
+        s["latest"] = {m: _versus_baseline(params.get((key, m)), v, when)
+                       for m, v in zip(HEALTH_METRICS, values, strict=True)}  # fmt: skip
         s["open_regressions"], s["worst_open_label"] = regs.get(key, (0, None))
         s["status"] = "no_data" if not s["calls_1h"] else "degraded" if s["open_regressions"] else "ok"
     return series
@@ -157,12 +159,18 @@ def _open_regressions(con: duckdb.DuckDBPyConnection, keys: list[str], at: datet
     return {r[0]: (int(r[1]), r[2]) for r in rows}
 
 
-def _versus_baseline(con: duckdb.DuckDBPyConnection, key: str, metric: str, value: float | None,
-                     when: datetime | None) -> dict[str, Any]:  # fmt: skip
+def _all_params(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stored baseline parameters of the health metrics of ``keys``, by (series key, metric)."""
+    rows = con.execute("SELECT series_key, metric, params FROM baselines WHERE series_key IN (SELECT unnest(?))"
+                       " AND metric IN (SELECT unnest(?))", [keys, list(HEALTH_METRICS)]).fetchall()  # fmt: skip
+    return {(key, metric): orjson.loads(params) for key, metric, params in rows}
+
+
+def _versus_baseline(params: dict[str, Any] | None, value: float | None, when: datetime | None) -> dict[str, Any]:
     out: dict[str, Any] = {"time": iso(when), "value": _num(value), "baseline": None, "change_pct": None}
     if value is None or when is None:
         return out
-    band = baseline_band(con, key, metric, np.array([int(when.timestamp())]))
+    band = band_from_params(params, np.array([int(when.timestamp())]))
     if band is not None and band[0][0] is not None:
         out["baseline"] = band[0][0]
         out["change_pct"] = round(100.0 * (float(value) / band[0][0] - 1.0), 2)
@@ -187,7 +195,11 @@ def baseline_band(con: duckdb.DuckDBPyConnection, series_key: str, metric: str, 
 
     Baselines model ln(value): the expected value is exp(center) and the band exp(center ± BAND_Z·scale).
     """
-    params = load_params(con, series_key, metric)
+    return band_from_params(load_params(con, series_key, metric), ts)
+
+
+def band_from_params(params: dict[str, Any] | None, ts: np.ndarray) -> Band | None:
+    """:func:`baseline_band` from parameters already loaded (None: no baseline stored)."""
     if params is None:
         return None
     try:
