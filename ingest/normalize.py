@@ -138,8 +138,11 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
         streaming = _implied_streaming(convention, stream_start is not None, tokens.output)
     response_id = as_str(attrs.get("gen_ai.response.id")) or tokens.response_id
     response_model = first_str(attrs, cv.RESPONSE_MODEL_KEYS)
-    if convention in ("logfire", "pydantic_ai") and response_id is None:
-        response_model = None  # both copy the request model there before any response was read
+    no_answer = state == "error" and tokens.output is None
+    if response_id is None and (convention in ("logfire", "pydantic_ai") or no_answer):
+        # Logfire and pydantic-ai copy the request model there before any response is read, and OpenInference's
+        # llm.model_name is the request model on a failed call: none of them saw a response.
+        response_model = None
     ep = endpoint(attrs, has_url=rare)
     provider = cv.provider(attrs, ep.server_address) or ("vllm" if convention == "vllm" else None)
     return (

@@ -210,7 +210,8 @@ def main(argv: list[str]) -> int:
     sys.stdin.readline()
     if cfg["lib"] == "pydantic_ai":
         calls = _agent_calls(anthropic.AsyncAnthropic(base_url=cfg["base_url"], api_key="sk-ant-dummy",
-                                                      max_retries=0, timeout=30), cfg)  # fmt: skip
+                                                      max_retries=0, timeout=30,
+                                                      default_headers={CHILD_HEADER: cfg["lib"]}), cfg)  # fmt: skip
     else:
         calls = [
             call_non_stream(client, cfg["model"]),
