@@ -68,14 +68,18 @@ def _pair_sql(lo: str, hi: str) -> str:
     conditions = [
         "a.trace_id = b.trace_id AND a.parent_span_id = b.span_id",
         "a.response_id = b.response_id AND a.k <> b.k",
-        "a.trace_id = b.trace_id AND a.span_id = b.span_id AND a.k <> b.k",
+        # A new span already stored as a member of a call (a stored call row is left to the primary-key check).
+        "a.trace_id = b.trace_id AND a.span_id = b.span_id AND a.src = 'new' AND b.src = 'member'",
         f"{stream} AND a.mnt = b.mnt AND b.start_time BETWEEN a.start_time - {stream_lead} AND a.start_time",
         f"{stream} AND a.mnt = b.mnt + 1 AND b.start_time BETWEEN a.start_time - {stream_lead} AND a.start_time",
         f"{twin} AND a.sec = b.sec AND b.start_time BETWEEN a.start_time - {lead} AND a.start_time",
         f"{twin} AND a.sec = b.sec + 1 AND b.start_time BETWEEN a.start_time - {lead} AND a.start_time",
     ]
+    # A span paired with its own stored copy (re-ingest) is no candidate: the primary-key check handles it.
+    other = "NOT (a.trace_id = b.trace_id AND a.span_id = b.span_id)"
     pairs = "\nUNION ALL ".join(
-        f"SELECT a.k AS x, b.k AS y FROM keyed a JOIN keyed b ON {c} WHERE a.src = 'new' OR b.src = 'new'"
+        f"SELECT a.k AS x, b.k AS y FROM keyed a JOIN keyed b ON {c}"
+        f" WHERE (a.src = 'new' OR b.src = 'new') AND ({other} OR b.src = 'member')"
         for c in conditions
     )
     window = f"start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"

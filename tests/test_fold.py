@@ -215,3 +215,18 @@ def test_merge_is_order_free_and_records_the_other_spans() -> None:
     assert (a["span_id"], a["merged_span_ids"]) == ("a" * 16, [f"{'t' * 32}:{'b' * 16}"])
     assert a["ttft_ms"] == pytest.approx(50.1) and a["duration_ms"] == 200.0
     assert (a["cache_write_tokens"], a["uncached_input_tokens"]) == (2, 6)
+
+
+def test_calls_of_one_span_never_reach_the_python_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain one-span calls, ingested and re-ingested, cost the loader one SQL statement per batch and nothing else."""
+    spans = [s for s in _spans("anthropic_openllmetry") if s["scope"] != SDK_SCOPE]
+    path = _write(tmp_path / "plain.jsonl", spans)
+
+    def refuse(rows: Any) -> Any:
+        raise AssertionError(f"group_calls called with {len(rows)} rows")
+
+    monkeypatch.setattr("spanprism.ingest.fold.group_calls", refuse)
+    con = open_db(tmp_path / "t.duckdb")
+    first, again = ingest_paths(con, [path]), ingest_paths(con, [path])
+    con.close()
+    assert (first.calls_stored, again.calls_stored, again.duplicates) == (3, 0, 3)
