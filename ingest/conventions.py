@@ -55,7 +55,6 @@ RESPONSE_MODEL_KEYS: tuple[str, ...] = (
     "llm.response.model_name",
     "llm.model_name",
     "llm.response.model",
-    "langfuse.observation.model.name",  # Langfuse's OpenAI integration overwrites it with the response's model
 )
 FINGERPRINT_KEYS: tuple[str, ...] = (
     "openai.response.system_fingerprint",

@@ -138,7 +138,8 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
         streaming = _implied_streaming(convention, stream_start is not None, tokens.output)
     response_id = as_str(attrs.get("gen_ai.response.id")) or tokens.response_id
     response_model = first_str(attrs, cv.RESPONSE_MODEL_KEYS)
-    no_answer = state == "error" and tokens.output is None
+    # A failed call's "response model" equal to the request model is a copy (OpenInference's llm.model_name).
+    no_answer = state == "error" and tokens.output is None and response_model == cv.request_model(attrs, params)
     if response_id is None and (convention in ("logfire", "pydantic_ai") or no_answer):
         # Logfire and pydantic-ai copy the request model there before any response is read, and OpenInference's
         # llm.model_name is the request model on a failed call: none of them saw a response.
