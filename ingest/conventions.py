@@ -76,6 +76,7 @@ STREAM_KEYS: tuple[str, ...] = (
 SESSION_KEYS: tuple[str, ...] = ("session.id", "gen_ai.conversation.id", "langfuse.session.id")
 REQUEST_ID_KEYS: tuple[str, ...] = (
     "gen_ai.request.id",
+    "anthropic.request.id",  # the Anthropic SDK's own span: the request-id response header
     "aws.request_id",
     "http.response.header.x-request-id",
     "http.response.header.request-id",
@@ -344,6 +345,22 @@ _OPENLLMETRY_LEGACY = frozenset(
 _OPENLLMETRY_SHARED = frozenset(
     {"gen_ai.openai.api_base", "traceloop.workflow.name", "traceloop.entity.name", "traceloop.span.kind"}
 )
+
+
+#: Instrumentation scopes that name the emitter outright (the span's attributes are plain OTel GenAI).
+_SCOPE_CONVENTIONS: dict[str, str] = {
+    "com.anthropic.sdk.python": "anthropic_sdk",
+    # OpenLLMetry's Anthropic spans of non-streamed calls carry no OpenLLMetry-specific attribute.
+    "opentelemetry.instrumentation.anthropic": "openllmetry",
+    "pydantic-ai": "pydantic_ai",
+}
+
+
+def scope_convention(scope: str) -> str | None:
+    """The convention an instrumentation scope names by itself, else None (decided from the attributes)."""
+    if scope.startswith("logfire."):  # logfire.openai, logfire.anthropic, …
+        return "logfire"
+    return _SCOPE_CONVENTIONS.get(scope)
 
 
 def source_convention(name: str, attrs: Mapping[str, Any], chunk_event: str | None, tokens_from_raw: bool) -> str:

@@ -13,7 +13,8 @@ format             what it is                                  detected by
                    (Collector ``nativeCompression`` gate)
 ``jsonl``          one ExportTraceServiceRequest JSON per      text starting with ``{`` whose first line parses
                    line (Collector file exporter default)      alone, or whose next line opens an object at
-                                                               column 0
+                                                               column 0; or any of the next 16 lines is an
+                                                               OTLP request object (a damaged first line)
 ``json``           one JSON document, possibly pretty-         text starting with ``{``/``[`` whose first line
                    printed (or a list of them)                 is not a complete value
 ``proto``          one serialized ExportTraceServiceRequest    binary, first byte ``0a`` (field 1, bytes)
@@ -77,6 +78,8 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("jsonl", "json", "proto", "proto_lp", "pro
 # not carry the caller's limit, so the default max_record_bytes applies (a decompression bomb guard).
 MAX_DECOMPRESSED_BYTES = 64 << 20
 _SNIFF_BYTES = 64 << 10
+#: How many lines after a damaged first line may be tried as OTLP requests when sniffing JSON lines.
+_SNIFF_LINES = 16
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -119,6 +122,8 @@ def sniff(head: bytes) -> str | None:
         return None
     if body[:1] in b"{[" and not _CONTROL.search(head, 0, 4096):
         return "json" if _is_document(body) else "jsonl"
+    if _damaged_json_lines(body):
+        return "jsonl"
     if head[:1] == b"\x0a":
         return "proto"
     if head[4:8] == ZSTD_MAGIC:
@@ -126,6 +131,24 @@ def sniff(head: bytes) -> str | None:
     if (len(head) >= 5 and head[4] == 0x0A) or head[:4] == bytes(4):
         return "proto_lp"
     return None
+
+
+def _damaged_json_lines(body: bytes) -> bool:
+    """JSON lines whose first line is damaged (torn write, invalid UTF-8, NULs): a later line of the head is a
+    whole OTLP export request on its own. Only consulted when the head does not look like JSON text (a binary or
+    NUL-filled first line), so healthy files never pay for it; the damaged line then becomes one quarantined record,
+    not the whole file."""
+    _, _, rest = body.partition(b"\n")
+    complete = rest.split(b"\n")[:-1]  # the last piece may be cut by the sniff window
+    return any(line[:1] == b"{" and _is_otlp_request(line) for line in complete[:_SNIFF_LINES])
+
+
+def _is_otlp_request(line: bytes) -> bool:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return type(doc) is dict and ("resourceSpans" in doc or "resource_spans" in doc)
 
 
 def _is_document(body: bytes) -> bool:
@@ -193,13 +216,7 @@ def _records(stream: BinaryIO, head: bytes, source: str, chunk_bytes: int, max_r
     buffer = Buffer(head, stream, max(chunk_bytes, 1 << 16), start=skip)
     if fmt is None:
         if head.strip(_WHITESPACE):
-            yield RejectedChunk(
-                source,
-                "unknown",
-                head[:PREFIX_BYTES],
-                reason=f"unrecognized input: not OTLP JSON, JSON lines or protobuf (first bytes: {head[:16].hex(' ')})",
-                location="byte 0",
-            )
+            yield _unrecognized(buffer, source, max_record_bytes)
         return
     if fmt == "jsonl":
         yield from iter_lines(buffer, source, chunk_bytes, max_record_bytes)
@@ -207,6 +224,18 @@ def _records(stream: BinaryIO, head: bytes, source: str, chunk_bytes: int, max_r
         yield from iter_length_prefixed(buffer, source, fmt, chunk_bytes, max_record_bytes)
     else:
         yield from iter_whole(buffer, source, fmt, max_record_bytes)
+
+
+def _unrecognized(buffer: Buffer, source: str, limit: int) -> RejectedChunk:
+    """The whole unrecognized input as one quarantined record, its bytes kept up to ``limit`` (max_record_bytes)
+    so it stays recoverable by redrive; the reason says how big it was and whether all of it was kept."""
+    first = buffer.peek(16).hex(" ")
+    buffer.fill(limit + 1)
+    kept = buffer.peek(limit)
+    size = buffer.discard_all()
+    where = "kept whole" if size <= limit else f"first {limit} kept (max_record_bytes), the rest only in {source}"
+    reason = f"unrecognized input: not OTLP JSON, JSON lines or protobuf (first bytes: {first}); {size} bytes, {where}"
+    return RejectedChunk(source, "unknown", kept, reason=reason, location="byte 0")
 
 
 def decode_chunk(chunk: RawChunk) -> DecodeResult:

@@ -21,6 +21,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from spanprism.ingest.fold import fold_calls
 from spanprism.ingest.records import Batch, Quarantined
 from spanprism.models.schema import LLM_CALLS_SCHEMA, conform
 from spanprism.models.transaction import transaction
@@ -39,6 +40,7 @@ class BatchCounts:
     non_llm_skipped: int = 0
     quarantined: int = 0
     conventions: dict[str, int] = field(default_factory=dict)
+    merged: int = 0  # spans folded into another span's call (ingest/fold.py)
 
 
 def new_batch_id() -> str:
@@ -94,6 +96,8 @@ def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[Batch], tables: lis
            counts: list[BatchCounts], *, ignore: bool) -> None:  # fmt: skip
     """Every row of ``batches`` inside the caller's transaction; fills ``calls_stored``/``duplicates``."""
     now = datetime.now(UTC)
+    folded = fold_calls(cur, tables, [c.batch_id for c in counts])
+    tables = folded.tables
     if ignore:  # one statement per batch, so each batch learns which of its rows were already stored
         for table, c in zip(tables, counts, strict=True):
             c.calls_stored = _insert(cur, "llm_calls", table, ignore=True) if table.num_rows else 0
@@ -103,8 +107,10 @@ def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[Batch], tables: lis
             _insert(cur, "llm_calls", pa.concat_tables(rows) if len(rows) > 1 else rows[0])
         for table, c in zip(tables, counts, strict=True):
             c.calls_stored = table.num_rows
-    for table, c in zip(tables, counts, strict=True):
-        c.duplicates = table.num_rows - c.calls_stored
+    for b, (table, c) in enumerate(zip(tables, counts, strict=True)):
+        c.duplicates = table.num_rows - c.calls_stored + folded.duplicates[b]
+        c.calls_stored -= folded.rewritten[b]  # a rewritten multi-span call is not a new call
+        c.merged = folded.merged[b]
     bad = [(c.batch_id, q) for b, c in zip(batches, counts, strict=True) for q in b.quarantined]
     if bad:
         _insert(cur, "quarantine", _quarantine_table(bad, now))

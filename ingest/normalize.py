@@ -25,6 +25,7 @@ import pyarrow as pa
 from spanprism.ingest import conventions as cv
 from spanprism.ingest.coerce import Rejected, as_str, first_str
 from spanprism.ingest.endpoints import DEPLOYMENT_HEADER, URL_KEYS, deployment, endpoint, region
+from spanprism.ingest.identity import STREAM_LOG_PREFIX
 from spanprism.ingest.limits import Limits, bound_rows
 from spanprism.ingest.records import NormalizeResult, Quarantined, SpanRecord
 from spanprism.ingest.timing import EventSummary, derive_timing, summarize_events
@@ -87,6 +88,29 @@ def status(span: SpanRecord, attrs: Mapping[str, Any], ev: EventSummary) -> tupl
     return "error", detail or _error_type_text(ev.exception_type) or (str(http) if http_failed else None)
 
 
+def _implied_streaming(convention: str, stream_log: bool, output_tokens: int | None) -> bool | None:
+    """What an emitter's silence about streaming means: the Anthropic SDK sets ``gen_ai.request.stream`` only on
+    streamed calls; a Logfire stream log is a stream; a Logfire request span with usage read a whole response
+    (a streamed call's request span ends at the headers, its usage is on the stream log)."""
+    if convention == "anthropic_sdk":
+        return False
+    if convention == "logfire":
+        return True if stream_log else (False if output_tokens is not None else None)
+    return None
+
+
+def _logfire_stream_start(span: SpanRecord) -> int | None:
+    """Start of Logfire's ``streaming response from … took …s`` log span re-based to where the reading of the
+    stream began (its end minus its ``duration`` attribute): the log then covers the stream, and the loader can
+    pair it with the request span that ended at the response headers (ingest/identity.py)."""
+    if not span["scope"].startswith("logfire.") or not span["name"].startswith(STREAM_LOG_PREFIX):
+        return None
+    took = span["attributes"].get("duration")
+    if not isinstance(took, int | float) or isinstance(took, bool) or not 0 <= took < 86400:
+        return None
+    return span["end_ns"] - round(took * 1e9)
+
+
 def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
     """One canonical row, in ``LLM_CALL_COLUMNS`` order; raises :class:`Rejected` for unusable spans."""
     if len(span["trace_id"]) != 32 or len(span["span_id"]) != 16:
@@ -106,30 +130,43 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
     )
     tokens = extract_tokens(attrs, absent_cache_is_zero=oi_anthropic, exclusive_input=_openlit_anthropic(attrs))
     stream_flag = cv.explicit_streaming(attrs, params)
-    timing = derive_timing(span["start_ns"], span["end_ns"], attrs, ev, stream_flag, tokens.output)
+    stream_start = _logfire_stream_start(span)
+    start_ns = span["start_ns"] if stream_start is None else stream_start
+    timing = derive_timing(start_ns, span["end_ns"], attrs, ev, stream_flag, tokens.output)
     streaming = stream_flag if stream_flag is not None else (True if timing.stream_evidence else None)
     name = span["name"]
-    convention = cv.source_convention(name, attrs, ev.chunk_event, tokens.from_raw)
+    convention = cv.scope_convention(span["scope"]) or cv.source_convention(name, attrs, ev.chunk_event,
+                                                                            tokens.from_raw)  # fmt: skip
+    if streaming is None:
+        streaming = _implied_streaming(convention, stream_start is not None, tokens.output)
+    response_id = as_str(attrs.get("gen_ai.response.id")) or tokens.response_id
+    response_model = first_str(attrs, cv.RESPONSE_MODEL_KEYS)
+    # A failed call's "response model" equal to the request model is a copy (OpenInference's llm.model_name).
+    no_answer = state == "error" and tokens.output is None and response_model == cv.request_model(attrs, params)
+    if response_id is None and (convention in ("logfire", "pydantic_ai") or no_answer):
+        # Logfire and pydantic-ai copy the request model there before any response is read, and OpenInference's
+        # llm.model_name is the request model on a failed call: none of them saw a response.
+        response_model = None
     ep = endpoint(attrs, has_url=rare)
     provider = cv.provider(attrs, ep.server_address) or ("vllm" if convention == "vllm" else None)
     return (
         span["trace_id"],
         span["span_id"],
         span["parent_span_id"],
-        as_str(attrs.get("gen_ai.response.id")) or tokens.response_id,
+        response_id,
         first_str(attrs, cv.REQUEST_ID_KEYS) if rare else None,
         cv.service(attrs, resource),
         cv.tenant(attrs, resource, tenant_attribute),
         cv.operation(attrs),
         provider,
         cv.request_model(attrs, params),
-        first_str(attrs, cv.RESPONSE_MODEL_KEYS),
+        response_model,
         first_str(attrs, cv.FINGERPRINT_KEYS),
         ep.server_address,
         region(attrs, resource, ep),
         deployment(attrs) if rare else None,
         cv.prompt_key(attrs) if rare else None,
-        span["start_ns"] // 1000,
+        start_ns // 1000,
         timing.duration_ms,
         timing.ttft_ms,
         timing.decode_ms,
@@ -152,6 +189,7 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
         ep.server_port,
         timing.chunk_count,
         first_str(attrs, cv.SESSION_KEYS),
+        None,  # merged_span_ids: the loader fills it when it folds several spans into this call
     )
 
 
@@ -162,7 +200,7 @@ _ROW_COLUMNS: tuple[str, ...] = (
     "deployment", "prompt_key", "start_time", "duration_ms", "ttft_ms", "decode_ms", "itl_ms", "itl_p95_ms",
     "queue_ms", "streaming", "status", "error_type", "finish_reason", "input_tokens", "cache_read_tokens",
     "cache_write_tokens", "uncached_input_tokens", "output_tokens", "reasoning_tokens", "source_convention",
-    "ingest_batch", "span_name", "server_port", "chunk_count", "session_id",
+    "ingest_batch", "span_name", "server_port", "chunk_count", "session_id", "merged_span_ids",
 )  # fmt: skip
 if _ROW_COLUMNS != LLM_CALL_COLUMNS:
     raise ImportError("models.schema.LLM_CALL_COLUMNS changed: update ingest.normalize._row to match")

@@ -43,6 +43,7 @@ class IngestSummary:
     duplicates: int = 0
     non_llm_skipped: int = 0
     quarantined: int = 0
+    merged: int = 0  # spans folded into another span's call: one row per call
     conventions: Counter[str] = field(default_factory=Counter)
     batches: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # inputs that could not be opened at all
@@ -53,6 +54,7 @@ class IngestSummary:
         self.duplicates += counts.duplicates
         self.non_llm_skipped += counts.non_llm_skipped
         self.quarantined += counts.quarantined
+        self.merged += counts.merged
         self.conventions.update(counts.conventions)
         self.batches.append(counts.batch_id)
 
@@ -63,6 +65,7 @@ class IngestSummary:
             "duplicates": self.duplicates,
             "non_llm_skipped": self.non_llm_skipped,
             "quarantined": self.quarantined,
+            "merged": self.merged,
             "conventions": dict(sorted(self.conventions.items())),
             "batches": len(self.batches),
             "errors": list(self.errors),

@@ -39,8 +39,14 @@ CACHE_READ_KEYS: tuple[str, ...] = (
 )
 CACHE_WRITE_KEYS: tuple[str, ...] = (
     "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_write.input_tokens",  # the Anthropic SDK's own telemetry (CONVENTIONS.md, emitters)
     "gen_ai.usage.cache_creation_input_tokens",
     "llm.token_count.prompt_details.cache_write",
+)
+#: The Anthropic SDK's cache writes split by TTL; their sum is the cache write when no total key is present.
+CACHE_WRITE_TTL_KEYS: tuple[str, ...] = (
+    "anthropic.usage.cache_creation.ephemeral_5m_input_tokens",
+    "anthropic.usage.cache_creation.ephemeral_1h_input_tokens",
 )
 REASONING_KEYS: tuple[str, ...] = (
     "gen_ai.usage.reasoning.output_tokens",
@@ -195,6 +201,8 @@ def extract_tokens(
                 break
         counts.append(found)
     inp, out, read, write, reasoning = counts
+    if write is None:
+        write = _ttl_cache_write(attrs)
     if exclusive_input and inp is not None:
         inp += (read or 0) + (write or 0)
     from_raw = False
@@ -216,6 +224,16 @@ def extract_tokens(
     _check_consistency(inp, out, read, write, reasoning)
     uncached = inp - read if inp is not None and read is not None else None
     return Tokens(inp, out, read, write, reasoning, uncached, from_raw, response_id)
+
+
+def _ttl_cache_write(attrs: Mapping[str, Any]) -> int | None:
+    """Sum of the per-TTL cache-write keys present; None when none is."""
+    total = None
+    for key in CACHE_WRITE_TTL_KEYS:
+        value = attrs.get(key)
+        if value is not None:
+            total = (total or 0) + token_count(key, value, "cache_write")
+    return total
 
 
 def _check_consistency(

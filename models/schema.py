@@ -53,6 +53,15 @@ LLM_CALL_FIELDS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("server_port", pa.int32(), "port of the LLM endpoint"),
     ("chunk_count", pa.int32(), "streamed chunk events seen on the span"),
     ("session_id", pa.string(), "conversation / session id"),
+    ("merged_span_ids", pa.string(), "JSON array of trace_id:span_id of this call's other spans (llm_call_spans)"),
+)
+
+#: ``llm_call_spans``: every span folded into a multi-span call keeps its own row (``llm_calls`` columns without
+#: ``merged_span_ids``), keyed by its ids, with the ids of the call row it belongs to.
+CALL_SPAN_COLUMNS: tuple[str, ...] = (
+    *(name for name, _, _ in LLM_CALL_FIELDS if name != "merged_span_ids"),
+    "call_trace_id",
+    "call_span_id",
 )
 
 LLM_CALLS_SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in LLM_CALL_FIELDS])
@@ -75,6 +84,9 @@ SOURCE_CONVENTIONS: tuple[str, ...] = (
     "vercel_ai",
     "vllm",
     "raw_usage",
+    "anthropic_sdk",
+    "logfire",
+    "pydantic_ai",
 )
 
 

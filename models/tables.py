@@ -63,6 +63,20 @@ llm_calls = Table(
     PrimaryKeyConstraint("trace_id", "span_id"),
 )
 
+#: Spans folded into a multi-span call, each with its own canonical row (``ingest/merge.py``): nothing merged is lost.
+llm_call_spans = Table(
+    "llm_call_spans",
+    metadata,
+    *[
+        Column(f.name, _sql_type(f.type), nullable=f.name not in ("trace_id", "span_id", "start_time"))
+        for f in LLM_CALLS_SCHEMA
+        if f.name != "merged_span_ids"
+    ],
+    Column("call_trace_id", String, nullable=False),
+    Column("call_span_id", String, nullable=False),
+    PrimaryKeyConstraint("trace_id", "span_id"),
+)
+
 ingest_batches = Table(
     "ingest_batches",
     metadata,

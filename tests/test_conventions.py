@@ -23,6 +23,10 @@ FIXTURE_OF = {
     "otel_semconv_legacy": "otel_deprecated",
     "openllmetry": "openllmetry_new",
     "openllmetry_legacy": "openllmetry_old",
+    # pydantic_ai.json is a real capture with the Anthropic SDK's own spans beside pydantic-ai's (the merge tests
+    # read it whole); its pydantic-ai spans alone are the reference here.
+    "pydantic_ai": "pydantic_ai_alone",
+    "logfire": "logfire_anthropic",
 }
 
 
@@ -47,11 +51,12 @@ def test_convention_has_a_fixture_that_normalizes_to_it(convention: str):
 
 def test_every_convention_the_detector_can_name_is_registered():
     returned: set[str] = set()
-    for func in (conventions.source_convention, conventions._otel_flavour):
+    for func in (conventions.source_convention, conventions._otel_flavour, conventions.scope_convention):
         for node in ast.walk(ast.parse(inspect.getsource(func))):
             if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant):
                 returned.add(node.value.value)
             elif isinstance(node, ast.Return) and isinstance(node.value, ast.IfExp):
                 returned.update(n.value for n in (node.value.body, node.value.orelse) if isinstance(n, ast.Constant))
+    returned.update(conventions._SCOPE_CONVENTIONS.values())  # emitters named by their instrumentation scope
     assert returned and returned <= set(SOURCE_CONVENTIONS), sorted(returned - set(SOURCE_CONVENTIONS))
     assert returned == set(SOURCE_CONVENTIONS), "a registered convention no span can be detected as"

@@ -117,6 +117,9 @@ def rows_for(convention: str, seed: int) -> list[dict]:
     rows = [make_row(rng, i, streaming=i % 2 == 0, error=i % 7 == 6) for i in range(16)]
     for row in rows:
         row["source_convention"] = convention
+        # Provider response ids are unique: rows of different conventions must not share one (the loader would
+        # rightly fold spans sharing an id, service and start second into one call: ingest/identity.py).
+        row["response_id"] = f"{row['response_id']}_{convention}"
     return rows
 
 

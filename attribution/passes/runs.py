@@ -174,7 +174,9 @@ def last_covering_success(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | No
 def _new_data(con: duckdb.DuckDBPyConnection, after: datetime | None) -> tuple[datetime, datetime] | None:
     """Time span of the calls of batches stored after ``after`` (or never rolled up); None when there are none."""
     batches = [r[0] for r in con.execute(
-        "SELECT id FROM ingest_batches WHERE calls_stored > 0 AND (finished_at > ? OR ? IS NULL"
+        # Stored calls, or spans folded into stored calls (ingest/fold.py rewrites their rows): both change data.
+        "SELECT id FROM ingest_batches WHERE spans_seen > duplicates + quarantined + non_llm_skipped"
+        " AND (finished_at > ? OR ? IS NULL"
         " OR id NOT IN (SELECT ingest_batch FROM rollup_batches))", [after, after]).fetchall()]  # fmt: skip
     if not batches:
         return None

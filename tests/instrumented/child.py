@@ -49,6 +49,61 @@ def _openllmetry(provider: TracerProvider) -> None:
     OpenAIInstrumentor().instrument(tracer_provider=provider)
 
 
+def _logfire(provider: Any) -> None:
+    import logfire
+
+    logfire.instrument_openai()
+
+
+def _langfuse(provider: Any) -> None:
+    import langfuse.openai  # noqa: F401  (patches the openai module on import: its drop-in integration)
+
+
+class FlushVia:
+    """A library that owns its tracer provider (Logfire, Langfuse): flushing and shutdown go through it."""
+
+    def __init__(self, flush: Callable[[], Any], shutdown: Callable[[], Any]) -> None:
+        self._flush, self._shutdown = flush, shutdown
+
+    def force_flush(self, timeout_millis: int) -> bool:
+        self._flush()
+        return True
+
+    def shutdown(self) -> None:
+        self._shutdown()
+
+
+def setup_logfire(cfg: dict[str, Any]) -> FlushVia:
+    """``logfire.configure`` with no hosted backend (``send_to_logfire=False``): spans go to the capture receiver."""
+    import logfire
+
+    exporter = OTLPSpanExporter(endpoint=cfg["otlp_endpoint"], timeout=10)
+    logfire.configure(send_to_logfire=False, console=False, service_name=cfg["service_name"],
+                      additional_span_processors=[BatchSpanProcessor(exporter)], metrics=False)  # fmt: skip
+    return FlushVia(logfire.force_flush, logfire.shutdown)
+
+
+def setup_langfuse(cfg: dict[str, Any]) -> FlushVia:
+    """A Langfuse client whose "host" is the capture receiver: it exports OTLP/HTTP to {host}/api/public/otel."""
+    import os
+
+    from langfuse import Langfuse
+
+    os.environ["OTEL_SERVICE_NAME"] = cfg["service_name"]
+    host = cfg["otlp_endpoint"].rsplit("/v1/traces", 1)[0]
+    client = Langfuse(public_key="pk-lf-spanprism", secret_key="sk-lf-spanprism", host=host, flush_at=100)
+    return FlushVia(client.flush, client.shutdown)
+
+
+def tracing_for(cfg: dict[str, Any]) -> Any:
+    """The tracer provider (or the library's own flusher) for ``cfg["lib"]``."""
+    if cfg["lib"].startswith("logfire"):
+        return setup_logfire(cfg)
+    if cfg["lib"].startswith("langfuse"):
+        return setup_langfuse(cfg)
+    return setup_tracing(cfg)
+
+
 #: lib name → instrument function. openai_v2_latest is openai_v2 run with
 #: OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental (set by the parent in the environment).
 INSTRUMENTORS: dict[str, Callable[[TracerProvider], None]] = {
@@ -56,6 +111,8 @@ INSTRUMENTORS: dict[str, Callable[[TracerProvider], None]] = {
     "openai_v2_latest": _openai_v2,
     "openinference": _openinference,
     "openllmetry": _openllmetry,
+    "logfire_openai": _logfire,
+    "langfuse_openai": _langfuse,
 }
 
 
@@ -165,7 +222,7 @@ def warm_up(base_url: str) -> None:
 def main(argv: list[str]) -> int:
     cfg = json.loads(argv[1])
     warm_up(cfg["base_url"])
-    provider = setup_tracing(cfg)
+    provider = tracing_for(cfg)
     # Instrument before the client exists: some libraries patch what the client binds on creation.
     INSTRUMENTORS[cfg["lib"]](provider)
     import openai

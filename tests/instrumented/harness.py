@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from instrumented import child
-from instrumented.fake_openai import FAIL_MODEL, REQUEST_MODEL, FakeOpenAIServer
+from instrumented.fake_openai import FAIL_MODEL, REQUEST_MODEL
 from instrumented.otlp_capture import OtlpCaptureServer
 
 CHILD_SCRIPT = Path(child.__file__).resolve()
@@ -35,6 +35,7 @@ class LibSpec:
     module: str
     env: dict[str, str] = field(default_factory=dict)
     gzip: bool = False
+    script: Path = CHILD_SCRIPT
 
     def importable(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -73,7 +74,8 @@ class ChildRun:
 
 def _child_env(spec: LibSpec) -> dict[str, str]:
     # Drop the developer's own OTEL_* settings: they would change what the libraries emit or where they send it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACELOOP_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "TRACELOOP_", "OPENAI_", "ANTHROPIC_", "LOGFIRE_", "LANGFUSE_"))}  # fmt: skip
     env.update(spec.env)
     return env
 
@@ -92,7 +94,7 @@ class _Child:
         self.stderr_path = stderr_path
         with stderr_path.open("w") as stderr:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, str(CHILD_SCRIPT), json.dumps(cfg)],
+                [sys.executable, str(spec.script), json.dumps(cfg)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -135,26 +137,30 @@ class _Child:
             self.proc.wait()
 
 
-def _config(spec: LibSpec, server: FakeOpenAIServer, receiver: OtlpCaptureServer) -> dict[str, Any]:
+def _config(spec: LibSpec, base_url: str, receiver: OtlpCaptureServer, model: str) -> dict[str, Any]:
     return {
         "lib": spec.lib,
-        "base_url": server.base_url,
+        "base_url": base_url,
         "otlp_endpoint": receiver.endpoint,
         "gzip": spec.gzip,
         "service_name": f"spanprism-it-{spec.lib}",
-        "model": REQUEST_MODEL,
+        "model": model,
         "fail_model": FAIL_MODEL,
     }
 
 
-def run_children(specs: list[LibSpec], server: FakeOpenAIServer, workdir: Path) -> dict[str, ChildRun]:
-    """Run one child per spec; returns each lib's run once its spans are in its capture file."""
+def run_children(specs: list[LibSpec], server: Any, workdir: Path, *, base_url: str | None = None,
+                 model: str = REQUEST_MODEL) -> dict[str, ChildRun]:  # fmt: skip
+    """Run one child per spec against ``server`` (``base_url``: its URL as the client wants it); returns each
+    lib's run once its spans are in its capture file."""
     receivers = {s.lib: OtlpCaptureServer(workdir / f"{s.lib}.otlp.pb").start() for s in specs}
     children: list[_Child] = []
     results: dict[str, dict[str, Any]] = {}
+    url = base_url or server.base_url
     try:
         for s in specs:
-            children.append(_Child(s, _config(s, server, receivers[s.lib]), workdir / f"{s.lib}.stderr.txt"))
+            cfg = _config(s, url, receivers[s.lib], model)
+            children.append(_Child(s, cfg, workdir / f"{s.lib}.stderr.txt"))
         for c in children:
             c.wait_for(child.READY, STARTUP_TIMEOUT_S)
         for c in children:  # one at a time: a child's timed calls never share the 2 cores with another's

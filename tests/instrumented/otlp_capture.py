@@ -37,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.rstrip("/") != "/v1/traces":
+        if not self.path.rstrip("/").endswith("/v1/traces"):  # Langfuse posts to {host}/api/public/otel/v1/traces
             self._reply(404, b"")
             return
         if self.headers.get_content_type() != PROTOBUF:

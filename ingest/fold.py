@@ -1,0 +1,275 @@
+"""Loader step: fold the spans that describe one call into one ``llm_calls`` row, inside the write transaction.
+
+New rows and the stored rows they may belong with are looked at together: the stored side is read only within
+:data:`~spanprism.ingest.identity.SEARCH_WINDOW_US` of the new rows' start times (DuckDB skips row groups outside
+it by their min/max), never the whole table. One SQL statement finds the coarse candidate pairs (shared parent,
+response id, trace of a stream log, SDK twin); the few rows involved are then grouped and merged in Python
+(:mod:`spanprism.ingest.identity`, :mod:`spanprism.ingest.merge`). A batch without candidates costs that one
+statement and nothing else.
+
+The state of a multi-span call is the set of its member rows in ``llm_call_spans``; its ``llm_calls`` row is
+recomputed from that set whenever a new member arrives, so the result does not depend on arrival order, and a
+span stored before (as a call or as a member) is a duplicate, which makes re-ingesting a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spanprism.ingest.identity import (
+    SDK_CONVENTION,
+    SEARCH_WINDOW_US,
+    STREAM_LEAD_US,
+    STREAM_LOG_PREFIX,
+    TWIN_LEAD_US,
+    group_calls,
+)
+from spanprism.ingest.merge import merge_rows
+from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA
+
+Row = dict[str, Any]
+_NEW, _POOL = "_spanprism_fold_new", "_spanprism_fold_pool"
+_COLS = ("trace_id, span_id, parent_span_id, response_id, service, operation, request_model, source_convention,"
+         " start_time, duration_ms, span_name")  # fmt: skip
+_TS_INDEX = LLM_CALLS_SCHEMA.get_field_index("start_time")
+_SPANS_SCHEMA = pa.schema(
+    [f for f in LLM_CALLS_SCHEMA if f.name != "merged_span_ids"]
+    + [pa.field("call_trace_id", pa.string()), pa.field("call_span_id", pa.string())]
+)
+assert tuple(_SPANS_SCHEMA.names) == CALL_SPAN_COLUMNS
+
+
+@dataclass(slots=True)
+class Folded:
+    """Per batch of the unit: the rows to insert and what folding did to the counts."""
+
+    tables: list[pa.Table]
+    merged: list[int] = field(default_factory=list)  # spans folded into another span's call
+    duplicates: list[int] = field(default_factory=list)  # spans already stored (as a call or a member)
+    rewritten: list[int] = field(default_factory=list)  # inserted rows that replace a stored call
+
+
+def _pair_sql(lo: str, hi: str) -> str:
+    """Candidate pairs among the pool (new rows and the stored window); at least one side new."""
+    twin = (f"a.source_convention = '{SDK_CONVENTION}' AND b.source_convention <> '{SDK_CONVENTION}'"
+            " AND b.response_id IS NULL AND a.request_model = b.request_model"
+            " AND a.service IS NOT DISTINCT FROM b.service")  # fmt: skip
+    lead = f"INTERVAL {TWIN_LEAD_US} MICROSECOND"
+    stream = (f"a.span_name LIKE '{STREAM_LOG_PREFIX}%' AND a.k <> b.k AND a.request_model = b.request_model"
+              " AND a.service IS NOT DISTINCT FROM b.service")  # fmt: skip
+    stream_lead = f"INTERVAL {STREAM_LEAD_US} MICROSECOND"
+    conditions = [
+        "a.trace_id = b.trace_id AND a.parent_span_id = b.span_id",
+        "a.response_id = b.response_id AND a.k <> b.k",
+        # A new span already stored as a member of a call (a stored call row is left to the primary-key check).
+        "a.trace_id = b.trace_id AND a.span_id = b.span_id AND a.src = 'new' AND b.src = 'member'",
+        f"{stream} AND a.mnt = b.mnt AND b.start_time BETWEEN a.start_time - {stream_lead} AND a.start_time",
+        f"{stream} AND a.mnt = b.mnt + 1 AND b.start_time BETWEEN a.start_time - {stream_lead} AND a.start_time",
+        f"{twin} AND a.sec = b.sec AND b.start_time BETWEEN a.start_time - {lead} AND a.start_time",
+        f"{twin} AND a.sec = b.sec + 1 AND b.start_time BETWEEN a.start_time - {lead} AND a.start_time",
+    ]
+    # A span paired with its own stored copy (re-ingest) is no candidate: the primary-key check handles it.
+    other = "NOT (a.trace_id = b.trace_id AND a.span_id = b.span_id)"
+    pairs = "\nUNION ALL ".join(
+        f"SELECT a.k AS x, b.k AS y FROM keyed a JOIN keyed b ON {c}"
+        f" WHERE (a.src = 'new' OR b.src = 'new') AND ({other} OR b.src = 'member')"
+        for c in conditions
+    )
+    window = f"start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
+    return f"""
+        WITH keyed AS MATERIALIZED (
+            SELECT *, epoch(start_time)::BIGINT AS sec, epoch(start_time)::BIGINT // 60 AS mnt FROM (
+                SELECT {_COLS}, 'new' AS src, _i AS k FROM {_NEW}
+                UNION ALL SELECT {_COLS}, 'call', -1 - row_number() OVER () FROM llm_calls WHERE {window}
+                UNION ALL SELECT {_COLS}, 'member', -1 - row_number() OVER () - {1 << 40} FROM llm_call_spans
+                    WHERE {window})
+        ), pairs AS MATERIALIZED ({pairs})
+        SELECT k, src, trace_id, span_id FROM keyed WHERE k IN (SELECT x FROM pairs UNION SELECT y FROM pairs)
+    """
+
+
+def _window(new: pa.Table) -> tuple[str, str]:
+    lo, hi = pc.min_max(new.column("start_time")).values()
+    pad = timedelta(microseconds=SEARCH_WINDOW_US)
+    return (lo.as_py() - pad).isoformat(), (hi.as_py() + pad).isoformat()
+
+
+def _as_rows(table: pa.Table) -> list[Row]:
+    """Rows as dicts with ``start_time`` in µs since the epoch (what identity/merge compute with)."""
+    ts = table.column("start_time").cast(pa.int64())
+    return table.set_column(table.schema.get_field_index("start_time"), "start_time", ts).to_pylist()
+
+
+def _to_table(rows: list[Row], schema: pa.Schema) -> pa.Table:
+    arrays = []
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        if f.name == "start_time":
+            arrays.append(pa.array(values, pa.int64()).cast(f.type))
+        else:
+            arrays.append(pa.array(values, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _stored(cur: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, str]], lo: str, hi: str) -> list[Row]:
+    if not keys:
+        return []
+    cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
+    rows = _as_rows(cur.sql(
+        f"SELECT c.* FROM {table} c JOIN {_POOL} k ON c.trace_id = k.t AND c.span_id = k.s"
+        f" WHERE c.start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ").to_arrow_table())  # fmt: skip
+    cur.unregister(_POOL)
+    return rows
+
+
+def _delete(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]]) -> None:
+    """Remove stored calls (their ``llm_calls`` rows and their members) that are about to be written anew."""
+    if not calls:
+        return
+    keys = sorted(calls)
+    cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
+    cur.execute(f"DELETE FROM llm_calls USING {_POOL} k WHERE trace_id = k.t AND span_id = k.s")
+    cur.execute(f"DELETE FROM llm_call_spans USING {_POOL} k WHERE call_trace_id = k.t AND call_span_id = k.s")
+    cur.unregister(_POOL)
+
+
+def _members_of(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]], lo: str, hi: str) -> list[Row]:
+    if not calls:
+        return []
+    keys = sorted(calls)
+    cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
+    rows = _as_rows(cur.sql(
+        f"SELECT m.* FROM llm_call_spans m JOIN {_POOL} k ON m.call_trace_id = k.t AND m.call_span_id = k.s"
+        f" WHERE m.start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ").to_arrow_table())  # fmt: skip
+    cur.unregister(_POOL)
+    return rows
+
+
+@dataclass(slots=True)
+class _Pool:
+    """The rows regrouped together: each with where it came from (a stored call, a member, a new row)."""
+
+    rows: list[Row] = field(default_factory=list)
+    call_of: list[tuple[str, str] | None] = field(default_factory=list)  # stored: the call it belongs to
+    new_index: list[int | None] = field(default_factory=list)  # new: its index in the concatenated unit
+    members: dict[tuple[str, str], set[tuple[str, str]]] = field(default_factory=dict)  # stored call -> keys
+
+    def add(self, row: Row, call: tuple[str, str] | None, index: int | None) -> None:
+        self.rows.append(row)
+        self.call_of.append(call)
+        self.new_index.append(index)
+        if call is not None:
+            self.members.setdefault(call, set()).add((row["trace_id"], row["span_id"]))
+
+
+def _load_pool(cur: duckdb.DuckDBPyConnection, new_rows: dict[int, Row], involved: list[tuple[Any, ...]],
+               lo: str, hi: str) -> tuple[_Pool, set[int]]:  # fmt: skip
+    """Stored singletons, every member of every touched stored call, then the new rows not stored already."""
+    calls = _stored(cur, "llm_calls", [(t, s) for _, src, t, s in involved if src == "call"], lo, hi)
+    found = _stored(cur, "llm_call_spans", [(t, s) for _, src, t, s in involved if src == "member"], lo, hi)
+    touched = {(r["call_trace_id"], r["call_span_id"]) for r in found}
+    touched |= {(r["trace_id"], r["span_id"]) for r in calls if r["merged_span_ids"] is not None}
+    pool = _Pool()
+    for row in calls:
+        if row["merged_span_ids"] is None:
+            pool.add(row, (row["trace_id"], row["span_id"]), None)
+    for row in _members_of(cur, touched, lo, hi):
+        pool.add(row, (row.pop("call_trace_id"), row.pop("call_span_id")), None)
+    seen = {(r["trace_id"], r["span_id"]) for r in pool.rows}
+    duplicates = set()
+    for index, row in sorted(new_rows.items()):
+        k = (row["trace_id"], row["span_id"])
+        if k in seen:
+            duplicates.add(index)
+        else:
+            seen.add(k)
+            pool.add(row, None, index)
+    return pool, duplicates
+
+
+def _unchanged(pool: _Pool, group: list[int]) -> bool:
+    """A group that is exactly one stored call, with nothing new: leave it alone."""
+    calls = {pool.call_of[i] for i in group}
+    if None in calls or len(calls) != 1:
+        return False
+    (call,) = calls
+    return pool.members[call] == {(pool.rows[i]["trace_id"], pool.rows[i]["span_id"]) for i in group}
+
+
+def _output(pool: _Pool, group: list[int]) -> tuple[Row, list[Row]]:
+    """The call row of a group and, when it has several spans, their member rows keyed to it."""
+    rows = [pool.rows[i] for i in group]
+    if len(rows) == 1:
+        return {**rows[0], "merged_span_ids": None}, []
+    call = merge_rows(rows)
+    call["merged_span_ids"] = orjson.dumps(call["merged_span_ids"]).decode()
+    members = [{**r, "call_trace_id": call["trace_id"], "call_span_id": call["span_id"]} for r in rows]
+    return call, members
+
+
+def _batch_of(sizes: list[int], index: int) -> int:
+    for b, size in enumerate(sizes):
+        if index < size:
+            return b
+        index -= size
+    raise IndexError(index)
+
+
+def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids: list[str]) -> Folded:
+    """Fold the new rows of ``tables`` (one per batch of a write unit, ids ``batch_ids``) with each other and with
+    stored rows; a rewritten call row carries the id of the batch that wrote it.
+
+    Runs inside the caller's transaction: deletes the stored calls that are written anew, writes the member rows,
+    and returns the tables to insert with per-batch counts.
+    """
+    sizes = [t.num_rows for t in tables]
+    folded = Folded(list(tables), [0] * len(tables), [0] * len(tables), [0] * len(tables))
+    if not sum(sizes):
+        return folded
+    new = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    lo, hi = _window(new)
+    cur.register(_NEW, new.append_column("_i", pa.array(range(new.num_rows), pa.int64())))
+    involved = cur.execute(_pair_sql(lo, hi)).fetchall()
+    cur.unregister(_NEW)
+    if not involved:
+        return folded
+    picked = sorted(k for k, src, _, _ in involved if src == "new")
+    new_rows = dict(zip(picked, _as_rows(new.take(picked)), strict=True))
+    pool, duplicates = _load_pool(cur, new_rows, involved, lo, hi)
+    outputs: list[list[Row]] = [[] for _ in tables]
+    members: list[Row] = []
+    rewrite: set[tuple[str, str]] = set()
+    for group in group_calls(pool.rows):
+        if _unchanged(pool, group):
+            continue
+        stored = {pool.call_of[i] for i in group} - {None}
+        fresh = [pool.new_index[i] for i in group if pool.new_index[i] is not None]
+        rewrite |= stored  # type: ignore[arg-type]
+        call, rows = _output(pool, group)
+        members += rows
+        target = _batch_of(sizes, min(fresh)) if fresh else 0
+        outputs[target].append({**call, "ingest_batch": batch_ids[target]})
+        folded.rewritten[target] += 1 if stored else 0
+        for index in fresh[0 if stored else 1 :]:  # the first new span of a new call is the call itself
+            folded.merged[_batch_of(sizes, index)] += 1
+    for index in duplicates:
+        folded.duplicates[_batch_of(sizes, index)] += 1
+    _delete(cur, rewrite)
+    if members:
+        cur.register(_POOL, _to_table(members, _SPANS_SCHEMA))
+        cur.execute(f"INSERT INTO llm_call_spans SELECT * FROM {_POOL}")
+        cur.unregister(_POOL)
+    offsets = [sum(sizes[:b]) for b in range(len(sizes))]
+    for b, table in enumerate(tables):
+        drop = {i - offsets[b] for i in picked if offsets[b] <= i < offsets[b] + sizes[b]}
+        kept = table.filter(pa.array([i not in drop for i in range(sizes[b])])) if drop else table
+        extra = _to_table(outputs[b], LLM_CALLS_SCHEMA) if outputs[b] else None
+        folded.tables[b] = pa.concat_tables([kept, extra]) if extra is not None else kept
+    return folded
