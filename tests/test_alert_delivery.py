@@ -347,12 +347,12 @@ def test_served_app_worker_alerts_after_an_attribution_pass(tmp_path, receiver):
         insert_regression(db, "reg-other", service="batch-jobs")
         db.bump_generation()  # what a finished attribution pass does
         deadline = time.monotonic() + 10
-        # The worker books "sent" after the receiver's answer: wait for the booking, not only the request.
-        while time.monotonic() < deadline:
-            page = live.client.get("/api/v1/alerts/outbox", params={"status": "sent"}).json()
-            if page["count"]:
-                break
+        # The receiver records a request before it answers, and the worker marks the row sent after the answer:
+        # wait for the outbox row, not for the receiver.
+        page = live.client.get("/api/v1/alerts/outbox", params={"status": "sent"}).json()
+        while not page["count"] and time.monotonic() < deadline:
             time.sleep(0.02)
+            page = live.client.get("/api/v1/alerts/outbox", params={"status": "sent"}).json()
         assert page["count"] == 1 and page["data"][0]["regression_id"] == "reg-live"
         assert page["data"][0]["destination"] == "hook" and page["data"][0]["kind"] == "webhook"
         assert [orjson.loads(r["body"])["id"] for r in receiver.ok()] == ["reg-live"]
