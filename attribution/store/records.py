@@ -63,6 +63,8 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
         rid = stable_id(key, "regression", start.isoformat())
         primary = max(group, key=lambda e: -math.inf if e.change_pct != e.change_pct else e.change_pct)
         is_open = any(e.end is None for e in group)
+        # Accepted when the shift that ends the regression persisted (the new normal), resolved when it came back.
+        status = "open" if is_open else ("accepted" if max(group, key=lambda e: e.end).accepted else "resolved")
         moved = [
             {
                 "metric": e.metric,
@@ -84,7 +86,7 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
             "request_model": name.get("request_model"), "operation": name.get("operation"),
             "tenant": name.get("tenant"), "start_time": start, "detected_at": min(e.detected_at for e in group),
             "end_time": None if is_open else max(e.end for e in group if e.end is not None),
-            "status": "open" if is_open else "resolved", "metric": primary.metric,
+            "status": status, "metric": primary.metric,
             "baseline": _clean(primary.baseline), "observed": _clean(primary.observed),
             "change_pct": _clean(primary.change_pct), "metrics": orjson.dumps(moved).decode(), "updated_at": now,
         })  # fmt: skip
