@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from spanprism.attribution.baselines import ParamsBatch
 from spanprism.attribution.detection.episodes import FAMILIES, Episode
+from spanprism.attribution.store.rollups import SERIES_NAME_COLUMNS
 
 _STATS = [s for stats in FAMILIES.values() for s in stats]
 
@@ -59,6 +60,23 @@ def load_rollups(con: duckdb.DuckDBPyConnection, *, start_s: int, end_s: int,
         params,
     ).df()
     return frame, keys
+
+
+def load_calls(con: duckdb.DuckDBPyConnection, keys: list[str], *, start_s: int, end_s: int,
+               series_columns: Iterable[str]) -> pd.DataFrame:  # fmt: skip
+    """Latencies and tokens of the ok calls of ``keys`` in [start_s, end_s), one query joined to ``series`` on
+    the columns naming a series: ``series_key``, ``t`` (epoch s), ``duration_ms``, ``ttft_ms``, ``itl_ms``,
+    ``input_tokens``, ``output_tokens``."""
+    cols = [c for c in series_columns if c in SERIES_NAME_COLUMNS]
+    on = " AND ".join(f"c.{c} IS NOT DISTINCT FROM s.{c}" for c in cols)
+    return con.execute(
+        f"""SELECT s.series_key, epoch_us(c.start_time) / 1e6 AS t, c.duration_ms, c.ttft_ms, c.itl_ms,
+                   c.input_tokens, c.output_tokens
+            FROM llm_calls c JOIN (SELECT * FROM series WHERE series_key IN (SELECT unnest($keys))) s ON {on}
+            WHERE coalesce(c.status, 'ok') <> 'error'
+              AND c.start_time >= to_timestamp($lo) AND c.start_time < to_timestamp($hi)""",
+        {"keys": keys, "lo": start_s, "hi": end_s},
+    ).df()
 
 
 def series_names(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str | None]]:
