@@ -139,14 +139,20 @@ def _baseline(c: _Calls, usable: np.ndarray, lo_s: float, hi_s: float, config: P
     false-alarm budget would be spent many times over on bursty series.
     """
     a, b = np.searchsorted(c.t, [lo_s, hi_s])
-    keep = np.flatnonzero(usable[a:b]) + a
-    if keep.size < config.min_baseline_calls:
+    window = usable[a:b]
+    n = int(np.count_nonzero(window))
+    if n < config.min_baseline_calls:
         return None
     # An evenly spread subsample is as good a baseline as all calls and keeps a month of a busy series cheap.
-    keep = keep[:: max(1, keep.size // config.max_baseline_calls)]
+    step = max(1, n // config.max_baseline_calls)
+    keep = slice(a, b, step) if n == b - a else np.flatnonzero(window)[::step] + a
     raw, times = c.x[keep], c.t[keep]
-    beta = np.zeros(2) if c.tokens is None else _token_slopes(raw, c.tokens[keep])
-    vals = raw if c.tokens is None else raw - c.tokens[keep] @ beta
+    if c.tokens is None:
+        beta, vals = np.zeros(2), raw
+    else:
+        tokens = c.tokens[keep]
+        beta = _token_slopes(raw, tokens)
+        vals = raw - tokens @ beta
     m = float(np.median(vals))
     s = max(1.4826 * float(np.median(np.abs(vals - m))), config.scale_floor)
     z = np.clip((vals - m) / s, -config.clip, config.clip)
