@@ -181,7 +181,7 @@ class RegressionPublic(BaseModel):
     series: SeriesName
     start: str
     end: str | None
-    status: Literal["open", "resolved"]
+    status: Literal["open", "resolved", "accepted"]
     metric: str
     baseline: float | None
     observed: float | None

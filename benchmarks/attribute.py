@@ -172,7 +172,35 @@ def performance(n_series: int, days: int, n_calls: int, seed: int) -> None:
     total = time.perf_counter() - t1
     print(f"baselines+detection: {total:.1f}s  {summary}")
     con.close()
+    per_call_timing(n_series, days, seed)
     rollup_sql(n_calls, seed)
+
+
+def per_call_timing(n_series: int, days: int, seed: int) -> None:
+    """Time per-call detection of the fleet's sparse series (the rollup-only fleet above has no calls to read).
+
+    Same rate law as :func:`synthetic_rollups` (log-uniform 0.01–100 calls/s); the series under
+    ``PerCallConfig.sparse_below`` calls an hour get log-normal calls with tokens, tested over ``days``.
+    """
+    from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
+
+    rng = np.random.default_rng(seed)
+    rate = np.exp(rng.uniform(np.log(0.01), np.log(100), n_series)) * 3600
+    sparse = rate[rate < PerCallConfig().sparse_below]
+    start = 1_772_409_600
+    parts = []
+    for i, per_hour in enumerate(sparse):
+        n = rng.poisson(per_hour * 24 * days)
+        out, tin = rng.lognormal(5, 0.6, n), rng.lognormal(7.5, 0.4, n)
+        ttft, itl = rng.lognormal(6, 0.3, n), rng.lognormal(3, 0.25, n)
+        parts.append(pd.DataFrame({"series_key": f"s{i:05d}", "t": np.sort(rng.uniform(0, days * 86400, n)) + start,
+                                   "duration_ms": ttft + out * itl, "ttft_ms": ttft, "itl_ms": itl,
+                                   "input_tokens": tin, "output_tokens": out}))  # fmt: skip
+    calls = pd.concat(parts) if parts else pd.DataFrame()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    found = detect_calls(calls, eval_from_s=start, horizon_s=start + days * 86400)
+    print(f"per-call detection: {len(sparse)} sparse series ({len(calls):,} calls) in {time.perf_counter() - t0:.1f}s "
+          f"({time.process_time() - cpu0:.1f}s CPU), {len(found)} episodes on stationary calls")  # fmt: skip
 
 
 def synthetic_rollups(rng: np.random.Generator, n_series: int, days: int, grain: int) -> pa.Table:

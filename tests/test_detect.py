@@ -172,8 +172,10 @@ def test_records_have_the_design_shape(job):
     assert records and all(set(r) == RECORD_KEYS for r in records)
     rec = records[0]
     assert set(rec["series"]) == {"service", "provider", "model", "operation"}
-    assert rec["label"] == "unexplained" and rec["contributions_ms"] == {} and rec["evidence"] == []
-    assert rec["status"] in {"open", "resolved"} and rec["start"].endswith("Z")
+    assert rec["label"] == "unexplained" and rec["contributions_ms"] == {}
+    # Before labelling, the evidence holds only what detection knows: the test that fired and what it saw.
+    assert rec["evidence"] and all(e["signal"] == "detection" and e["test"] for e in rec["evidence"])
+    assert rec["status"] in {"open", "resolved", "accepted"} and rec["start"].endswith("Z")
     assert list_regressions(con, label="prefill_growth") == []
     assert len(list_regressions(con, series={"service": "ttft-shift"})) == 1
     assert list_regressions(con, since=at(8)) == [] and len(list_regressions(con, until=at(8))) == len(records)

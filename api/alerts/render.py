@@ -64,7 +64,10 @@ def metric_line(record: dict[str, Any]) -> str:
 
 def summary(record: dict[str, Any], event: str) -> str:
     """One line: what moved where, and the attributed cause."""
-    head = "Resolved" if event == "resolve" else "Latency regression"
+    if event != "resolve":
+        head = "Latency regression"
+    else:  # an accepted shift closes the page too, but says it is the new normal rather than recovered
+        head = "Accepted as the new normal" if record.get("status") == "accepted" else "Resolved"
     cause = record.get("label") or "unexplained"
     if record.get("reason"):
         cause += f" ({record['reason']})"

@@ -148,7 +148,7 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
             "spanprism regressions --json --label cache_eviction")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON list of regression records")
     p.add_argument("--label", choices=LABELS, help="only this label")
-    p.add_argument("--status", choices=("open", "resolved"), help="only open or resolved")
+    p.add_argument("--status", choices=("open", "resolved", "accepted"), help="only open, resolved or accepted")
     p.add_argument("--since", type=parse_time, help="only regressions overlapping this start")
     p.add_argument("--until", type=parse_time, help="only regressions starting before this")
     p.add_argument("--url", help="read from a running server instead of the file (default: $SPANPRISM_URL)")

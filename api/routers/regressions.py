@@ -42,7 +42,7 @@ async def index(
     page: PagingDep,
     _: ReadAuth,
     label: Label | None = None,
-    status_: Annotated[Literal["open", "resolved"] | None, Query(alias="status")] = None,
+    status_: Annotated[Literal["open", "resolved", "accepted"] | None, Query(alias="status")] = None,
     since: Since = None,
     until: Until = None,
     series_key: str | None = None,

@@ -41,6 +41,7 @@ class Span:
     alarm: int
     peak: int
     end: int | None  # exclusive; None while open
+    accepted: bool = False  # closed because the shift persisted (the new normal), not because it came back
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ class DetectorRun(ABC):
     @abstractmethod
     def _update(self, block: Deviations) -> None:
         """Advance through the buckets of ``block`` in order."""
+
+    @abstractmethod
+    def accept_settled(self, t: int, settle_buckets: int) -> None:
+        """Close, as accepted at bucket ``t`` (a baseline refit), every episode open ``settle_buckets`` since its
+        onset: the lifecycle rule that no episode stays open undecided (DESIGN.md: at most 48 h)."""
 
     @abstractmethod
     def spans(self) -> list[Span]:

@@ -13,6 +13,10 @@ buckets for a thousand series is ~9,000 small vector steps, not a Python loop pe
   below ``resolve_z``; its end is after the last bucket whose mean ``z`` was still clearly high (``hot_z``), so
   noise during the calm window does not stretch it. Quiet gaps shorter than that window stay inside one episode
   (adjacent anomalous stretches merge).
+- An episode still open ``accept_buckets`` after its onset is *accepted* at the next baseline refit
+  (:meth:`EpisodeTracker.accept_settled`): the shift persisted and is the new normal. It closes there with
+  ``accepted`` set; the caller re-learns the baseline from its onset on, so a later, further shift is an episode
+  of its own. No episode stays open undecided longer than the settle period plus one day.
 Buckets without a value (too few calls, no data) leave every state untouched.
 
 :class:`CusumDetector` is this state machine behind the detector contract (:mod:`.base`), configured by
@@ -76,6 +80,10 @@ class _CusumRun(DetectorRun):
         for j in range(block.n):
             self.tracker.step(block.t0 + j, block.z[:, :, j], block.r[:, :, j])
 
+    def accept_settled(self, t: int, settle_buckets: int) -> None:
+        self.tracker.accept_buckets = settle_buckets
+        self.tracker.accept_settled(t)
+
     def spans(self) -> list[Span]:
         return self.tracker.spans()
 
@@ -84,8 +92,10 @@ class EpisodeTracker:
     """Vectorized CUSUM + open/resolve logic for S series and K statistics of one metric family."""
 
     def __init__(self, n_series: int, n_stats: int, *, k: float, h: float, min_log_change: float,
-                 resolve_z: float, resolve_buckets: int, min_buckets: int = 2, hot_z: float = 2.0) -> None:  # fmt: skip
+                 resolve_z: float, resolve_buckets: int, min_buckets: int = 2, hot_z: float = 2.0,
+                 accept_buckets: int | None = None) -> None:  # fmt: skip
         self.k, self.h, self.cap, self.hot_z = k, h, h / max(min_buckets, 1) + k, hot_z
+        self.accept_buckets = accept_buckets
         self.min_log_change, self.resolve_z, self.resolve_buckets = min_log_change, resolve_z, resolve_buckets
         shape = (n_series, n_stats)
         self.cusum = np.zeros(shape)
@@ -164,10 +174,26 @@ class EpisodeTracker:
         for row in calm:
             self.closed.append(Span(int(row), int(self.onset[row]), int(self.alarm[row]), int(self.peak[row]),
                                     int(self.last_hot[row]) + 1))  # fmt: skip
-        if calm.size:
-            self.open[calm] = False
-            self.cusum[calm] = 0.0
-            self.rsum[calm], self.rcnt[calm] = 0.0, 0.0
+        self._close(calm)
+
+    def accept_settled(self, t: int) -> None:
+        """Close, as accepted at ``t``, every episode open for ``accept_buckets`` since its onset.
+
+        Called at a baseline refit (a UTC midnight), so the re-learned baseline is in use from ``t`` on.
+        """
+        if self.accept_buckets is None:
+            return
+        rows = np.flatnonzero(self.open & (t - self.onset >= self.accept_buckets))
+        for row in rows:
+            self.closed.append(Span(int(row), int(self.onset[row]), int(self.alarm[row]), int(self.peak[row]), t,
+                                    accepted=True))  # fmt: skip
+        self._close(rows)
+
+    def _close(self, rows: np.ndarray) -> None:
+        if rows.size:
+            self.open[rows] = False
+            self.cusum[rows] = 0.0
+            self.rsum[rows], self.rcnt[rows] = 0.0, 0.0
 
     def spans(self) -> list[Span]:
         """Every episode seen so far: resolved ones, then those still open (``end`` None)."""

@@ -58,6 +58,7 @@ class DetectionConfig:
     merge_gap_s: int = 1800  # episodes of one series closer than this form one regression
     lookback_days: int = 28  # history a baseline is fitted on
     mask_max_age_s: int = 2 * DAY_S  # after this an unresolved change is taught to the baseline
+    accept_after_s: int = DAY_S  # settle period: an episode open this long is accepted at the next UTC midnight
     baselines: tuple[str, ...] = ("seasonal", "rolling")  # preference order
     families: tuple[str, ...] = ("e2e", "ttft", "itl")
     watch_coarser: bool = True  # also evaluate each series on coarser grains (see grain_plan)
@@ -103,10 +104,13 @@ class Episode:
     n_buckets: int
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     regression_id: str = ""
+    accepted: bool = False  # closed as the new normal after the settle period, not because the metric came back
 
     @property
     def status(self) -> str:
-        return "open" if self.end is None else "resolved"
+        if self.end is None:
+            return "open"
+        return "accepted" if self.accepted else "resolved"
 
 
 def stable_id(*parts: object) -> str:
@@ -213,6 +217,11 @@ class _Masks:
     def update(self, spans: list[Span], now: int) -> None:
         wanted: dict[int, list[tuple[int, int]]] = {}
         for sp in spans:
+            if sp.accepted and sp.end is not None and sp.end <= now:
+                # Accepted: the shift is the new normal. Its own buckets are given back and everything before
+                # its onset is hidden, so the baseline re-learns from the onset on.
+                wanted.setdefault(sp.row, []).append((0, sp.onset))
+                continue
             hi = min(now, sp.end if sp.end is not None else now)
             lo = max(sp.onset, hi - self.max_age)
             if hi > lo:
@@ -268,6 +277,7 @@ def detect_family(panel: FamilyPanel, config: DetectionConfig, *, eval_from_col:
     ts_all = panel.start_s + panel.grain_s * np.arange(total, dtype=np.int64)
     for day in range(eval_from_col // bpd, total // bpd):
         c0, c1 = day * bpd, (day + 1) * bpd
+        run.accept_settled(c0, config.accept_after_s // panel.grain_s)
         masks.update([*(prior or []), *run.spans()], c0)
         z = np.full((n, len(stats), bpd), np.nan)
         r, sd = np.full_like(z, np.nan), np.full_like(z, np.nan)
@@ -308,6 +318,7 @@ def _summarize(panel: FamilyPanel, sp: Span, centers: dict[str, np.ndarray], tot
         end=None if sp.end is None else panel.when(sp.end), baseline=top.get("baseline", float("nan")),
         observed=top.get("observed", float("nan")), change_pct=top.get("change_pct", float("nan")),
         peak_change_pct=top.get("peak_change_pct", float("nan")), n_buckets=hi - sp.onset, stats=summary,
+        accepted=sp.accepted,
     )  # fmt: skip
 
 
@@ -319,5 +330,5 @@ def spans_from_episodes(panel: FamilyPanel, episodes: list[Episode]) -> list[Spa
         if ep.series_key in index and ep.family == panel.family:
             onset = int(ep.start.timestamp() - panel.start_s) // panel.grain_s
             end = None if ep.end is None else int(ep.end.timestamp() - panel.start_s) // panel.grain_s
-            spans.append(Span(index[ep.series_key], onset, onset, onset, end))
+            spans.append(Span(index[ep.series_key], onset, onset, onset, end, accepted=ep.accepted))
     return spans

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 from spanprism.attribution.baselines import ParamsBatch
 from spanprism.attribution.baselines.base import DAY_S
@@ -28,9 +29,11 @@ from spanprism.attribution.detection.episodes import (
     prefer_finer,
     spans_from_episodes,
 )
+from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls, sparse_keys
+from spanprism.attribution.store import calls as stored_calls
 from spanprism.attribution.store import state as store
 from spanprism.attribution.store.records import group_regressions
-from spanprism.attribution.store.rollups import RollupConfig, refresh_rollups
+from spanprism.attribution.store.rollups import SERIES_NAME_COLUMNS, RollupConfig, refresh_rollups
 
 
 @dataclass
@@ -60,7 +63,8 @@ Fitted = list[tuple[str, tuple[str, ...], ParamsBatch]]
 
 
 def _detect(con: duckdb.DuckDBPyConnection, config: DetectionConfig, replay_s: int, end_s: int,
-            summary: AttributeSummary) -> tuple[list[Episode], Fitted]:  # fmt: skip
+            summary: AttributeSummary,
+            per_call: tuple[PerCallConfig, tuple[str, ...]]) -> tuple[list[Episode], Fitted]:  # fmt: skip
     load_s = replay_s - config.lookback_days * DAY_S
     frame, all_keys = store.load_rollups(con, start_s=load_s, end_s=end_s, grains=config.grains)
     prior = store.load_episodes(con)
@@ -82,7 +86,21 @@ def _detect(con: duckdb.DuckDBPyConnection, config: DetectionConfig, replay_s: i
             fitted.extend((stat, panel.keys, _only(batch, rows)) for stat, batches in last.items() for batch in batches)
             some = next(iter(panel.stats.values()))
             summary.buckets_evaluated += int((~np.isnan(some[:, eval_from:])).sum())
-    return prefer_finer(episodes), fitted
+    episodes.extend(_detect_per_call(con, frame, all_keys, prior, replay_s, end_s, *per_call))
+    return prefer_finer(episodes), fitted  # per-call episodes (grain 0) win over overlapping bucket ones
+
+
+def _detect_per_call(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, keys: list[str], prior: list[Episode],
+                     replay_s: int, end_s: int, config: PerCallConfig,
+                     series_columns: tuple[str, ...]) -> list[Episode]:  # fmt: skip
+    """Episodes of the series too sparse for buckets, tested call by call (one query for all of them)."""
+    sparse = sparse_keys(frame, keys, "n_ok", config)
+    if not sparse:
+        return []
+    naming = [c for c in series_columns if c in SERIES_NAME_COLUMNS]
+    calls = stored_calls.load_calls(con, sparse, start_s=replay_s - config.lookback_days * DAY_S, end_s=end_s,
+                                    series_columns=naming)  # fmt: skip
+    return detect_calls(calls, eval_from_s=replay_s, horizon_s=end_s, config=config, prior=prior)
 
 
 def _only(batch: ParamsBatch, rows: np.ndarray | None) -> ParamsBatch:
@@ -96,8 +114,12 @@ def _only(batch: ParamsBatch, rows: np.ndarray | None) -> ParamsBatch:
 
 def run_attribution(con: duckdb.DuckDBPyConnection, *, since: datetime | None = None, until: datetime | None = None,
                     config: DetectionConfig | None = None,
-                    rollup_config: RollupConfig | None = None) -> AttributeSummary:  # fmt: skip
-    """Refresh rollups, fit baselines, detect episodes and store regressions for [since, until)."""
+                    rollup_config: RollupConfig | None = None,
+                    per_call: PerCallConfig | None = None) -> AttributeSummary:  # fmt: skip
+    """Refresh rollups, fit baselines, detect episodes and store regressions for [since, until).
+
+    Series whose hourly buckets are too sparse are also tested call by call (``per_call``; see
+    :mod:`spanprism.attribution.detection.per_call`)."""
     config = config or DetectionConfig()
     rollup_config = rollup_config or RollupConfig(grains=config.grains)
     if set(config.grains) - set(rollup_config.grains):
@@ -120,7 +142,8 @@ def run_attribution(con: duckdb.DuckDBPyConnection, *, since: datetime | None = 
     try:
         store.delete_from(con, replay_s)
         t1 = time.perf_counter()
-        episodes, fitted = _detect(con, config, replay_s, end_s, summary)
+        episodes, fitted = _detect(con, config, replay_s, end_s, summary,
+                                   (per_call or PerCallConfig(), rollup_config.series_columns))  # fmt: skip
         summary.timings["baselines_and_detection"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         now = datetime.now(UTC)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 #: The rows the rollup SELECTs aggregate: the calls that started in [$lo, $hi).
@@ -156,3 +157,19 @@ def series_summary(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tupl
     (``spanprism summary``)."""
     cur = con.execute(_SUMMARY_SQL)
     return [d[0] for d in cur.description], cur.fetchall()
+
+
+def load_calls(con: duckdb.DuckDBPyConnection, keys: list[str], *, start_s: int, end_s: int,
+               series_columns: Iterable[str]) -> pd.DataFrame:  # fmt: skip
+    """Latencies and tokens of the ok calls of ``keys`` in [start_s, end_s) (per-call detection of sparse series),
+    one query joined to ``series`` on ``series_columns`` (those naming a series): ``series_key``, ``t`` (epoch s),
+    ``duration_ms``, ``ttft_ms``, ``itl_ms``, ``input_tokens``, ``output_tokens``."""
+    on = " AND ".join(f"c.{c} IS NOT DISTINCT FROM s.{c}" for c in series_columns)
+    return con.execute(
+        f"""SELECT s.series_key, epoch_us(c.start_time) / 1e6 AS t, c.duration_ms, c.ttft_ms, c.itl_ms,
+                   c.input_tokens, c.output_tokens
+            FROM llm_calls c JOIN (SELECT * FROM series WHERE series_key IN (SELECT unnest($keys))) s ON {on}
+            WHERE coalesce(c.status, 'ok') <> 'error'
+              AND c.start_time >= to_timestamp($lo) AND c.start_time < to_timestamp($hi)""",
+        {"keys": keys, "lo": start_s, "hi": end_s},
+    ).df()

@@ -4,7 +4,9 @@ Detection stores episodes (per metric family) and regressions (per series and ti
 the episode metric with the largest relative change, every moved metric is kept in ``regressions.metrics``).
 Attribution is not this module's business: :func:`list_regressions` merges ``label``, ``reason``, ``confidence``,
 ``contributions_ms``, ``evidence`` and ``exemplars`` from :data:`ATTRIBUTION_TABLE` (keyed by ``regression_id``);
-until the labelling pass has run, a regression is ``unexplained`` with empty contributions, evidence and exemplars.
+until the labelling pass has run, a regression is ``unexplained`` with empty contributions and exemplars. Its
+``evidence`` always ends with one ``{"signal": "detection", "test": ...}`` entry per moved metric: the test that
+opened the episode, its statistic and the calls (or buckets) behind it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
         rid = stable_id(key, "regression", start.isoformat())
         primary = max(group, key=lambda e: -math.inf if e.change_pct != e.change_pct else e.change_pct)
         is_open = any(e.end is None for e in group)
+        # Accepted when the shift that ends the regression persisted (the new normal), resolved when it came back.
+        status = "open" if is_open else ("accepted" if max(group, key=lambda e: e.end).accepted else "resolved")
         moved = [
             {
                 "metric": e.metric,
@@ -73,6 +77,7 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
                 "start": _iso(e.start),
                 "end": _iso(e.end),
                 "episode_id": e.id,
+                "detection": _detection(e),
             }
             for e in sorted(group, key=lambda e: -(e.change_pct if e.change_pct == e.change_pct else -1e9))
         ]
@@ -84,11 +89,19 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
             "request_model": name.get("request_model"), "operation": name.get("operation"),
             "tenant": name.get("tenant"), "start_time": start, "detected_at": min(e.detected_at for e in group),
             "end_time": None if is_open else max(e.end for e in group if e.end is not None),
-            "status": "open" if is_open else "resolved", "metric": primary.metric,
+            "status": status, "metric": primary.metric,
             "baseline": _clean(primary.baseline), "observed": _clean(primary.observed),
             "change_pct": _clean(primary.change_pct), "metrics": orjson.dumps(moved).decode(), "updated_at": now,
         })  # fmt: skip
     return rows
+
+
+def _detection(e: Episode) -> dict[str, Any]:
+    """Which test opened the episode, its statistic and the calls behind it (per-call tests record them in stats)."""
+    for test, values in e.stats.items():
+        if "statistic" in values:
+            return {"test": test, **values}
+    return {"test": "bucket_cusum", "grain_s": e.grain_s, "buckets": e.n_buckets}
 
 
 def _clean(x: float | None) -> float | None:
@@ -153,6 +166,10 @@ def _record(row: tuple, extra: list[str], detail: bool) -> dict[str, Any]:
         if isinstance(value, str) and name in _JSON_FIELDS:
             value = orjson.loads(value)
         rec[name] = copy.deepcopy(default) if value is None else value
+    moved = orjson.loads(row[13]) if row[13] else []
+    # DESIGN.md: evidence also names the detection test that fired, its statistic and the calls behind it.
+    rec["evidence"] = [*rec["evidence"], *({"signal": "detection", "metric": m["metric"], **m["detection"]}
+                                           for m in moved if "detection" in m)]  # fmt: skip
     if detail:
-        rec["metrics"] = orjson.loads(row[13])
+        rec["metrics"] = moved
     return rec

@@ -98,7 +98,7 @@ def load_episodes(con: duckdb.DuckDBPyConnection) -> list[Episode]:
     """Every stored episode (used to mask earlier anomalies from the baselines of a replay)."""
     rows = con.execute(
         """SELECT id, series_key, family, metric, grain_s, start_time, detected_at, peak_time, end_time, baseline,
-                  observed, change_pct, peak_change_pct, n_buckets, stats, regression_id FROM episodes"""
+                  observed, change_pct, peak_change_pct, n_buckets, stats, regression_id, status FROM episodes"""
     ).fetchall()
     return [
         Episode(
@@ -114,6 +114,7 @@ def load_episodes(con: duckdb.DuckDBPyConnection) -> list[Episode]:
             *r[9:14],
             orjson.loads(r[14]),
             r[15],
+            accepted=r[16] == "accepted",
         )
         for r in rows
     ]

@@ -1,0 +1,111 @@
+"""Per-call detection of sparse series: the threshold keeps its false-alarm budget, shifts of a few calls an
+hour are found with 5-minute onsets, outliers and token drift are not regressions, and the job records the test."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spanprism.api.storage.connect import open_db
+from spanprism.attribution.detection.per_call import TEST_TOKENS, PerCallConfig, detect_calls, threshold
+from spanprism.attribution.passes.detect_pass import run_attribution
+from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls, insert_calls
+from spanprism.attribution.store.records import list_regressions
+
+DAY_S = 86400
+START_S = 1_772_409_600  # 2026-03-02 00:00 UTC
+
+
+def _calls(days: int, per_hour: float, *, seed: int, shift: tuple[float, float, float] | None = None,
+           outlier_at: float | None = None,
+           output_growth: tuple[float, float] | None = None) -> pd.DataFrame:  # fmt: skip
+    """One series of log-normal calls; ``shift`` = (start h, hours, factor) multiplies every latency."""
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(per_hour * 24 * days)
+    t = np.sort(rng.uniform(START_S, START_S + days * DAY_S, n))
+    hours = (t - START_S) / 3600
+    out = rng.lognormal(np.log(200), 0.6, n)
+    if output_growth:
+        out[hours >= output_growth[0]] *= output_growth[1]
+    tin = rng.lognormal(np.log(2000), 0.4, n)
+    ttft = 400 * (tin / 2000) ** 0.5 * rng.lognormal(0, 0.3, n)
+    itl = 20 * rng.lognormal(0, 0.25, n)
+    factor = np.ones(n)
+    if shift:
+        factor[(hours >= shift[0]) & (hours < shift[0] + shift[1])] = shift[2]
+    if outlier_at is not None:
+        factor[np.argmin(np.abs(hours - outlier_at))] = 50.0
+    return pd.DataFrame({"series_key": "s0", "t": t, "duration_ms": (ttft + out * itl) * factor,
+                         "ttft_ms": ttft * factor, "itl_ms": itl * factor, "input_tokens": tin.round(),
+                         "output_tokens": out.round()})  # fmt: skip
+
+
+def _detect(frame: pd.DataFrame, days: int, config: PerCallConfig | None = None):
+    return detect_calls(frame, eval_from_s=START_S + 7 * DAY_S, horizon_s=START_S + days * DAY_S, config=config)
+
+
+def test_threshold_grows_with_calls_and_keeps_the_siegmund_run_length():
+    config = PerCallConfig()
+    h = threshold(np.array([500.0, 5000.0, 50000.0]), config)
+    assert np.all(np.diff(h) > 0)
+    # Simulated in-control run length of the CUSUM at h for ARL0 = 2,000 calls: within a factor 1.6.
+    arl0 = 2000.0
+    hk = float(threshold(arl0 * config.false_alarms_per_week, config))
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((200, 30000))
+    s = np.zeros(200)
+    first = np.full(200, np.inf)
+    for i in range(z.shape[1]):
+        s = np.maximum(0.0, s + z[:, i] - config.k)
+        first[(s >= hk) & np.isinf(first)] = i + 1
+    assert np.isfinite(first).all()
+    assert arl0 / 1.6 < first.mean() < arl0 * 1.6
+
+
+def test_stationary_sparse_series_has_no_episode():
+    for seed in range(4):
+        assert _detect(_calls(14, 15, seed=seed), 14) == []
+
+
+@pytest.mark.parametrize(("per_hour", "hours", "factor"), [(5, 12, 1.5), (15, 4, 1.4), (40, 2, 1.3)])
+def test_shift_of_a_sparse_series_is_found_with_a_5_minute_onset(per_hour, hours, factor):
+    onset_h = 9 * 24 + 10.5
+    episodes = _detect(_calls(12, per_hour, seed=1, shift=(onset_h, hours, factor)), 12)
+    assert episodes, "missed"
+    ep = min(episodes, key=lambda e: e.start)
+    assert ep.grain_s == 0 and ep.start.minute % 5 == 0 and ep.start.second == 0
+    # Onset precision follows the calls: ~a dozen calls of evidence before the step is dated.
+    assert abs((ep.start.timestamp() - START_S) / 3600 - onset_h) <= max(1.0, 15 / per_hour)
+    assert ep.status == "resolved"
+    test = ep.stats[TEST_TOKENS] if TEST_TOKENS in ep.stats else ep.stats["per_call_cusum"]
+    assert test["statistic"] >= test["threshold"] and test["calls"] >= PerCallConfig().min_calls
+
+
+def test_one_huge_outlier_is_not_an_episode():
+    assert _detect(_calls(12, 10, seed=2, outlier_at=9 * 24 + 12), 12) == []
+
+
+def test_persisting_shift_is_accepted_within_48_hours():
+    onset_h = 8 * 24 + 3
+    episodes = _detect(_calls(13, 15, seed=3, shift=(onset_h, 1000, 1.6)), 13)
+    first = min(episodes, key=lambda e: e.start)
+    assert first.status == "accepted"
+    assert (first.end - first.start) <= timedelta(hours=48)
+
+
+def test_job_tests_sparse_series_per_call_and_records_the_test_in_evidence(tmp_path):
+    specs = [SeriesSpec(service="sparse", rate=15 / 3600, diurnal=0.3),
+             SeriesSpec(service="busy", provider="anthropic", rate=0.5)]  # fmt: skip
+    shifts = (Shift(0, at(8, 9), 5 * 3600, 1.5, "e2e"),)
+    con = open_db(tmp_path / "j.duckdb")
+    insert_calls(con, generate_calls(specs, days=10, shifts=shifts, seed=5))
+    run_attribution(con)
+    records = list_regressions(con)
+    sparse = [r for r in records if r["series"]["service"] == "sparse"]
+    assert len(sparse) == 1 and not [r for r in records if r["series"]["service"] == "busy"]
+    detection = [e for e in sparse[0]["evidence"] if e.get("signal") == "detection"]
+    assert detection and detection[0]["test"].startswith("per_call_cusum") and detection[0]["calls"] >= 10
+    con.close()
