@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from google.protobuf.json_format import MessageToJson
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from spanprism.api.app import create_app
 from spanprism.api.server import running
@@ -52,3 +56,23 @@ def server(tmp_path: Path) -> Iterator[Live]:
 def make_server(tmp_path: Path) -> Callable[..., object]:
     """Build a live server with custom settings: ``with make_server(read_open=True) as live: ...``."""
     return lambda **overrides: live_server(tmp_path, **overrides)
+
+
+@pytest.fixture
+def legacy(server: Live) -> dict[str, bytes]:
+    """Four records quarantined as an older spanprism would have, on the live ``server``."""
+    from support.otlp_spans import genai_spans  # the support modules import Live from here
+    from support.uploads import _quarantine
+
+    spans = genai_spans(4, seed=3, model="m-redrive", service="redrive-svc")
+    request = encode_spans(spans)
+    span_json = orjson.dumps(json.loads(MessageToJson(request))["resourceSpans"][0]["scopeSpans"][0]["spans"][0])
+    records = {
+        "span-json": ("line 3 span 1", span_json),  # one span of a JSON line
+        "line": ("line 7", MessageToJson(encode_spans(spans[1:2]), indent=None).encode()),  # a whole line
+        "span-proto": ("message span 2", request.resource_spans[0].scope_spans[0].spans[2].SerializeToString()),
+        "broken": ("line 9", b'{"resourceSpans": ['),
+    }
+    for record_id, (location, raw) in records.items():
+        _quarantine(server, record_id, location, "an old bug", raw)
+    return {record_id: raw for record_id, (_, raw) in records.items()}

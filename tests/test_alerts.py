@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from conftest import ADMIN_KEY, live_server
+from support.alerting import add_destination, fast_settings, insert_regression, rows
 from support.receiver import Receiver
-from test_alert_delivery import add_destination, fast_settings, insert_regression, rows
 
 from spanprism.api.alerts import config as alerts_config
 from spanprism.api.alerts.delivery import backoff_s

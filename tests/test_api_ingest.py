@@ -8,42 +8,20 @@ subprocess, which holds the DuckDB file, and the CLI in this process.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 from conftest import ADMIN_KEY, Live
-from google.protobuf.json_format import MessageToJson
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from test_api_otlp import genai_spans, new_key, stored
+from support.otlp_spans import new_key, stored
+from support.uploads import BIN, export_file, upload
 
 from spanprism.api import cli
 from spanprism.api.server import free_port, wait_healthy
-
-BIN = Path(sys.executable).parent / "spanprism"
-
-
-def export_file(path: Path, *, seed: int, model: str, n: int = 5, bad_line: bool = True) -> Path:
-    """A gzip OTLP JSON-lines export: one request per span, plus one truncated line."""
-    lines = [
-        MessageToJson(encode_spans([span]), indent=None).encode() for span in genai_spans(n, seed=seed, model=model)
-    ]
-    if bad_line:
-        lines.insert(2, b'{"resourceSpans": [')
-    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n", mtime=0))
-    return path
-
-
-def upload(client: httpx.Client, path: Path, name: str) -> httpx.Response:
-    pieces = (path.read_bytes()[i : i + 700] for i in range(0, path.stat().st_size, 700))  # streamed, chunked
-    return client.post("/api/v1/ingest", params={"filename": name}, content=pieces)
 
 
 def test_upload_is_ingested_and_logged_as_batches(server: Live, tmp_path: Path) -> None:
@@ -91,29 +69,6 @@ def test_upload_needs_the_ingest_scope_and_respects_the_size_limit(make_server, 
         declared = live.client.post("/api/v1/ingest", content=path.read_bytes())
         assert declared.status_code == 413
         assert live.client.get("/api/v1/ingest/batches").json()["count"] == 0
-
-
-def _quarantine(live: Live, record_id: str, location: str, reason: str, raw: bytes) -> None:
-    """A record as an older spanprism version would have quarantined it."""
-    with live.app.state.db.write() as cur:  # type: ignore[attr-defined]
-        cur.execute("INSERT INTO quarantine VALUES (?, 'legacy-batch', 'old.jsonl', ?, ?, ?, ?, NULL)",
-                    [record_id, location, reason, raw, datetime(2026, 11, 1, tzinfo=UTC)])  # fmt: skip
-
-
-@pytest.fixture
-def legacy(server: Live) -> dict[str, bytes]:
-    spans = genai_spans(4, seed=3, model="m-redrive", service="redrive-svc")
-    request = encode_spans(spans)
-    span_json = orjson.dumps(json.loads(MessageToJson(request))["resourceSpans"][0]["scopeSpans"][0]["spans"][0])
-    records = {
-        "span-json": ("line 3 span 1", span_json),  # one span of a JSON line
-        "line": ("line 7", MessageToJson(encode_spans(spans[1:2]), indent=None).encode()),  # a whole line
-        "span-proto": ("message span 2", request.resource_spans[0].scope_spans[0].spans[2].SerializeToString()),
-        "broken": ("line 9", b'{"resourceSpans": ['),
-    }
-    for record_id, (location, raw) in records.items():
-        _quarantine(server, record_id, location, "an old bug", raw)
-    return {record_id: raw for record_id, (_, raw) in records.items()}
 
 
 def test_quarantine_list_filters_and_raw_bytes(server: Live, legacy: dict[str, bytes]) -> None:

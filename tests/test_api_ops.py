@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import ADMIN_KEY
-from test_alert_delivery import insert_regression, resolve
+from support.alerting import insert_regression, resolve
 
 from spanprism.api.cli import main
 

@@ -7,14 +7,14 @@ server gets a copy of the file (the server owns its file and may write feedback)
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import ADMIN_KEY, Live, live_server
+from conftest import ADMIN_KEY, Live
+from support.world import AT, build_world, serve_world
 
 from spanprism.api.cli import main
 from spanprism.api.routers.series import PanelCache
@@ -23,32 +23,6 @@ from spanprism.attribution.store.records import list_regressions
 from spanprism.models.tables import ROLLUP_METRICS
 
 API = "/api/v1"
-#: The simulated world ends 2026-10-03 12:00 UTC; health and panels are read as of this hour.
-AT = datetime(2026, 10, 3, 9, tzinfo=UTC)
-
-
-def build_world(base: Path) -> Path:
-    """A DuckDB file with calls, rollups, baselines and attributed regressions (built once per session)."""
-    db = base / "world" / "world.duckdb"
-    if db.exists():
-        return db
-    db.parent.mkdir(parents=True)
-    sim = db.parent / "sim"
-    args = ["--db", str(db), "simulate", "--out", str(sim), "--seed", "31", "--days", "2.5", "--series", "3",
-            "--rate-min", "0.1", "--rate-max", "0.2"]  # fmt: skip
-    assert main(args) == 0
-    assert main(["--db", str(db), "ingest", str(sim)]) == 0
-    assert main(["--db", str(db), "attribute"]) == 0
-    return db
-
-
-def serve_world(tmp_path_factory: pytest.TempPathFactory, name: str, services: list | None = None,
-                **overrides: object):  # fmt: skip
-    """A live server (no background services unless given) over a fresh copy of the world file."""
-    world = build_world(tmp_path_factory.getbasetemp())
-    root = tmp_path_factory.mktemp(name)
-    shutil.copy(world, root / "server.duckdb")
-    return live_server(root, services=services or [], **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import schemathesis
 from conftest import ADMIN_KEY, Live
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from test_api_read import serve_world
+from support.world import serve_world
 
 from spanprism.api.app import create_app
 from spanprism.api.services.ingest import ingest_service

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from classifier_synth import calls
+from support.classifier_calls import calls
 
 from spanprism.attribution.classifier.features import FEATURE_NAMES
 from spanprism.attribution.classifier.model import (

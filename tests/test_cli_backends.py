@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from conftest import ADMIN_KEY
-from test_alert_delivery import Receiver
-from test_api_ingest import BIN
-from test_api_read import build_world
+from support.receiver import Receiver
+from support.uploads import BIN
+from support.world import build_world
 
 from spanprism.api.cli import main
 from spanprism.api.cli.backend import Backend

@@ -12,7 +12,7 @@ import ast
 import inspect
 
 import pytest
-from test_normalize import FIXTURES, run
+from support.normalize_fixtures import FIXTURES, run
 
 from spanprism.ingest import conventions
 from spanprism.models.schema import LLM_CALLS_SCHEMA, SOURCE_CONVENTIONS

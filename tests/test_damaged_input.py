@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 import zstandard
-from test_pipeline import _rows
+from support.stored_rows import _rows
 
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db

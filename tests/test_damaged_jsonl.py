@@ -6,7 +6,7 @@ import io
 import random
 from pathlib import Path
 
-from test_fold import otlp_line
+from support.fold_spans import otlp_line
 
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.decode import decode_chunk, iter_chunks

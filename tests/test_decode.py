@@ -32,8 +32,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from support.spans import T0, SeededIds, good_span, otlp_line
 
 from spanprism.ingest.decode import (
     SUPPORTED_FORMATS,
@@ -50,20 +50,6 @@ from spanprism.ingest.records import DecodeResult, RawChunk
 HERE = Path(__file__).resolve().parent
 CANONICAL = HERE / "fixtures" / "decode" / "canonical.jsonl"
 GOLDEN = HERE / "golden" / "decode" / "canonical.json"
-T0 = 1_760_000_000_000_000_000
-
-
-class SeededIds(IdGenerator):
-    """Deterministic ids so encodings (and any failure output) are the same on every run."""
-
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(seed)
-
-    def generate_span_id(self) -> int:
-        return self._rng.getrandbits(64) or 1
-
-    def generate_trace_id(self) -> int:
-        return self._rng.getrandbits(128) or 1
 
 
 @pytest.fixture(scope="module")
@@ -309,36 +295,6 @@ def test_canonical_fixture_hand_checked_values() -> None:
     )
     assert (snake["kind"], snake["status_code"], snake["status_message"]) == (3, 2, "boom")
     assert snake["events"] == [{"name": "First Token Stream Event", "time_ns": 1700000000100000000, "attributes": {}}]
-
-
-def otlp_line(*spans: dict[str, Any], scope_spans: Any = None) -> bytes:
-    """One canonical OTLP JSON line holding ``spans`` (or a raw ``scopeSpans`` value)."""
-    scopes = scope_spans if scope_spans is not None else [{"scope": {"name": "s"}, "spans": list(spans)}]
-    return orjson.dumps(
-        {
-            "resourceSpans": [
-                {
-                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
-                    "scopeSpans": scopes,
-                }
-            ]
-        }
-    )
-
-
-def good_span(number: int, **changes: Any) -> dict[str, Any]:
-    """A valid span whose span id encodes ``number`` (so a test can tell where each one came from)."""
-    span = {
-        "traceId": "ab" * 16,
-        "spanId": f"{number:016x}",
-        "name": f"span {number}",
-        "kind": 3,
-        "startTimeUnixNano": str(T0 + number),
-        "endTimeUnixNano": str(T0 + number + 1000),
-        "attributes": [{"key": "n", "value": {"intValue": str(number)}}],
-    }
-    span.update(changes)
-    return span
 
 
 def test_bad_lines_and_spans_are_quarantined_precisely_and_the_rest_lands() -> None:

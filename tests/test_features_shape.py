@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from classifier_synth import calls
+from support.classifier_calls import calls
 
 from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.features import EpisodeContext, episode_features

@@ -20,7 +20,7 @@ from conftest import Live
 from google.protobuf.json_format import MessageToJson
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from test_api_otlp import genai_spans
+from support.otlp_spans import genai_spans
 
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.pipeline import ingest_paths

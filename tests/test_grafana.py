@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Live
-from test_api_read import AT, serve_world
+from support.world import AT, serve_world
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "spanprism.json"
 INFINITY = "yesoreyeram-infinity-datasource"

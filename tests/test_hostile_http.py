@@ -16,7 +16,7 @@ import httpx
 import zstandard
 from conftest import Live
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from test_api_otlp import genai_spans, stored
+from support.otlp_spans import genai_spans, stored
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 

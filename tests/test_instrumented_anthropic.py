@@ -29,7 +29,7 @@ from instrumented.fake_anthropic import (
     Reply,
 )
 from instrumented.harness import ChildRun, LibSpec, run_children
-from test_fold import otlp_line
+from support.fold_spans import otlp_line
 
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.decode import decode_chunk, iter_chunks, open_input

@@ -9,8 +9,8 @@ import pyarrow as pa
 from conftest import live_server
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
-from test_api_ingest import export_file, upload
-from test_api_otlp import genai_spans
+from support.otlp_spans import genai_spans
+from support.uploads import export_file, upload
 
 from spanprism.api.services.new_series import NewSeries
 

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from support.normalize_fixtures import FIXTURES, HERE, load_spans, run
 
 from spanprism.ingest.normalize import normalize
 from spanprism.ingest.records import NormalizeResult, SpanRecord
 from spanprism.models.schema import LLM_CALLS_SCHEMA, SOURCE_CONVENTIONS
 
-HERE = Path(__file__).resolve().parent
-FIXTURES = HERE / "fixtures" / "normalize"
 GOLDEN = HERE / "golden" / "normalize"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
-
-
-def load_spans(name: str) -> list[SpanRecord]:
-    """Fixture dicts as SpanRecords: add source, location and a raw() that re-serializes the dict."""
-    spans: list[SpanRecord] = []
-    for index, data in enumerate(orjson.loads((FIXTURES / f"{name}.json").read_bytes())):
-        record = dict(data, source=f"{name}.json", location=f"span {index}")
-        record["raw"] = lambda data=data: orjson.dumps(data)
-        spans.append(record)  # type: ignore[arg-type]
-    return spans
-
-
-def run(name: str, tenant: str | None = "tenant.id") -> NormalizeResult:
-    return normalize(load_spans(name), tenant_attribute=tenant)
 
 
 def rows(name: str) -> list[dict[str, Any]]:

@@ -5,48 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.stored_rows import _rows
 
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.simulator.otlp.writer import write_export
 from spanprism.ingest import pipeline
 from spanprism.ingest.pipeline import expand_sources, ingest_paths
-
-T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-CONVENTIONS = ("otel_semconv", "openinference", "openllmetry", "openlit", "langfuse", "vllm")
-
-
-def _rows(n: int, offset: int = 0) -> list[dict]:
-    return [
-        {
-            "trace_id": f"{offset + i + 1:032x}",
-            "span_id": f"{offset + i + 1:016x}",
-            "service": "chat-api",
-            "provider": "openai",
-            "request_model": "gpt-4o",
-            "response_model": "gpt-4o-2024-08-06",
-            "operation": "chat",
-            "server_address": "api.openai.com",
-            "start_time": T0 + timedelta(seconds=offset + i),
-            "duration_ms": 900.0 + i,
-            "ttft_ms": 300.0,
-            "itl_ms": 20.0,
-            "itl_p95_ms": 30.0,
-            "decode_ms": 600.0 + i,
-            "streaming": True,
-            "status": "ok",
-            "input_tokens": 2000 + i,
-            "cache_read_tokens": 1024,
-            "cache_write_tokens": 0,
-            "output_tokens": 31,
-            "source_convention": CONVENTIONS[i % len(CONVENTIONS)],
-        }
-        for i in range(n)
-    ]
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import duckdb
 import orjson
 import pytest
 from conftest import Live, live_server
-from test_alert_delivery import Receiver
-from test_api_read import build_world
+from support.receiver import Receiver
+from support.world import build_world
 
 from spanprism.api.alerts.webhook import verify_signature
 from spanprism.attribution.store.records import list_regressions

@@ -21,8 +21,8 @@ import duckdb
 import httpx
 import pytest
 from conftest import ADMIN_KEY
-from test_alert_delivery import Receiver
-from test_api_read import build_world
+from support.receiver import Receiver
+from support.world import build_world
 
 from spanprism.api.app import create_app
 from spanprism.api.server import free_port, running

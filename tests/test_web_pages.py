@@ -9,8 +9,7 @@ import re
 
 import httpx
 from conftest import ADMIN_KEY, Live
-from test_api_ingest import _quarantine, legacy  # noqa: F401  (the fixture)
-from test_api_otlp import new_key
+from support.otlp_spans import new_key
 
 
 def page_client(live: Live, key: str) -> httpx.Client:
@@ -24,7 +23,7 @@ def csrf(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
-def test_quarantine_page_downloads_raw_bytes_and_redrives_for_an_admin_only(server: Live, legacy) -> None:  # noqa: F811
+def test_quarantine_page_downloads_raw_bytes_and_redrives_for_an_admin_only(server: Live, legacy) -> None:
     reader = page_client(server, new_key(server, "read"))
     listing = reader.get("/quarantine")
     assert listing.status_code == 200 and "an old bug" in listing.text and 'name="csrf"' not in listing.text.split(

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_KEY
-from test_pipeline import _rows
+from support.stored_rows import _rows
 
 from spanprism.api.server import free_port, wait_healthy
 from spanprism.attribution.simulator.otlp.writer import write_export
