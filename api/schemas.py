@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spanprism.api.deps import SettingsDep
 from spanprism.attribution.vocabulary import ContributionKey, Label, check_reason
+from spanprism.models.times import as_utc
 
 # --- query helpers ----------------------------------------------------------------------------------------------
 
@@ -33,18 +34,13 @@ _MIN_TIME = datetime(1970, 1, 2, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
-def utc(value: datetime | None) -> datetime | None:
-    """Naive times are UTC."""
-    return None if value is None else value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def window(since: datetime | None, until: datetime | None, *, max_days: int, default_hours: float | None = 24.0,
            now: datetime | None = None) -> tuple[datetime | None, datetime | None]:  # fmt: skip
     """Validate a [since, until) range: 422 when reversed, out of bounds or longer than ``max_days``.
 
     With ``default_hours`` a missing ``until`` is now and a missing ``since`` is that many hours before ``until``.
     """
-    since, until = utc(since), utc(until)
+    since, until = as_utc(since), as_utc(until)
     if default_hours is not None:
         until = until or now or datetime.now(UTC)
         since = since or until - timedelta(hours=default_hours)

@@ -33,6 +33,7 @@ from spanprism.attribution.classifier.model import Attributor, load_default
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.passes.label_pass import label_regressions
 from spanprism.attribution.store import calls
+from spanprism.models.times import as_utc
 
 log = logging.getLogger("spanprism.runs")
 
@@ -72,13 +73,6 @@ def attribute(
 
 
 # --- run records --------------------------------------------------------------------------------------------------
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """``value`` as an aware UTC time (a naive time means UTC)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def new_run(kind: str, trigger: str, *, since: datetime | None = None, until: datetime | None = None,

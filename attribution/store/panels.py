@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -25,6 +25,7 @@ from spanprism.attribution.store.records import ATTRIBUTION_FIELDS, MIN_REPORTED
 from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select
 from spanprism.models.schema import ROUTE_COLUMNS
 from spanprism.models.tables import ROLLUP_METRICS
+from spanprism.models.times import iso_z as iso  # panels.iso: the routers' and pages' name
 
 #: Counts that add up across buckets (so a coarser step sums them from the rollups).
 ADDITIVE_METRICS: tuple[str, ...] = ("n_calls", "n_errors")
@@ -55,14 +56,6 @@ def parse_step(text: str | int, *, base_grain: int) -> int:
     if step <= 0 or step % base_grain or (step < 86400 and 86400 % step) or (step > 86400 and step % 86400):
         raise ValueError(f"step must be a multiple of {base_grain}s that divides a day (or whole days)")
     return step
-
-
-def iso(value: datetime | None) -> str | None:
-    """UTC ISO-8601 with a ``Z`` (the form the regression records use)."""
-    if value is None:
-        return None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _num(x: Any) -> float | None:

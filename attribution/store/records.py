@@ -21,6 +21,7 @@ import duckdb
 import orjson
 
 from spanprism.attribution.detection.episodes import Episode, stable_id
+from spanprism.models.times import iso_z
 
 #: The table the attribution step writes (one row per regression_id). Its absence is normal.
 ATTRIBUTION_TABLE = "regression_attributions"
@@ -33,13 +34,6 @@ _JSON_FIELDS = ("contributions_ms", "evidence", "exemplars")
 #: the geometric mean while the reported quantiles barely move; such a "regression" would show +0 % to a reader.
 MIN_REPORTED_CHANGE_PCT = 10.0
 _FAR = datetime.max.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _group(episodes: list[Episode], gap_s: int) -> list[list[Episode]]:
@@ -74,8 +68,8 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
                 "baseline": e.baseline,
                 "observed": e.observed,
                 "change_pct": e.change_pct,
-                "start": _iso(e.start),
-                "end": _iso(e.end),
+                "start": iso_z(e.start),
+                "end": iso_z(e.end),
                 "episode_id": e.id,
                 "detection": _detection(e),
             }
@@ -157,7 +151,7 @@ def _record(row: tuple, extra: list[str], detail: bool) -> dict[str, Any]:
     if row[5] is not None:
         series["tenant"] = row[5]
     rec: dict[str, Any] = {
-        "id": row[0], "series": series, "start": _iso(row[6]), "end": _iso(row[7]), "status": row[8],
+        "id": row[0], "series": series, "start": iso_z(row[6]), "end": iso_z(row[7]), "status": row[8],
         "metric": row[9], "baseline": row[10], "observed": row[11], "change_pct": row[12],
     }  # fmt: skip
     merged = dict(zip(extra, row[14:], strict=True))

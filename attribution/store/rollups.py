@@ -26,6 +26,7 @@ import duckdb
 
 from spanprism.attribution.store.calls import CALLS_IN_RANGE, data_span, unrolled_batches
 from spanprism.models.schema import LLM_CALL_COLUMNS, ROUTE_COLUMNS, SERIES_COLUMNS
+from spanprism.models.times import as_utc
 
 #: Columns of ``series`` that name a series (NULL when not part of the configured key).
 SERIES_NAME_COLUMNS: tuple[str, ...] = ("service", "provider", "request_model", "operation", "tenant")
@@ -191,11 +192,7 @@ def _merge(windows: list[tuple[datetime, datetime]], slack_s: int) -> list[tuple
 
 def pending_batches(con: duckdb.DuckDBPyConnection) -> list[tuple[str, datetime, datetime]]:
     """Ingest batches present in ``llm_calls`` but not yet rolled up, with their calls' time span (UTC)."""
-    return [(b, _utc(lo), _utc(hi)) for b, lo, hi in unrolled_batches(con)]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return [(b, as_utc(lo), as_utc(hi)) for b, lo, hi in unrolled_batches(con)]
 
 
 def _recompute(con: duckdb.DuckDBPyConnection, config: RollupConfig, lo: datetime, hi: datetime) -> int:
@@ -233,8 +230,8 @@ def refresh_rollups(
     if since is not None or until is not None:
         bounds = data_span(con)
         if bounds is not None:
-            lo = max(_utc(since), _utc(bounds[0])) if since else _utc(bounds[0])
-            hi = min(_utc(until), _utc(bounds[1])) if until else _utc(bounds[1])
+            lo = max(as_utc(since), as_utc(bounds[0])) if since else as_utc(bounds[0])
+            hi = min(as_utc(until), as_utc(bounds[1])) if until else as_utc(bounds[1])
             if lo <= hi:
                 windows.append((lo, hi))
     merged = _merge(windows, slack_s=max(config.grains))

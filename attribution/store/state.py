@@ -16,15 +16,9 @@ import pyarrow as pa
 
 from spanprism.attribution.baselines import ParamsBatch
 from spanprism.attribution.detection.episodes import FAMILIES, Episode
+from spanprism.models.times import as_utc
 
 _STATS = [s for stats in FAMILIES.values() for s in stats]
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """A timezone-aware UTC datetime (DuckDB hands TIMESTAMPTZ back in the session zone)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def rollup_bounds(con: duckdb.DuckDBPyConnection, grain_s: int) -> tuple[int, int] | None:
@@ -107,10 +101,10 @@ def load_episodes(con: duckdb.DuckDBPyConnection) -> list[Episode]:
             r[2],
             r[3],
             r[4],
-            utc(r[5]),
-            utc(r[6]),
-            utc(r[7]),
-            utc(r[8]),
+            as_utc(r[5]),
+            as_utc(r[6]),
+            as_utc(r[7]),
+            as_utc(r[8]),
             *r[9:14],
             orjson.loads(r[14]),
             r[15],
