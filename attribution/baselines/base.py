@@ -13,7 +13,6 @@ answer. Detection feeds log values (ln ms), so centers and scales are in log uni
 
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from spanprism.attribution.baselines.robust import MAD_TO_SD, nanmedian, nanmedian_and_quantile
+from spanprism.attribution.registry import resolve
 
 DAY_S = 86400
 #: |deviation| 90th percentile → MAD under normality (0.6745 / 1.645).
@@ -287,9 +287,4 @@ def baseline_names() -> tuple[str, ...]:
 
 def create_baseline(name: str, **options: float) -> Baseline:
     """Instantiate a registered baseline by name (imports its module on first use)."""
-    try:
-        module_name, cls_name = BASELINES[name].split(":")
-    except KeyError:
-        raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**options)
+    return resolve(BASELINES, name, "baseline")(**options)

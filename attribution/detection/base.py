@@ -18,13 +18,14 @@ baselines, so a run must be incremental. Adding a detector is a module plus one 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from spanprism.attribution.registry import resolve
 
 #: name → "module:Class"; modules are imported only when a detector is created.
 DETECTORS: dict[str, str] = {
@@ -160,12 +161,7 @@ def detector_names() -> tuple[str, ...]:
 
 def create_detector(name: str, **options: Any) -> Detector:
     """Instantiate a registered detector by name (imports its module on first use)."""
-    try:
-        module_name, cls_name = DETECTORS[name].split(":")
-    except KeyError:
-        raise KeyError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}") from None
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**options)
+    return resolve(DETECTORS, name, "detector")(**options)
 
 
 def detector_from_dict(values: Mapping[str, Any]) -> Detector:
