@@ -58,7 +58,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = database or Database(settings.db)
+        db = database or Database(settings.db, state_url=settings.state_url)
         app.state.db = db
         started: list[Service] = []
         try:

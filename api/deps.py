@@ -50,7 +50,9 @@ def presented_key(request: Request, settings: Settings) -> str | None:
 class PrincipalCache:
     """Recently authenticated keys (by hash), so a dashboard's many requests do not each query ``api_keys``.
 
-    Entries live ``ttl_s`` seconds; revoking a key through the API drops the whole cache at once.
+    Entries live ``ttl_s`` seconds; revoking a key through the API drops the whole cache at once (of this
+    process: with the state in PostgreSQL the entries live :data:`SHARED_STATE_TTL_S`, so a revocation on another
+    replica takes effect here within it).
     """
 
     def __init__(self, ttl_s: float = 60.0) -> None:
@@ -70,10 +72,15 @@ class PrincipalCache:
         self.entries.clear()
 
 
+#: Cache lifetime when replicas share the state: a key revoked on another replica stops working within it.
+SHARED_STATE_TTL_S = 2.0
+
+
 def principal_cache(request: Request) -> PrincipalCache:
     state = request.app.state
     if getattr(state, "principals", None) is None:
-        state.principals = PrincipalCache()
+        shared = getattr(getattr(state, "db", None), "state", None) is not None and state.db.state.shared
+        state.principals = PrincipalCache(SHARED_STATE_TTL_S) if shared else PrincipalCache()
     return state.principals
 
 
@@ -83,7 +90,7 @@ async def _authenticate(request: Request, key: str, settings: Settings) -> Princ
     if principal is None:
 
         def lookup() -> Principal | None:
-            with request.app.state.db.read() as cur:
+            with request.app.state.db.state.read() as cur:
                 return authenticate(cur, key, settings.admin_key)
 
         principal = await run_in_threadpool(lookup)

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import duckdb
+from spanprism.models.state import StateCursor
 
 SCOPES = ("ingest", "read", "admin")
 PREFIX = "spk_"
@@ -43,7 +43,7 @@ def parse_scopes(text: str | list[str]) -> frozenset[str]:
     return scopes
 
 
-def create_key(cur: duckdb.DuckDBPyConnection, *, name: str, scopes: frozenset[str]) -> tuple[str, str]:
+def create_key(cur: StateCursor, *, name: str, scopes: frozenset[str]) -> tuple[str, str]:
     """Store a new key (hashed) and return ``(key_id, plain_key)``; the plain key is not recoverable later."""
     key_id = secrets.token_hex(4)
     plain = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
@@ -54,7 +54,7 @@ def create_key(cur: duckdb.DuckDBPyConnection, *, name: str, scopes: frozenset[s
     return key_id, plain
 
 
-def revoke_key(cur: duckdb.DuckDBPyConnection, key_id: str) -> bool:
+def revoke_key(cur: StateCursor, key_id: str) -> bool:
     """Revoke a key; False when there is no such active key."""
     row = cur.execute(
         "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id",
@@ -63,7 +63,7 @@ def revoke_key(cur: duckdb.DuckDBPyConnection, key_id: str) -> bool:
     return row is not None
 
 
-def list_keys(cur: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+def list_keys(cur: StateCursor) -> list[dict[str, object]]:
     """Every key without its hash."""
     rows = cur.execute(
         "SELECT id, name, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at"
@@ -75,7 +75,7 @@ def list_keys(cur: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
-def authenticate(cur: duckdb.DuckDBPyConnection, key: str, admin_key: str | None) -> Principal | None:
+def authenticate(cur: StateCursor, key: str, admin_key: str | None) -> Principal | None:
     """The principal for a presented key, or None when it is unknown or revoked."""
     if admin_key and hmac.compare_digest(key.encode(), admin_key.encode()):
         return Principal("env-admin", frozenset(SCOPES))

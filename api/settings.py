@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPANPRISM_", extra="ignore")
 
     db: Path = Field(Path("spanprism.duckdb"), description="DuckDB file holding calls, baselines and service state.")
+    state_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql+psycopg://user:pass@host/db`) for the service state several "
+        "`serve` replicas share (API keys, job runs, alert destinations, rules and outbox); unset = the DuckDB file.",
+    )
     tenant_attribute: str | None = Field(
         None, description="Span/resource attribute whose value becomes `tenant` (and splits series), e.g. `user.id`."
     )

@@ -1,8 +1,10 @@
-"""Shared fixtures: a real spanprism server (uvicorn on 127.0.0.1, random port) over a fresh DuckDB file."""
+"""Shared fixtures: a real spanprism server (uvicorn on 127.0.0.1, random port) over a fresh DuckDB file, and a
+real PostgreSQL server (session-scoped, Debian's binaries in a temp dir) for the service state."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,29 @@ from spanprism.api.server import running
 from spanprism.api.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One PostgreSQL server for the whole run (≈1-2 s to start); skipped when absent unless CI requires it."""
+    from support.postgres import REQUIRE_ENV, PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"no /usr/lib/postgresql/*/bin/initdb but {REQUIRE_ENV} is set (apt-get install postgresql)")
+        pytest.skip(f"no PostgreSQL server binaries (apt-get install postgresql); CI sets {REQUIRE_ENV}")
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object) -> str:
+    """A SQLAlchemy URL of a fresh, empty database on the shared server (one per test)."""
+    return postgres_server.url()  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -84,7 +84,7 @@ def _split(entry: dict[str, Any]) -> tuple[str, str, dict[str, Any], dict[str, A
 
 def apply(db: Database, section: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
     """Replace the config-origin destinations and rules with ``section``'s (one transaction); returns counts."""
-    with db.write() as cur:
+    with db.state.write() as cur:
         cur.execute("DELETE FROM alert_rules WHERE origin = 'config'")
         cur.execute("DELETE FROM alert_destinations WHERE origin = 'config'")
         for entry in section["destinations"]:

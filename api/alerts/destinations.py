@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import duckdb
 import orjson
 
 from spanprism.api.alerts.kinds import get_kind, kind_names
+from spanprism.models.state import StateCursor
 
 
 class DestinationError(ValueError):
@@ -94,26 +94,26 @@ def _row(row: tuple, *, with_secret: bool) -> Destination:
                        masked={k: mask(str(v)) for k, v in secret.items()})  # fmt: skip
 
 
-def list_destinations(cur: duckdb.DuckDBPyConnection) -> list[Destination]:
+def list_destinations(cur: StateCursor) -> list[Destination]:
     """Every destination, secrets left out."""
     rows = cur.execute(f"SELECT {_COLUMNS} FROM alert_destinations ORDER BY created_at, name").fetchall()
     return [_row(r, with_secret=False) for r in rows]
 
 
-def get_destination(cur: duckdb.DuckDBPyConnection, ref: str) -> Destination | None:
+def get_destination(cur: StateCursor, ref: str) -> Destination | None:
     """A destination by id or name, secret left out."""
     row = cur.execute(f"SELECT {_COLUMNS} FROM alert_destinations WHERE id = ? OR name = ? ORDER BY id = ? DESC",
                       [ref, ref, ref]).fetchone()  # fmt: skip
     return None if row is None else _row(row, with_secret=False)
 
 
-def load_destination(cur: duckdb.DuckDBPyConnection, dest_id: str) -> Destination | None:
+def load_destination(cur: StateCursor, dest_id: str) -> Destination | None:
     """A destination with its secret, for delivery only."""
     row = cur.execute(f"SELECT {_COLUMNS} FROM alert_destinations WHERE id = ?", [dest_id]).fetchone()
     return None if row is None else _row(row, with_secret=True)
 
 
-def insert_destination(cur: duckdb.DuckDBPyConnection, *, name: str, kind: str, options: dict[str, Any],
+def insert_destination(cur: StateCursor, *, name: str, kind: str, options: dict[str, Any],
                        secret: dict[str, str], origin: str = "api", dest_id: str | None = None) -> str:  # fmt: skip
     """Validate and store a destination; returns its id."""
     validate(kind, options, secret)
@@ -125,7 +125,7 @@ def insert_destination(cur: duckdb.DuckDBPyConnection, *, name: str, kind: str, 
     return dest_id
 
 
-def update_destination(cur: duckdb.DuckDBPyConnection, dest_id: str, *, name: str | None = None,
+def update_destination(cur: StateCursor, dest_id: str, *, name: str | None = None,
                        options: dict[str, Any] | None = None,
                        secret: dict[str, str] | None = None) -> bool:  # fmt: skip
     """Change name/options/secret (a secret is replaced only when given); False when there is no such row."""
@@ -141,6 +141,6 @@ def update_destination(cur: duckdb.DuckDBPyConnection, dest_id: str, *, name: st
     return True
 
 
-def delete_destination(cur: duckdb.DuckDBPyConnection, dest_id: str) -> bool:
+def delete_destination(cur: StateCursor, dest_id: str) -> bool:
     """Delete a destination; False when there is no such row."""
     return cur.execute("DELETE FROM alert_destinations WHERE id = ? RETURNING id", [dest_id]).fetchone() is not None

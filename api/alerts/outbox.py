@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import duckdb
 import orjson
 
 from spanprism.api.alerts.rules import Rule
 from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT
+from spanprism.models.state import StateCursor, dialect_of
 
 STATUSES = ("pending", "sent", "failed", "expired")
 
@@ -67,20 +67,24 @@ def plan(records: Iterable[dict[str, Any]], rules: list[Rule],
     return rows
 
 
-def existing(cur: duckdb.DuckDBPyConnection) -> set[tuple[str, str, str]]:
+def existing(cur: StateCursor) -> set[tuple[str, str, str]]:
     """Every (regression, destination, event) already queued."""
     rows = cur.execute("SELECT regression_id, destination_id, event FROM alert_outbox").fetchall()
     return {(r[0], r[1], r[2]) for r in rows}
 
 
-def enqueue(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], rules: list[Rule],
-            *, now: datetime | None = None) -> int:  # fmt: skip
-    """Insert the planned rows (inside the caller's transaction); returns how many were new."""
+def enqueue(cur: StateCursor, records: list[dict[str, Any]], rules: list[Rule],
+            *, now: datetime | None = None, stored: set[str] | None = None) -> int:  # fmt: skip
+    """Insert the planned rows (inside the caller's transaction); returns how many were new.
+
+    ``stored`` is the id of every stored regression when they live in another database than the outbox (state in
+    PostgreSQL); None reads them from the ``regressions`` table beside the outbox.
+    """
     now = now or datetime.now(UTC)
     new = 0
     queued = existing(cur)
     triggered = {(rid, dest) for rid, dest, event in queued if event == "trigger"}
-    for rid, dest, rule_id, event, rec in [*plan(records, rules, triggered), *_withdrawn(cur, queued, now)]:
+    for rid, dest, rule_id, event, rec in [*plan(records, rules, triggered), *_withdrawn(cur, queued, now, stored)]:
         if (rid, dest, event) in queued:  # skip the no-op inserts; the unique key stays the guarantee
             continue
         queued.add((rid, dest, event))
@@ -94,23 +98,29 @@ def enqueue(cur: duckdb.DuckDBPyConnection, records: list[dict[str, Any]], rules
     return new
 
 
-def _withdrawn(cur: duckdb.DuckDBPyConnection, queued: set[tuple[str, str, str]],
-               now: datetime) -> list[tuple[str, str, str | None, str, dict[str, Any]]]:  # fmt: skip
+def _withdrawn(cur: StateCursor, queued: set[tuple[str, str, str]], now: datetime,
+               stored: set[str] | None) -> list[tuple[str, str, str | None, str, dict[str, Any]]]:  # fmt: skip
     """Resolves for triggered regressions that are no longer stored at all.
 
     A nightly re-detection can replace an episode by one with another onset (another id) or drop it; the page it
     raised must still resolve, or it stays open at the receiver forever. The payload is the trigger's record, marked
     ``"withdrawn": true`` and resolved now. Only those triggers' payloads are read (the SQL finds them).
     """
-    rows = cur.execute("SELECT regression_id, destination_id, payload FROM alert_outbox WHERE event = 'trigger'"
-                       " AND regression_id NOT IN (SELECT id FROM regressions)"
-                       " ORDER BY regression_id, destination_id").fetchall()  # fmt: skip
+    if stored is None:
+        rows = cur.execute("SELECT regression_id, destination_id, payload FROM alert_outbox WHERE event = 'trigger'"
+                           " AND regression_id NOT IN (SELECT id FROM regressions)"
+                           " ORDER BY regression_id, destination_id").fetchall()  # fmt: skip
+    else:
+        gone = sorted({(rid, dest) for rid, dest, event in queued if event == "trigger" and rid not in stored})
+        rows = [r for rid, dest in gone if (rid, dest, "resolve") not in queued for r in cur.execute(
+            "SELECT regression_id, destination_id, payload FROM alert_outbox WHERE event = 'trigger'"
+            " AND regression_id = ? AND destination_id = ?", [rid, dest]).fetchall()]  # fmt: skip
     end = now.isoformat().replace("+00:00", "Z")
     return [(rid, dest, None, "resolve", {**orjson.loads(payload), "status": "resolved", "end": end, "withdrawn": True})
             for rid, dest, payload in rows if (rid, dest, "resolve") not in queued]  # fmt: skip
 
 
-def settle_blocked(cur: duckdb.DuckDBPyConnection, now: datetime) -> int:
+def settle_blocked(cur: StateCursor, now: datetime) -> int:
     """Mark rows that can never go out as failed: resolves whose trigger failed/expired, deleted destinations."""
     rows = cur.execute(
         "UPDATE alert_outbox o SET status = 'failed', last_error = 'trigger was not delivered', next_attempt_at = ?"
@@ -124,28 +134,34 @@ def settle_blocked(cur: duckdb.DuckDBPyConnection, now: datetime) -> int:
     return len(rows)
 
 
-def due(cur: duckdb.DuckDBPyConnection, now: datetime, limit: int = 100) -> list[Row]:
-    """Pending rows whose time has come, triggers first; a resolve only after its trigger was sent."""
+def due(cur: StateCursor, now: datetime, limit: int = 100, *, claim: bool = False) -> list[Row]:
+    """Pending rows whose time has come, triggers first; a resolve only after its trigger was sent.
+
+    ``claim`` (PostgreSQL, inside the caller's transaction): lock the rows returned and skip rows another
+    deliverer holds, so each row goes to exactly one of several deliverers until the transaction ends. A row
+    another deliverer sent and committed meanwhile is re-checked under the lock and no longer matches.
+    """
+    lock = " FOR UPDATE OF o SKIP LOCKED" if claim and dialect_of(cur) == "postgresql" else ""
     rows = cur.execute(
         "SELECT o.id, o.regression_id, o.destination_id, o.event, o.payload, o.attempts, o.created_at"
         " FROM alert_outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND (o.event = 'trigger'"
         " OR EXISTS (SELECT 1 FROM alert_outbox t WHERE t.regression_id = o.regression_id"
         " AND t.destination_id = o.destination_id AND t.event = 'trigger' AND t.status = 'sent'))"
-        " ORDER BY o.event = 'resolve', o.next_attempt_at, o.id LIMIT ?", [now, limit]).fetchall()  # fmt: skip
+        " ORDER BY o.event = 'resolve', o.next_attempt_at, o.id LIMIT ?" + lock, [now, limit]).fetchall()  # fmt: skip
     return [Row(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5], r[6]) for r in rows]
 
 
-def mark_sent(cur: duckdb.DuckDBPyConnection, row_id: str, now: datetime) -> None:
+def mark_sent(cur: StateCursor, row_id: str, now: datetime) -> None:
     cur.execute("UPDATE alert_outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL"
                 " WHERE id = ? AND status = 'pending'", [now, row_id])  # fmt: skip
 
 
-def mark_retry(cur: duckdb.DuckDBPyConnection, row_id: str, next_at: datetime, error: str | None) -> None:
+def mark_retry(cur: StateCursor, row_id: str, next_at: datetime, error: str | None) -> None:
     cur.execute("UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
                 " WHERE id = ? AND status = 'pending'", [next_at, error, row_id])  # fmt: skip
 
 
-def mark_final(cur: duckdb.DuckDBPyConnection, row_id: str, status: str, error: str | None, *,
+def mark_final(cur: StateCursor, row_id: str, status: str, error: str | None, *,
                attempted: bool) -> None:  # fmt: skip
     """``failed`` or ``expired``; ``attempted`` counts this try."""
     cur.execute("UPDATE alert_outbox SET status = ?, last_error = ?, attempts = attempts + ? WHERE id = ?"
@@ -159,7 +175,7 @@ _KEYS = ("id", "regression_id", "destination_id", "destination", "kind", "rule_i
          "next_attempt_at", "last_error", "created_at", "sent_at")  # fmt: skip
 
 
-def list_outbox(cur: duckdb.DuckDBPyConnection, *, status: str | None = None, regression_id: str | None = None,
+def list_outbox(cur: StateCursor, *, status: str | None = None, regression_id: str | None = None,
                 limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
     """Deliveries, newest first, without payloads."""
     where, params = [], []

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-import duckdb
 import orjson
 
 from spanprism.attribution.vocabulary import LABELS
+from spanprism.models.state import StateCursor
 
 SERIES_FIELDS = ("service", "provider", "model", "operation", "tenant")
 
@@ -85,19 +85,19 @@ def _row(r: tuple) -> Rule:
                 updated_at=r[10])  # fmt: skip
 
 
-def list_rules(cur: duckdb.DuckDBPyConnection, *, enabled_only: bool = False) -> list[Rule]:
+def list_rules(cur: StateCursor, *, enabled_only: bool = False) -> list[Rule]:
     """Every rule (or only the enabled ones), oldest first (the first matching rule names a delivery)."""
     where = " WHERE enabled" if enabled_only else ""
     rows = cur.execute(f"SELECT {_COLUMNS} FROM alert_rules{where} ORDER BY created_at, id").fetchall()
     return [_row(r) for r in rows]
 
 
-def get_rule(cur: duckdb.DuckDBPyConnection, rule_id: str) -> Rule | None:
+def get_rule(cur: StateCursor, rule_id: str) -> Rule | None:
     row = cur.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE id = ?", [rule_id]).fetchone()
     return None if row is None else _row(row)
 
 
-def insert_rule(cur: duckdb.DuckDBPyConnection, rule: Rule) -> str:
+def insert_rule(cur: StateCursor, rule: Rule) -> str:
     """Validate and store ``rule`` (a new id unless it has one); the destination must exist."""
     validate(series=rule.series, labels=rule.labels, min_change_pct=rule.min_change_pct,
              min_confidence=rule.min_confidence)  # fmt: skip
@@ -112,7 +112,7 @@ def insert_rule(cur: duckdb.DuckDBPyConnection, rule: Rule) -> str:
     return rule.id
 
 
-def update_rule(cur: duckdb.DuckDBPyConnection, rule_id: str, changes: dict[str, Any]) -> Rule | None:
+def update_rule(cur: StateCursor, rule_id: str, changes: dict[str, Any]) -> Rule | None:
     """Apply ``changes`` (any of the editable fields) and return the new rule, None when there is no such row."""
     rule = get_rule(cur, rule_id)
     if rule is None:
@@ -132,5 +132,5 @@ def update_rule(cur: duckdb.DuckDBPyConnection, rule_id: str, changes: dict[str,
     return rule
 
 
-def delete_rule(cur: duckdb.DuckDBPyConnection, rule_id: str) -> bool:
+def delete_rule(cur: StateCursor, rule_id: str) -> bool:
     return cur.execute("DELETE FROM alert_rules WHERE id = ? RETURNING id", [rule_id]).fetchone() is not None

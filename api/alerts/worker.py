@@ -3,6 +3,10 @@
 A thread with a stop Event. Each wake-up (the poll interval, an attribution pass's ``after_pass`` callback, or a
 change of ``db.generation``) enqueues when the stored regressions may have changed, then delivers due rows. The
 write lock is taken only for the short bookkeeping transactions, never across an HTTP call.
+
+With the state in PostgreSQL several replicas deliver from one outbox: each row is *claimed* (``SELECT … FOR
+UPDATE SKIP LOCKED``) in a transaction that stays open across its one HTTP attempt and commits the outcome, so
+exactly one deliverer sends it; a deliverer that dies mid-attempt rolls back and the row is due again.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,18 +29,23 @@ from spanprism.api.alerts.rules import list_rules
 from spanprism.api.metrics import Metrics
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
-from spanprism.attribution.store.records import list_regressions
+from spanprism.attribution.store.records import list_regressions, regression_ids
+from spanprism.models.state import StateCursor
 
 log = logging.getLogger("spanprism.alerts")
 
 
 def enqueue_pass(db: Database) -> int:
     """Queue triggers/resolves for the stored regressions (reads without the lock, inserts in one transaction)."""
+    stored: set[str] | None = None
     with db.read() as cur:
         records = list_regressions(cur, detail=True, min_change_pct=float("-inf"))
+        if db.state.shared:  # the outbox lives in another database than the regressions
+            stored = regression_ids(cur)
+    with db.state.read() as cur:
         rules = list_rules(cur, enabled_only=True)
-    with db.write() as cur:  # even with no records: triggered regressions that vanished still need a resolve
-        return outbox.enqueue(cur, records, rules)
+    with db.state.write() as cur:  # even with no records: triggered regressions that vanished still need a resolve
+        return outbox.enqueue(cur, records, rules, stored=stored)
 
 
 @dataclass
@@ -61,11 +71,13 @@ class Deliverer:
         """One delivery round: settle blocked rows, then triggers, then the resolves they unlock (``stop`` ends it
         between rows, so a shutdown waits for at most one HTTP call)."""
         counts = {"sent": 0, "retry": 0, "failed": 0, "expired": 0}
-        with self.db.write() as cur:
+        with self.db.state.write() as cur:
             counts["failed"] += outbox.settle_blocked(cur, datetime.now(UTC))
+        if self.db.state.shared:
+            return self._deliver_claimed(counts, limit, stop)
         tried: set[str] = set()
         for _ in range(2):  # a trigger sent in the first round makes its resolve due in the second
-            with self.db.read() as cur:
+            with self.db.state.read() as cur:
                 rows = [r for r in outbox.due(cur, datetime.now(UTC), limit) if r.id not in tried]
             if not rows:
                 break
@@ -76,47 +88,71 @@ class Deliverer:
                 counts[self.deliver(row)] += 1
         return counts
 
-    def deliver(self, row: outbox.Row) -> str:
-        """Attempt one row and record the result; returns the outcome name."""
-        with self.db.read() as cur:
+    def _deliver_claimed(self, counts: dict[str, int], limit: int, stop: threading.Event | None) -> dict[str, int]:
+        """Shared outbox: claim one row at a time (locked, others skip it), attempt it, commit the outcome."""
+        tried: set[str] = set()
+        for _ in range(2 * limit):
+            if stop is not None and stop.is_set():
+                break
+            with self.db.state.write() as cur:
+                rows = outbox.due(cur, datetime.now(UTC), 1, claim=True)
+                if not rows or rows[0].id in tried:  # nothing due, or only a row whose retry came round already
+                    break
+                tried.add(rows[0].id)
+                counts[self.deliver(rows[0], cur)] += 1
+        return counts
+
+    def deliver(self, row: outbox.Row, claimed: StateCursor | None = None) -> str:
+        """Attempt one row and record the result; returns the outcome name. ``claimed``: the transaction that
+        holds the row's lock (shared outbox), where the outcome is recorded."""
+        with self._state(claimed, write=False) as cur:
             dest = load_destination(cur, row.destination_id)
         now = datetime.now(UTC)
         deadline = row.created_at + timedelta(seconds=self.settings.alert_max_age_s)
         if dest is None:
-            return self._final(row, "failed", "destination deleted", kind="unknown", attempted=False)
+            return self._final(row, "failed", "destination deleted", claimed, kind="unknown", attempted=False)
         if now >= deadline:
-            return self._final(row, "expired", "gave up: older than alert_max_age_s", kind=dest.kind,
+            return self._final(row, "expired", "gave up: older than alert_max_age_s", claimed, kind=dest.kind,
                                attempted=False)  # fmt: skip
         try:
             request = prepare(dest, row.payload, row.event, row.id, self.links)
         except (KeyError, ValueError) as exc:  # a broken row must not block the rows behind it forever
-            return self._final(row, "failed", f"cannot build the request: {type(exc).__name__}", kind=dest.kind,
-                               attempted=False)  # fmt: skip
-        return self._record(row, dest.kind, send(self.client, request, dest), deadline)
+            return self._final(row, "failed", f"cannot build the request: {type(exc).__name__}", claimed,
+                               kind=dest.kind, attempted=False)  # fmt: skip
+        return self._record(row, dest.kind, send(self.client, request, dest), deadline, claimed)
 
-    def _record(self, row: outbox.Row, kind: str, outcome: Outcome, deadline: datetime) -> str:
+    def _state(self, claimed: StateCursor | None, *, write: bool) -> AbstractContextManager[StateCursor]:
+        """The claiming transaction when there is one, else a unit of work of its own."""
+        if claimed is not None:
+            return nullcontext(claimed)
+        return self.db.state.write() if write else self.db.state.read()
+
+    def _record(self, row: outbox.Row, kind: str, outcome: Outcome, deadline: datetime,
+                claimed: StateCursor | None) -> str:  # fmt: skip
         now = datetime.now(UTC)
         if outcome.status == "sent":
-            with self.db.write() as cur:
+            with self._state(claimed, write=True) as cur:
                 outbox.mark_sent(cur, row.id, now)
             self._count(kind, "sent", row)
             return "sent"
         if outcome.status == "failed":
-            return self._final(row, "failed", outcome.error, kind=kind, attempted=True)
+            return self._final(row, "failed", outcome.error, claimed, kind=kind, attempted=True)
         delay = backoff_s(row.attempts + 1, self.settings.alert_backoff_base_s, self.settings.alert_backoff_max_s,
                           self.rng)  # fmt: skip
         if outcome.retry_after_s is not None:
             delay = max(delay, outcome.retry_after_s)
         next_at = now + timedelta(seconds=delay)
         if next_at >= deadline:
-            return self._final(row, "expired", f"gave up after: {outcome.error}", kind=kind, attempted=True)
-        with self.db.write() as cur:
+            return self._final(row, "expired", f"gave up after: {outcome.error}", claimed, kind=kind,
+                               attempted=True)  # fmt: skip
+        with self._state(claimed, write=True) as cur:
             outbox.mark_retry(cur, row.id, next_at, outcome.error)
         self._count(kind, "retry", row, error=outcome.error, delay_s=round(delay, 3))
         return "retry"
 
-    def _final(self, row: outbox.Row, status: str, error: str | None, *, kind: str, attempted: bool) -> str:
-        with self.db.write() as cur:
+    def _final(self, row: outbox.Row, status: str, error: str | None, claimed: StateCursor | None, *, kind: str,
+               attempted: bool) -> str:  # fmt: skip
+        with self._state(claimed, write=True) as cur:
             outbox.mark_final(cur, row.id, status, error, attempted=attempted)
         self._count(kind, status, row, error=error)
         return status

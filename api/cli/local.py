@@ -36,7 +36,7 @@ class LocalBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.location = str(settings.db)
-        self.db = Database(settings.db)
+        self.db = Database(settings.db, state_url=settings.state_url)
         self._alerts_synced = False
 
     def close(self) -> None:
@@ -57,7 +57,7 @@ class LocalBackend(Backend):
         return to_jsonable_python(final)
 
     def list_runs(self, *, kind: str | None, status: str | None, limit: int) -> tuple[list[dict[str, Any]], int]:
-        with self.db.read() as cur:
+        with self.db.state.read() as cur:
             page, total = runs.list_runs(cur, kind=kind, status=status, limit=limit)
         return to_jsonable_python(page), total
 
@@ -90,17 +90,17 @@ class LocalBackend(Backend):
         return regression_id
 
     def create_key(self, *, name: str, scopes: frozenset[str]) -> dict[str, Any]:
-        with self.db.write() as cur:
+        with self.db.state.write() as cur:
             key_id, plain = create_key(cur, name=name, scopes=scopes)
             row = next(k for k in list_keys(cur) if k["id"] == key_id)
         return to_jsonable_python({**row, "key": plain})
 
     def list_keys(self) -> list[dict[str, Any]]:
-        with self.db.read() as cur:
+        with self.db.state.read() as cur:
             return to_jsonable_python(list_keys(cur))
 
     def revoke_key(self, key_id: str) -> bool:
-        with self.db.write() as cur:
+        with self.db.state.write() as cur:
             return revoke_key(cur, key_id)
 
     def _alerts(self) -> Database:
@@ -111,13 +111,13 @@ class LocalBackend(Backend):
         return self.db
 
     def alert_config(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        with self._alerts().read() as cur:
+        with self._alerts().state.read() as cur:
             dests = [d.public() for d in list_destinations(cur)]
             rules = [r.public() for r in list_rules(cur)]
         return to_jsonable_python(dests), to_jsonable_python(rules)
 
     def outbox(self, *, status: str | None, limit: int) -> list[dict[str, Any]]:
-        with self._alerts().read() as cur:
+        with self._alerts().state.read() as cur:
             return to_jsonable_python(list_outbox(cur, status=status, limit=limit))
 
     def test_destination(self, ref: str) -> dict[str, Any] | None:

@@ -92,7 +92,7 @@ def _editable(origin: str, what: str) -> None:
 
 @router.post("/destinations", status_code=status.HTTP_201_CREATED, response_model=DestinationPublic)
 def create_destination(body: DestinationCreate, database: DbDep, _: AdminAuth) -> dict[str, Any]:
-    with database.write() as cur:
+    with database.state.write() as cur:
         if dst.get_destination(cur, body.name) is not None:
             raise HTTPException(status.HTTP_409_CONFLICT, f"a destination named {body.name!r} exists")
         try:
@@ -105,7 +105,7 @@ def create_destination(body: DestinationCreate, database: DbDep, _: AdminAuth) -
 
 @router.get("/destinations", response_model=AlertRows)
 def list_destinations(database: DbDep, _: AdminAuth) -> AlertRows:
-    with database.read() as cur:
+    with database.state.read() as cur:
         rows = [DestinationPublic(**d.public()).model_dump() for d in dst.list_destinations(cur)]
     return AlertRows(data=rows, count=len(rows))
 
@@ -119,13 +119,13 @@ def _destination(cur: Any, dest_id: str) -> dst.Destination:
 
 @router.get("/destinations/{dest_id}", response_model=DestinationPublic)
 def get_destination(dest_id: str, database: DbDep, _: AdminAuth) -> dict[str, Any]:
-    with database.read() as cur:
+    with database.state.read() as cur:
         return _destination(cur, dest_id).public()
 
 
 @router.patch("/destinations/{dest_id}", response_model=DestinationPublic)
 def update_destination(dest_id: str, body: DestinationUpdate, database: DbDep, _: AdminAuth) -> dict[str, Any]:
-    with database.write() as cur:
+    with database.state.write() as cur:
         _editable(_destination(cur, dest_id).origin, "destination")
         try:
             dst.update_destination(cur, dest_id, name=body.name, options=body.options, secret=body.secret)
@@ -136,7 +136,7 @@ def update_destination(dest_id: str, body: DestinationUpdate, database: DbDep, _
 
 @router.delete("/destinations/{dest_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_destination(dest_id: str, database: DbDep, _: AdminAuth) -> None:
-    with database.write() as cur:
+    with database.state.write() as cur:
         _editable(_destination(cur, dest_id).origin, "destination")
         if any(r.destination_id == dest_id for r in rl.list_rules(cur)):
             raise HTTPException(status.HTTP_409_CONFLICT, "rules still send to this destination; delete them first")
@@ -156,7 +156,7 @@ def send_sample(database: Any, settings: Any, ref: str) -> dict[str, Any]:
     """Deliver :data:`SAMPLE_RECORD` to the destination ``ref`` (id or name) once (shared with the CLI)."""
     import httpx
 
-    with database.read() as cur:
+    with database.state.read() as cur:
         found = dst.get_destination(cur, ref)
         dest = None if found is None else dst.load_destination(cur, found.id)
     if dest is None:
@@ -170,7 +170,7 @@ def send_sample(database: Any, settings: Any, ref: str) -> dict[str, Any]:
 
 @router.post("/rules", status_code=status.HTTP_201_CREATED, response_model=RulePublic)
 def create_rule(body: RuleCreate, database: DbDep, _: AdminAuth) -> dict[str, Any]:
-    with database.write() as cur:
+    with database.state.write() as cur:
         try:
             rule_id = rl.insert_rule(cur, rl.Rule(id="", **body.model_dump()))
         except rl.RuleError as exc:
@@ -180,7 +180,7 @@ def create_rule(body: RuleCreate, database: DbDep, _: AdminAuth) -> dict[str, An
 
 @router.get("/rules", response_model=AlertRows)
 def list_rules(database: DbDep, _: AdminAuth) -> AlertRows:
-    with database.read() as cur:
+    with database.state.read() as cur:
         rows = [r.public() for r in rl.list_rules(cur)]
     return AlertRows(data=rows, count=len(rows))
 
@@ -194,13 +194,13 @@ def _rule(cur: Any, rule_id: str) -> rl.Rule:
 
 @router.get("/rules/{rule_id}", response_model=RulePublic)
 def get_rule(rule_id: str, database: DbDep, _: AdminAuth) -> dict[str, Any]:
-    with database.read() as cur:
+    with database.state.read() as cur:
         return _rule(cur, rule_id).public()
 
 
 @router.patch("/rules/{rule_id}", response_model=RulePublic)
 def update_rule(rule_id: str, body: RuleUpdate, database: DbDep, _: AdminAuth) -> dict[str, Any]:
-    with database.write() as cur:
+    with database.state.write() as cur:
         _editable(_rule(cur, rule_id).origin, "rule")
         try:
             rule = rl.update_rule(cur, rule_id, body.model_dump(exclude_none=True))
@@ -211,7 +211,7 @@ def update_rule(rule_id: str, body: RuleUpdate, database: DbDep, _: AdminAuth) -
 
 @router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_rule(rule_id: str, database: DbDep, _: AdminAuth) -> None:
-    with database.write() as cur:
+    with database.state.write() as cur:
         _editable(_rule(cur, rule_id).origin, "rule")
         rl.delete_rule(cur, rule_id)
 
@@ -221,7 +221,7 @@ def outbox(database: DbDep, settings: SettingsDep, _: AdminAuth,
            status_: Literal[STATUSES] | None = Query(None, alias="status"),  # type: ignore[valid-type]
            regression_id: str | None = None, limit: int = Query(100, ge=1)) -> AlertRows:  # fmt: skip
     """Deliveries (newest first) with their status, attempts, next attempt and last error; no payloads."""
-    with database.read() as cur:
+    with database.state.read() as cur:
         rows = list_outbox(cur, status=status_, regression_id=regression_id,
                            limit=min(limit, settings.max_page_size))  # fmt: skip
     return AlertRows(data=rows, count=len(rows))

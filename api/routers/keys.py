@@ -41,7 +41,7 @@ class KeysPublic(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 def create(body: KeyCreate, database: DbDep, _: AdminAuth) -> KeyCreated:
-    with database.write() as cur:
+    with database.state.write() as cur:
         key_id, plain = create_key(cur, name=body.name, scopes=frozenset(body.scopes))
         row = next(k for k in list_keys(cur) if k["id"] == key_id)
     return KeyCreated(**row, key=plain)
@@ -49,14 +49,14 @@ def create(body: KeyCreate, database: DbDep, _: AdminAuth) -> KeyCreated:
 
 @router.get("", response_model=KeysPublic)
 def index(database: DbDep, _: AdminAuth) -> KeysPublic:
-    with database.read() as cur:
+    with database.state.read() as cur:
         rows = list_keys(cur)
     return KeysPublic(data=[KeyPublic(**r) for r in rows], count=len(rows))
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"description": "no such key"}})
 def revoke(key_id: str, request: Request, database: DbDep, _: AdminAuth) -> None:
-    with database.write() as cur:
+    with database.state.write() as cur:
         if not revoke_key(cur, key_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active key {key_id}")
     principal_cache(request).clear()  # the revoked key must stop working now, not when its cache entry ages out

@@ -27,6 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,18 @@ class JobRunner:
         self._current: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
 
+    def _state_unit(self) -> AbstractContextManager[Any]:
+        """Where ``job_runs`` is written: the shared state store, or the file under the process's write lock."""
+        return self.db.state.write() if self.db.state.shared else self.db.writer()
+
     def start(self) -> None:
-        """Mark runs a previous process left unfinished as ``interrupted``, then start the worker."""
-        with self.db.writer() as cur:
-            self.interrupted_at_start = runs.mark_interrupted(cur)
+        """Mark runs a previous process left unfinished as ``interrupted``, then start the worker.
+
+        On shared state another replica's run may be alive: only the scheduler leader marks, when it takes over.
+        """
+        if not self.db.state.shared:
+            with self.db.writer() as cur:
+                self.interrupted_at_start = runs.mark_interrupted(cur)
         if self.interrupted_at_start:
             log.warning("marked %d unfinished attribution run(s) interrupted", self.interrupted_at_start)
         self._thread = threading.Thread(target=self._work, name="spanprism-job-runner", daemon=True)
@@ -81,7 +90,7 @@ class JobRunner:
         if self._thread is not None:
             self._thread.join(timeout_s)
         now = datetime.now(UTC)
-        with self.db.writer() as cur:
+        with self._state_unit() as cur:
             for record in dropped:
                 runs.save_run(cur, {**record, "status": "interrupted", "finished_at": now,
                                     "error": "the server stopped before the run started"})  # fmt: skip
@@ -107,7 +116,7 @@ class JobRunner:
             current = self._current
         if current is not None and current["id"] == run_id:
             return dict(current)
-        with self.db.read() as cur:
+        with self.db.state.read() as cur:
             return runs.get_run(cur, run_id)
 
     def list_runs(self, *, kind: str | None = None, status: str | None = None, limit: int = 50,
@@ -118,7 +127,7 @@ class JobRunner:
                        if kind in (None, r["kind"]) and status in (None, "queued")]  # fmt: skip
         waiting.sort(key=lambda r: (r["queued_at"], r["id"]), reverse=True)
         page = waiting[offset : offset + limit]
-        with self.db.read() as cur:
+        with self.db.state.read() as cur:
             stored, total = runs.list_runs(cur, kind=kind, status=status, limit=limit - len(page),
                                            offset=max(0, offset - len(waiting)))  # fmt: skip
         return page + stored, total + len(waiting)
@@ -144,8 +153,10 @@ class JobRunner:
     def _run(self, record: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
+            state = self.db.state.write if self.db.state.shared else None
             with self.db.writer() as cur:
-                final = runs.execute(cur, record, classifier=self.classifier, lookback_days=self.lookback_days)
+                final = runs.execute(cur, record, classifier=self.classifier, lookback_days=self.lookback_days,
+                                     state=state)  # fmt: skip
         except Exception as exc:  # bookkeeping itself failed (e.g. the file is gone): still a recorded outcome
             log.exception("attribution run %s could not be recorded", record["id"])
             final = {**record, "status": "failed", "finished_at": datetime.now(UTC), "error": str(exc)}
@@ -204,11 +215,51 @@ def nightly_trigger(expr: str, timezone: str) -> CronTrigger:
                        timezone=ZoneInfo(timezone))  # fmt: skip
 
 
+#: The advisory lock the scheduler leader holds on shared (PostgreSQL) state ("spanprism leader" as an integer).
+LEADER_LOCK = 0x5350_4C44
+
+
+class Leadership:
+    """One scheduler leader among the replicas sharing a state store.
+
+    On the DuckDB file the process is alone (the file lock), so always the leader. On PostgreSQL the leader holds
+    a session advisory lock (``pg_try_advisory_lock``) on this process's state session: the lock ends with the
+    session, so when the leader dies or loses its connection a standby wins it at its next firing. Taking over
+    marks the runs the previous leader left ``running``/``queued`` as ``interrupted``.
+    """
+
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
+        self.session = runner.db.state.session()
+        self.leading = self.session is None
+
+    def check(self) -> bool:
+        """Whether this process leads now (trying to become the leader when it does not)."""
+        if self.session is None:
+            return True
+        was, self.leading = self.leading, self.session.try_lock(LEADER_LOCK)
+        if self.leading and not was:
+            with self.runner.db.state.write() as cur:
+                self.runner.interrupted_at_start = runs.mark_interrupted(cur)
+            log.warning("this replica is now the scheduler leader (%d unfinished run(s) marked interrupted)",
+                        self.runner.interrupted_at_start)  # fmt: skip
+        elif was and not self.leading:
+            log.warning("this replica lost the scheduler leadership")
+        return self.leading
+
+    def release(self) -> None:
+        if self.session is not None and self.leading:
+            self.session.unlock(LEADER_LOCK)
+            self.leading = False
+
+
 class SchedulerService:
-    """APScheduler's background scheduler with the incremental and nightly jobs; each firing submits one run."""
+    """APScheduler's background scheduler with the incremental and nightly jobs; each firing submits one run
+    on the leader (:class:`Leadership`) only."""
 
     def __init__(self, settings: Settings, runner: JobRunner) -> None:
         self.settings, self.runner = settings, runner
+        self.leader = Leadership(runner)
         # Build the triggers now so a bad cron expression or time zone fails at start, not at 2 am.
         self.interval = IntervalTrigger(seconds=settings.incremental_minutes * 60, timezone=UTC)
         self.nightly = nightly_trigger(settings.nightly_cron, settings.nightly_timezone)
@@ -222,16 +273,18 @@ class SchedulerService:
         self.scheduler.add_job(self._submit, self.interval, args=["incremental"], id="incremental")
         self.scheduler.add_job(self._submit, self.nightly, args=["nightly"], id="nightly")
         self.scheduler.start()
-        if self.runner.interrupted_at_start:
+        if self.leader.check() and self.runner.interrupted_at_start:
             self._submit("incremental")
 
     def stop(self) -> None:
-        """Stop firing (a pass already submitted is the runner's business)."""
+        """Stop firing and hand the leadership on (a pass already submitted is the runner's business)."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self.leader.release()
 
     def _submit(self, kind: str) -> None:
-        self.runner.submit(kind, "scheduler")
+        if self.leader.check():
+            self.runner.submit(kind, "scheduler")
 
 
 def job_runner_service(settings: Settings, db: Database, metrics: Metrics, app_state: Any) -> JobRunner:

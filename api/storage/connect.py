@@ -1,7 +1,9 @@
-"""Opening the DuckDB file and keeping its schema current with Alembic.
+"""Opening the DuckDB file and keeping its schema (and a PostgreSQL state database's) current with Alembic.
 
-The service state and ``llm_calls`` share one DuckDB file. Migrations run through duckdb_engine/SQLAlchemy;
-bulk reads and writes use a raw ``duckdb`` connection (Arrow in and out, no ORM overhead).
+By default the service state and ``llm_calls`` share one DuckDB file. Migrations run through duckdb_engine/
+SQLAlchemy; bulk reads and writes use a raw ``duckdb`` connection (Arrow in and out, no ORM overhead). With
+``SPANPRISM_STATE_URL`` the same history also migrates a PostgreSQL database holding only the state tables
+(``migrations/dialect.py``); every function here takes a DuckDB path or a SQLAlchemy URL.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -36,13 +38,18 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def _url(path: str | os.PathLike[str]) -> str:
-    return f"duckdb:///{Path(path)}"
+def is_url(target: str | os.PathLike[str]) -> bool:
+    """True for a SQLAlchemy URL (``postgresql+psycopg://…``), False for a DuckDB file path."""
+    return isinstance(target, str) and "://" in target
 
 
-def engine_for(path: str | os.PathLike[str]) -> Engine:
-    """A SQLAlchemy engine over the DuckDB file (service state, migrations)."""
-    return create_engine(_url(path))
+def _url(target: str | os.PathLike[str]) -> str:
+    return str(target) if is_url(target) else f"duckdb:///{Path(target)}"
+
+
+def engine_for(target: str | os.PathLike[str]) -> Engine:
+    """A SQLAlchemy engine over the DuckDB file or the database at a URL (migrations, the state store)."""
+    return create_engine(_url(target))
 
 
 def head_revision() -> str:
@@ -58,15 +65,21 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+#: Advisory lock key serializing migrations on a shared PostgreSQL database ("spanprism migrate" as an integer).
+MIGRATION_LOCK = 0x5350_4D49
+
+
 def _run(engine: Engine, action: str, revision: str) -> None:
-    cfg = alembic_config(str(engine.url))
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # replicas starting together: one migrates, the others then see head
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         getattr(command, action)(cfg, revision)
 
 
 def upgrade(path: str | os.PathLike[str], revision: str = "head") -> str | None:
-    """Migrate the file at ``path`` up to ``revision``; returns the revision reached."""
+    """Migrate the file (or URL) at ``path`` up to ``revision``; returns the revision reached."""
     engine = engine_for(path)
     try:
         _run(engine, "upgrade", revision)
@@ -76,7 +89,7 @@ def upgrade(path: str | os.PathLike[str], revision: str = "head") -> str | None:
 
 
 def downgrade(path: str | os.PathLike[str], revision: str) -> str | None:
-    """Migrate the file at ``path`` down to ``revision`` (``base`` empties it)."""
+    """Migrate the file (or URL) at ``path`` down to ``revision`` (``base`` empties it)."""
     engine = engine_for(path)
     try:
         _run(engine, "downgrade", revision)

@@ -5,6 +5,9 @@ writers only conflict. The service keeps writes to one at a time with ``write_lo
 attribution passes, the alert outbox and API edits all take it), so a write never fails on a conflict and the file
 has exactly one writer, as DESIGN.md asks. ``generation`` moves on every finished attribution pass so read
 caches (dashboard panels) know when to drop their answers.
+
+``state`` is where the service state lives (:mod:`spanprism.api.storage.state`): this file by default, or a
+PostgreSQL database shared by several replicas when ``state_url`` is given.
 """
 
 from __future__ import annotations
@@ -18,18 +21,24 @@ from pathlib import Path
 import duckdb
 
 from spanprism.api.storage import connect as db
+from spanprism.api.storage.state import StateStore, open_state
 from spanprism.models.transaction import transaction
 
 
 class Database:
     """An open, migrated DuckDB file with a read cursor factory and a process-wide write lock."""
 
-    def __init__(self, path: str | os.PathLike[str], *, migrate: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, migrate: bool = True, state_url: str | None = None) -> None:
         self.path = Path(path)
         self.con = db.open_db(self.path, migrate=migrate)
         self.write_lock = threading.RLock()
         self.generation = 0
         self._closed = False
+        try:
+            self.state: StateStore = open_state(self, state_url, migrate=migrate)
+        except BaseException:
+            self.con.close()
+            raise
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -64,5 +73,6 @@ class Database:
         """Close the connection once (idempotent)."""
         if not self._closed:
             self._closed = True
+            self.state.close()
             with self.write_lock:
                 self.con.close()

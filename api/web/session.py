@@ -91,7 +91,7 @@ async def principal_of(request: Request, session: Session | None) -> Principal |
         return hit[0]
 
     def lookup() -> Principal | None:
-        with request.app.state.db.read() as cur:
+        with request.app.state.db.state.read() as cur:
             row = cur.execute(
                 "SELECT id, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", [session.key_hash]
             ).fetchone()

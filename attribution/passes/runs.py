@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,7 @@ from spanprism.attribution.classifier.model import Attributor, load_default
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.passes.label_pass import label_regressions
 from spanprism.attribution.store import calls
+from spanprism.models.state import StateCursor
 from spanprism.models.times import as_utc
 
 log = logging.getLogger("spanprism.runs")
@@ -47,6 +50,8 @@ SKIPPED_KEPT = timedelta(days=7)
 OVERLAP = timedelta(hours=1)
 _COLUMNS = ("id", "kind", "trigger", "status", "queued_at", "started_at", "finished_at", "window_start",
             "window_end", "counts", "error")  # fmt: skip
+#: Opens a committed unit of work on the state store (``db.state.write``).
+StateUnit = Callable[[], AbstractContextManager[StateCursor]]
 _TIMES = ("queued_at", "started_at", "finished_at", "window_start", "window_end")
 
 
@@ -89,11 +94,16 @@ def new_run(kind: str, trigger: str, *, since: datetime | None = None, until: da
             "error": None}  # fmt: skip
 
 
-def save_run(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> None:
+_UPSERT = (
+    f"INSERT INTO job_runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
+)
+
+
+def save_run(con: StateCursor, record: dict[str, Any]) -> None:
     """Insert or update one run record (autocommit: a record is never part of a pass's transaction)."""
     values = [orjson.dumps(record["counts"]).decode() if c == "counts" else record[c] for c in _COLUMNS]
-    con.execute(f"INSERT OR REPLACE INTO job_runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                values)  # fmt: skip
+    con.execute(_UPSERT, values)
 
 
 def _record(row: tuple) -> dict[str, Any]:
@@ -109,13 +119,13 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if k in _TIMES and v is not None else v) for k, v in record.items()}
 
 
-def get_run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any] | None:
+def get_run(con: StateCursor, run_id: str) -> dict[str, Any] | None:
     """One stored run record, or None."""
     rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE id = ?", [run_id]).fetchall()
     return _record(rows[0]) if rows else None
 
 
-def list_runs(con: duckdb.DuckDBPyConnection, *, kind: str | None = None, status: str | None = None,
+def list_runs(con: StateCursor, *, kind: str | None = None, status: str | None = None,
               limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
     """Stored runs, newest first, optionally of one kind/status; returns (page, total matching)."""
     where = " AND ".join(f"{col} = ?" for col, v in (("kind", kind), ("status", status)) if v is not None)
@@ -127,7 +137,7 @@ def list_runs(con: duckdb.DuckDBPyConnection, *, kind: str | None = None, status
     return [_record(r) for r in rows], total
 
 
-def mark_interrupted(con: duckdb.DuckDBPyConnection, *, now: datetime | None = None) -> int:
+def mark_interrupted(con: StateCursor, *, now: datetime | None = None) -> int:
     """Mark runs a dead process left ``running`` or ``queued`` as ``interrupted``; returns how many.
 
     Call it only when this process owns the file (server start, a CLI run): then no such run can be alive.
@@ -153,7 +163,7 @@ class Window:
     covering: bool  # covers every call stored when the pass started (a later incremental pass may build on it)
 
 
-def last_covering_success(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+def last_covering_success(con: StateCursor) -> dict[str, Any] | None:
     """The newest succeeded pass that covered all data stored when it started (incremental windows build on it)."""
     cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE status = 'succeeded'"
                       " ORDER BY started_at DESC")  # fmt: skip
@@ -182,12 +192,13 @@ def _utc_span(span: calls.Span | None) -> tuple[datetime, datetime] | None:
 
 
 def plan(con: duckdb.DuckDBPyConnection, kind: str, *, since: datetime | None = None, until: datetime | None = None,
-         lookback_days: float = 0) -> Window | None:  # fmt: skip
-    """The window a pass of ``kind`` should cover now, or None when there is nothing to do."""
+         lookback_days: float = 0, state: StateCursor | None = None) -> Window | None:  # fmt: skip
+    """The window a pass of ``kind`` should cover now, or None when there is nothing to do (``state``: where
+    ``job_runs`` lives when not beside the data)."""
     span = _utc_span(calls.data_span(con))
     if span is None:
         return None
-    last = last_covering_success(con)
+    last = last_covering_success(state or con)
     new = _new_data(con, last["started_at"] if last else None)
     if kind == "manual":
         since, until = as_utc(since), as_utc(until)
@@ -214,20 +225,25 @@ def plan(con: duckdb.DuckDBPyConnection, kind: str, *, since: datetime | None = 
 
 def execute(con: duckdb.DuckDBPyConnection, record: dict[str, Any], *,
             classifier: Attributor | str | Path | None = None, lookback_days: float = 0,
-            now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+            now: datetime | None = None, state: StateUnit | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the pass ``record`` asks for and store its outcome; returns the final record (never raises on a pass
-    failure: the error is recorded as ``failed``). The caller must hold the only writer (``db.writer()``)."""
+    failure: the error is recorded as ``failed``). The caller must hold the only writer (``db.writer()``).
+    ``state`` opens a committed unit of work where ``job_runs`` lives; None = on ``con`` (autocommit)."""
+    unit: StateUnit = state or (lambda: nullcontext(con))
     record = {**record, "status": "running", "started_at": now or datetime.now(UTC), "error": None}
-    save_run(con, record)
+    with unit() as cur:
+        save_run(cur, record)
     try:
-        window = plan(con, record["kind"], since=record["window_start"], until=record["window_end"],
-                      lookback_days=lookback_days)  # fmt: skip
+        with unit() as cur:
+            window = plan(con, record["kind"], since=record["window_start"], until=record["window_end"],
+                          lookback_days=lookback_days, state=cur)  # fmt: skip
         if window is None:
             reason = "no new data since the last successful pass" if record["kind"] == "incremental" else "no data"
             record.update(status="skipped", counts={"reason": reason})
             # An idle server records a skipped tick every few minutes; keep only the recent ones.
-            con.execute("DELETE FROM job_runs WHERE status = 'skipped' AND finished_at < ?",
-                        [record["started_at"] - SKIPPED_KEPT])  # fmt: skip
+            with unit() as cur:
+                cur.execute("DELETE FROM job_runs WHERE status = 'skipped' AND finished_at < ?",
+                            [record["started_at"] - SKIPPED_KEPT])  # fmt: skip
         else:
             record.update(window_start=window.start, window_end=window.end)
             counts = attribute(con, since=window.since, until=window.until, classifier=classifier)
@@ -236,5 +252,6 @@ def execute(con: duckdb.DuckDBPyConnection, record: dict[str, Any], *,
         log.exception("attribution pass %s failed", record["id"])
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     record["finished_at"] = datetime.now(UTC)
-    save_run(con, record)
+    with unit() as cur:
+        save_run(cur, record)
     return record

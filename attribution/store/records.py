@@ -115,6 +115,11 @@ def _series_filter(series: str | Mapping[str, str] | None) -> tuple[str, list[An
     return "".join(f" AND r.{column[k]} = ?" for k in series), list(series.values())
 
 
+def regression_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The id of every stored regression (the alert outbox resolves triggers whose regression is gone)."""
+    return {r[0] for r in con.execute("SELECT id FROM regressions").fetchall()}
+
+
 def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None, status: str | None = None,
                      series: str | Mapping[str, str] | None = None, since: datetime | None = None,
                      until: datetime | None = None, detail: bool = False,

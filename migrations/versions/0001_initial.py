@@ -8,6 +8,8 @@ Create Date: 2026-11-24
 import sqlalchemy as sa
 from alembic import op
 
+from spanprism.migrations.dialect import holds_data
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -34,6 +36,8 @@ _CALL_COLUMNS = [
 
 
 def upgrade() -> None:
+    if not holds_data():  # a state-only database (PostgreSQL) holds none of these
+        return
     op.create_table(
         "llm_calls",
         *[sa.Column(name, typ() if isinstance(typ, type) else typ, nullable=null) for name, typ, null in _CALL_COLUMNS],
@@ -68,6 +72,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if not holds_data():
+        return
     op.drop_table("quarantine")
     op.drop_table("ingest_batches")
     op.drop_table("llm_calls")

@@ -8,6 +8,8 @@ Create Date: 2026-11-25
 import sqlalchemy as sa
 from alembic import op
 
+from spanprism.migrations.dialect import holds_data
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -32,6 +34,12 @@ def _col(name: str, typ, nullable: bool = True, **kw) -> sa.Column:
 
 
 def upgrade() -> None:
+    if holds_data():  # series and rollups live with the calls; baselines, episodes and regressions are state
+        _create_data_tables()
+    _create_state_tables()
+
+
+def _create_data_tables() -> None:
     op.create_table(
         "series",
         _col("series_key", _S, False), _col("service", _S), _col("provider", _S), _col("request_model", _S),
@@ -60,6 +68,9 @@ def upgrade() -> None:
         _col("rolled_up_at", _T, False),
         sa.PrimaryKeyConstraint("ingest_batch", name="pk_rollup_batches"),
     )  # fmt: skip
+
+
+def _create_state_tables() -> None:
     op.create_table(
         "baselines",
         _col("series_key", _S, False), _col("metric", _S, False), _col("kind", _S, False),
@@ -89,6 +100,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("regressions", "episodes", "baselines", "rollup_batches", "rollup_dimensions",
-                 "series_rollups", "series"):  # fmt: skip
+    for name in ("regressions", "episodes", "baselines"):
         op.drop_table(name)
+    if holds_data():
+        for name in ("rollup_batches", "rollup_dimensions", "series_rollups", "series"):
+            op.drop_table(name)

@@ -8,6 +8,8 @@ Create Date: 2026-12-07
 import sqlalchemy as sa
 from alembic import op
 
+from spanprism.migrations.dialect import holds_data
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -34,6 +36,8 @@ _CALL_COLUMNS = [
 
 
 def upgrade() -> None:
+    if not holds_data():  # a state-only database (PostgreSQL) has no llm_calls
+        return
     # JSON array of "trace_id:span_id" of the other spans folded into this call; NULL for a one-span call.
     op.add_column("llm_calls", sa.Column("merged_span_ids", sa.Text, nullable=True))
     op.create_table(
@@ -46,5 +50,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if not holds_data():
+        return
     op.drop_table("llm_call_spans")
     op.drop_column("llm_calls", "merged_span_ids")

@@ -60,12 +60,12 @@ def add_destination(db: Database, kind: str, url: str, *, name: str | None = Non
     secret = {"slack": {"url": url}, "pagerduty": {"routing_key": "R0UT1NGKEY0123456789abcdef01234"},
               "webhook": {"url": url, "hmac_secret": "whsec-test-0123"}}[kind]  # fmt: skip
     options = {"events_url": url} if kind == "pagerduty" else {}
-    with db.write() as cur:
+    with db.state.write() as cur:
         dest_id = insert_destination(cur, name=name or kind, kind=kind, options=options, secret=secret)
         insert_rule(cur, Rule(id="", name=f"all to {kind}", destination_id=dest_id))
     return dest_id
 
 
 def rows(db: Database) -> list[dict[str, Any]]:
-    with db.read() as cur:
+    with db.state.read() as cur:
         return outbox.list_outbox(cur, limit=1000)

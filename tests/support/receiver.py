@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,6 +18,7 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []
         self.script: list[tuple[int, dict[str, str]]] = []
         self.default = (200, {})
+        self.delay_s = 0.0  # seconds each answer takes (overlaps concurrent deliverers)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -31,6 +33,8 @@ class Receiver:
 
     def _answer(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("content-length", 0)))
+        if self.delay_s:
+            time.sleep(self.delay_s)
         with self._lock:
             code, headers = self.script.pop(0) if self.script else self.default
             self.requests.append({"path": handler.path, "headers": {k.lower(): v for k, v in handler.headers.items()},
