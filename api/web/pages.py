@@ -158,7 +158,7 @@ async def regression_page(request: Request, regression_id: str, debug: bool = Fa
         return error_page(request, ctx, 404, f"no single regression matches {regression_id!r}")
     r, win = found["r"], found["win"]
     episode = charts.Episode(r["start"], r["end"], f"episode {r['start']} → {r['end'] or 'open'}")
-    parts = wording.waterfall_steps(r)
+    parts = wording.contributions(r)
     context = {
         **found, "title": f"{wording.metric_name(r['metric'])} regression", "sentence": wording.sentence(r),
         "cause": wording.cause(r), "contributions": parts, "total": sum(v for *_, v in parts),
