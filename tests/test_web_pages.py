@@ -15,6 +15,7 @@ import time
 import httpx
 from conftest import ADMIN_KEY, Live
 from support.otlp_spans import new_key
+from support.world import serve_world
 
 
 def csrf(html: str) -> str:
@@ -137,3 +138,34 @@ def test_a_login_post_without_the_forms_csrf_token_is_refused(make_server) -> No
         reply = client.post("/login", data={"key": ADMIN_KEY, "csrf": token, "next": "/quarantine"})
         assert reply.status_code == 303 and reply.headers["location"] == "/quarantine"
         assert client.cookies.get("spanprism_login") is None and client.get("/quarantine").status_code == 200
+
+
+def test_the_regression_page_is_cached_per_pass_but_shows_new_labels_and_old_records(tmp_path_factory) -> None:
+    """The immutable part of a regression page is kept until the next attribution pass; feedback is always fresh.
+
+    Exemplars carry their call's details (provider request id, start) since the labelling pass stores them; a
+    record stored before that (ids only) still shows them, looked up in the stored calls.
+    """
+    with serve_world(tmp_path_factory, "page-cache") as live:
+        record = next(r for r in live.client.get("/api/v1/regressions").json()["data"] if r["exemplars"])
+        first = record["exemplars"][0]
+        assert first["start_time"] and "provider_request_id" in first  # the details are part of the API record too
+        admin = page_client(live, ADMIN_KEY)
+        path = f"/regressions/{record['id']}"
+        page = admin.get(path)
+        assert page.status_code == 200 and first["trace_id"] in page.text and "post-mortem 9" not in page.text
+        posted = admin.post(f"{path}/feedback", data={"label": "cache_eviction", "note": "post-mortem 9",
+                                                      "csrf": csrf(page.text)})  # fmt: skip
+        assert posted.status_code == 303
+        assert "post-mortem 9" in admin.get(path).text  # read fresh though the rest of the page is cached
+        # An attribution stored with bare ids: the next pass's generation shows the looked-up calls.
+        with live.app.state.db.write() as cur:
+            bare = [{"trace_id": x["trace_id"], "span_id": x["span_id"]} for x in record["exemplars"]]
+            cur.execute("UPDATE regression_attributions SET exemplars = ? WHERE regression_id = ?",
+                        [json.dumps(bare), record["id"]])  # fmt: skip
+        stale = admin.get(path).text
+        live.app.state.db.bump_generation()
+        fresh = admin.get(path).text
+        when = first["start_time"][:16].replace("T", " ")
+        assert when in stale and when in fresh and first["trace_id"] in fresh
+        assert fresh.count('<time datetime="') == stale.count('<time datetime="')  # every exemplar's start found

@@ -191,17 +191,19 @@ def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[di
     return [{"id": r[0], "label": r[1], "reason": r[2], "note": r[3], "created_at": r[4]} for r in rows]
 
 
-def find_regression(con: duckdb.DuckDBPyConnection, ref: str) -> dict[str, Any]:
+def find_regression(con: duckdb.DuckDBPyConnection, ref: str, *, feedback: bool = True) -> dict[str, Any]:
     """The regression whose id is ``ref`` or alone starts with it, with ``metrics`` and its ``feedback``.
 
-    Shared by ``GET /regressions/{id}`` and the CLI. Raises LookupError (saying why) when ``ref`` matches no
-    regression or several.
+    Shared by ``GET /regressions/{id}``, the CLI and the web page (which caches the record between attribution
+    passes and reads the feedback, recorded between them, itself: ``feedback=False``). Raises LookupError (saying
+    why) when ``ref`` matches no regression or several.
     """
-    matches = [r for r in list_regressions(con, detail=True) if r["id"].startswith(ref)]
+    matches = list_regressions(con, detail=True, id_prefix=ref)
     exact = [r for r in matches if r["id"] == ref]
     if len(exact) == 1 or len(matches) == 1:
         record = (exact or matches)[0]
-        record["feedback"] = list_feedback(con, record["id"])
+        if feedback:
+            record["feedback"] = list_feedback(con, record["id"])
         return record
     raise LookupError(f"id {ref!r} {'is ambiguous' if matches else 'matches no regression'}")
 
