@@ -1,8 +1,9 @@
 """What each page shows, read through the same functions the REST routers answer with (no second data path).
 
-Series, panels and route mix come from ``attribution.store.panels``; regression records from
-``attribution.store.records.list_regressions``; ingest and quarantine status from the REST handlers themselves.
-The only query added for the pages is :func:`panels.exemplar_calls` (provider request ids of the exemplars).
+Series, panels and route mix come from ``attribution.store.panels``; a regression record from ``find_regression``
+(what ``GET /regressions/{id}`` answers); ingest and quarantine status from the REST handlers themselves. Queries
+added for the pages: :func:`panels.regression_series` (a regression's series and baseline in one read) and
+:func:`panels.exemplar_calls` (the calls of exemplars stored without their details, by older versions).
 """
 
 from __future__ import annotations

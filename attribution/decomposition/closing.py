@@ -6,7 +6,7 @@ episode's buckets, of each bucket's quantile (``observed``) and of the fitted ba
 its own subsampled baseline window. The decomposition can only split a change between two sets of *calls*: it
 pools the episode's calls and the clean 24 h before the onset and takes the metric's quantile over each pool.
 A forecast has no calls to decompose, and a median of bucket quantiles is not a quantile of pooled calls, so no
-choice of windows makes the two agree; they differ by a few percent (the demo: −8 % … +9 %).
+choice of windows makes the two agree; they differ by a few percent (the demo's 12 regressions: −4 % … +9 %).
 
 What is done. The decomposition says *how the change divides* among mechanisms; the record says *how large the
 change is*. When the two changes agree in sign and are within a factor :data:`MAX_RATIO` of each other, every
