@@ -58,6 +58,7 @@ SIGNALS: dict[str, tuple[str, str]] = {
     "calls_per_hour": ("calls per hour", "rate"),
     "ttft_residual_p50_ms": ("TTFT the latency model cannot explain, median", "ms"),
     "duration_residual_p50_ms": ("duration the latency model cannot explain, median", "ms"),
+    "decomposed_metric": ("the metric over the calls the split was computed on", "ms"),
 }
 ROUTE_DIMENSIONS: dict[str, str] = {
     "region": "region", "server_address": "endpoint host", "deployment": "deployment",
@@ -177,26 +178,14 @@ def evidence_lines(record: dict[str, Any], *, debug: bool = False) -> list[Evide
 
 
 def contributions(record: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """``(mechanism, words, ms)`` for every mechanism in waterfall order (residual last); missing ones are 0."""
+    """``(mechanism, words, ms)`` for every mechanism in waterfall order (residual last); missing ones are 0.
+
+    They are the waterfall's steps and sum to the record's observed − baseline: the labelling pass closes them on
+    the record (``attribution.decomposition.closing``)."""
     got = record.get("contributions_ms") or {}
     known = [(k, MECHANISMS[k], float(_finite(got.get(k)) or 0.0)) for k in MECHANISMS if k != "residual"]
     other = [(k, k.replace("_", " "), float(_finite(v) or 0.0)) for k, v in got.items() if k not in MECHANISMS]
     return [*known, *other, ("residual", MECHANISMS["residual"], float(_finite(got.get("residual")) or 0.0))]
-
-
-#: The step that closes a waterfall: the decomposition explains its own baseline and episode windows, which are not
-#: exactly the detector's (whose values the record reports), so the two differences can disagree by a little.
-WINDOW_GAP = ("window_gap", "difference between the detector's and the decomposition's windows")
-
-
-def waterfall_steps(record: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """:func:`contributions` plus, when they do not close, the window gap: the steps sum to observed − baseline."""
-    steps = contributions(record)
-    base, obs = _finite(record.get("baseline")), _finite(record.get("observed"))
-    if base is None or obs is None:
-        return steps
-    gap = (obs - base) - sum(v for *_, v in steps)
-    return [*steps, (*WINDOW_GAP, gap)] if abs(gap) >= 0.05 else steps
 
 
 def cause(record: dict[str, Any]) -> str:
@@ -254,7 +243,7 @@ def explain_text(record: dict[str, Any], *, debug: bool = False) -> str:
     lines = [f"regression {record.get('id')}  {record.get('status')}  {_when(record)}",
              f"series  {series_label(record)}", "", sentence(record), f"cause   {cause(record)}", "",
              "where the extra milliseconds went"]  # fmt: skip
-    parts = waterfall_steps(record)
+    parts = contributions(record)
     top = max([abs(v) for *_, v in parts] + [1e-9])
     rows = [(f"{words} ({key.replace('_', ' ')})" if key != "residual" else words, ms(v, signed=True),
              "█" * round(24 * abs(v) / top)) for key, words, v in parts]  # fmt: skip

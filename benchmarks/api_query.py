@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from timing import measure_gets, row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,35 +125,6 @@ def serving(path: Path) -> Iterator[str]:
         proc.wait(30)
 
 
-def measure(client_count: int, requests: int, make_url: Callable[[int], str], url: str) -> list[float]:
-    """Latencies (ms) of ``requests`` GETs spread over ``client_count`` threads, each with its own connection."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker() -> None:
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as client:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                resp = client.get(make_url(i))
-                dt = (time.perf_counter() - t0) * 1000
-                if resp.status_code != 200:
-                    raise RuntimeError(f"{make_url(i)} → {resp.status_code} {resp.text[:200]}")
-                with lock:
-                    latencies.append(dt)
-
-    threads = [threading.Thread(target=worker) for _ in range(client_count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies
-
-
 _WRK_SCRIPT = """
 local paths = {%s}
 local i = 0
@@ -181,11 +151,6 @@ def measure_wrk(clients: int, paths: list[str], url: str, seconds: int) -> tuple
     Path(f.name).unlink()
     fields = next(line for line in out.splitlines() if line.startswith("WRK ")).split()[1:]
     return int(fields[0]), int(fields[1]), float(fields[2]), float(fields[3]), float(fields[4])
-
-
-def _row(name: str, clients: int, lat: list[float]) -> str:
-    q = statistics.quantiles(lat, n=100)
-    return f"| {name} | {clients} | {len(lat)} | {q[49]:.1f} | {q[94]:.1f} | {max(lat):.1f} |"
 
 
 def main() -> None:
@@ -235,8 +200,9 @@ def main() -> None:
             for name, make in cases.items():
                 # Cold rows never repeat a URL across the two concurrency levels either.
                 base = offset
-                lat = measure(clients, args.requests, lambda i, m=make, b=base: m(i + b), url)
-                print(_row(name, clients, lat), flush=True)
+                lat = measure_gets(url, lambda i, m=make, b=base: m(i + b), clients=clients, requests=args.requests,
+                                   client_kwargs={"headers": {"authorization": f"Bearer {KEY}"}})  # fmt: skip
+                print(row(name, clients, latencies=lat), flush=True)
             offset += args.requests
         # The Python client threads above share the 2 cores with the server; wrk shows what the server does alone.
         print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from spanprism.attribution.classifier.model import (
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.evaluation.training import LabelledWindow, labelled_windows, simulation_examples, train
 from spanprism.attribution.simulator.simulate import SimulationConfig, simulate
+from spanprism.attribution.store.calls import EXEMPLAR_COLUMNS
 from spanprism.attribution.vocabulary import LABELS, REASONS
 
 RECORD_FIELDS = {"label", "reason", "confidence", "contributions_ms", "evidence", "exemplars"}
@@ -206,6 +208,14 @@ def test_longer_outputs_are_output_growth_not_contention() -> None:
         ids = set(zip(w.episode.column("trace_id").to_pylist(), w.episode.column("span_id").to_pylist(), strict=True))
         assert len(record["exemplars"]) >= 3
         assert all((x["trace_id"], x["span_id"]) in ids for x in record["exemplars"])
+        # Each carries its call's details (what the regression page shows), exactly as stored, JSON-ready.
+        rows = {(r["trace_id"], r["span_id"]): r for r in w.episode.to_pylist()}
+        for x in record["exemplars"]:
+            call = rows[(x["trace_id"], x["span_id"])]
+            assert set(x) == set(EXEMPLAR_COLUMNS) and x["start_time"].endswith("Z")
+            assert datetime.fromisoformat(x["start_time"].replace("Z", "+00:00")) == call["start_time"]
+            assert (x["duration_ms"], x["output_tokens"]) == (call["duration_ms"], call["output_tokens"])
+        assert json.loads(json.dumps(record["exemplars"])) == record["exemplars"]
         assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
 
 

@@ -27,7 +27,7 @@ from support.world import build_world
 from spanprism.api.app import create_app
 from spanprism.api.server import free_port, running
 from spanprism.api.settings import Settings
-from spanprism.api.wording import metric_name
+from spanprism.api.wording import MECHANISMS, metric_name
 
 CHROMIUM = Path(os.environ.get("SPANPRISM_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(__file__).resolve().parents[1] / "screenshots"
@@ -209,15 +209,23 @@ def test_the_waterfall_bars_sum_to_observed_minus_baseline(site, browser):
     context = _context(browser)
     page = context.new_page()
     _login(page, site["url"], site["read_key"], f"/regressions/{record['id']}")
-    steps = page.locator("#waterfall rect.wf-step").evaluate_all("els => els.map(e => +e.getAttribute('data-ms'))")
-    assert len(steps) >= len(record["contributions_ms"])
-    assert sum(steps) == pytest.approx(record["observed"] - record["baseline"], abs=0.01)
+    bars = page.locator("#waterfall rect.wf-step").evaluate_all(
+        "els => els.map(e => [e.getAttribute('data-key'), +e.getAttribute('data-ms')])"
+    )
+    # One bar per contribution of the record, nothing else (no "window gap"), summing to observed − baseline.
+    assert [k for k, _ in bars] == [*MECHANISMS] and set(record["contributions_ms"]) == set(MECHANISMS)
+    assert [v for _, v in bars] == pytest.approx([record["contributions_ms"][k] for k, _ in bars], abs=1e-3)
+    assert sum(v for _, v in bars) == pytest.approx(record["observed"] - record["baseline"], abs=0.01)
     assert page.locator("p.sentence").inner_text().startswith(f"{metric_name(record['metric'])} rose ")
     context.close()
 
 
 FORGED_POST = """async (id) => (await fetch(`/regressions/${id}/feedback`, {method: "POST",
     headers: {"content-type": "application/x-www-form-urlencoded"}, body: "label=unexplained&csrf=forged"})).status"""
+
+
+FORGED_LOGIN = """async (key) => (await fetch("/login", {method: "POST",
+    headers: {"content-type": "application/x-www-form-urlencoded"}, body: `key=${key}&csrf=forged`})).status"""
 
 
 def test_a_slack_alert_links_to_the_regression_page(site, browser):
@@ -283,6 +291,9 @@ def test_a_logged_out_browser_is_sent_to_the_login_page(site, browser):
     page.fill("#key", "spk_nope_not-a-key")
     page.click("form.login button[type=submit]")
     assert page.locator(".error").inner_text() == "unknown or revoked API key"
+    assert [c for c in context.cookies() if c["name"] == "spanprism_session"] == []
+    # A login POST without the form's CSRF token (what a form on another site sends) is refused, even a good key.
+    assert page.evaluate(FORGED_LOGIN, site["read_key"]) == 403
     assert [c for c in context.cookies() if c["name"] == "spanprism_session"] == []
     _login(page, site["url"], site["read_key"])
     (cookie,) = [c for c in context.cookies() if c["name"] == "spanprism_session"]

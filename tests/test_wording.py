@@ -3,19 +3,21 @@ a waterfall that closes, and an explain text that fits 120 columns with the inte
 
 from __future__ import annotations
 
-import copy
+import re
 
 import pytest
 
+from spanprism.api.web.bars import waterfall
 from spanprism.api.wording import (
+    MECHANISMS,
     change,
+    contributions,
     evidence_lines,
     explain_text,
     ms,
     number,
     route_name,
     sentence,
-    waterfall_steps,
 )
 
 RECORD = {
@@ -83,13 +85,14 @@ def test_the_sentence_says_what_rose_and_where_the_time_went():
     )
 
 
-def test_the_waterfall_closes_on_observed_minus_baseline():
-    closing = waterfall_steps(RECORD)  # the sample's contributions add up exactly: no extra step
-    assert [k for k, *_ in closing][-1] == "residual"
-    record = copy.deepcopy(RECORD) | {"observed": 1635.0}  # the detector's window saw 15 ms less
-    steps = waterfall_steps(record)
-    assert steps[-1][0] == "window_gap" and steps[-1][2] == pytest.approx(-15.0)
-    assert sum(v for *_, v in steps) == pytest.approx(record["observed"] - record["baseline"])
+def test_the_waterfall_is_the_contributions_and_closes_on_observed_minus_baseline():
+    steps = contributions(RECORD)  # the labelling pass stores contributions that close: no extra step is drawn
+    assert [k for k, *_ in steps] == [*MECHANISMS]
+    assert sum(v for *_, v in steps) == pytest.approx(RECORD["observed"] - RECORD["baseline"])
+    svg = waterfall(RECORD)
+    drawn = [float(v) for v in re.findall(r'class="wf-step[^"]*"[^>]*data-ms="([^"]+)"', svg)]
+    assert len(drawn) == len(MECHANISMS) and sum(drawn) == pytest.approx(838.0)
+    assert "window" not in svg
 
 
 def test_explain_fits_a_120_column_terminal_and_hides_features_without_debug():

@@ -98,11 +98,16 @@ async def cached_json(request: Request, db: Database, explicit: bool,
     if not explicit:
         body = await run_in_threadpool(encode)
     else:
-        cache = getattr(request.app.state, "panel_cache", None)
-        if cache is None:
-            cache = request.app.state.panel_cache = PanelCache()
-        body = await cache.aget_or_compute(db, (request.url.path, str(request.url.query)), encode)
+        body = await panel_cache(request).aget_or_compute(db, (request.url.path, str(request.url.query)), encode)
     return Response(body, media_type="application/json")
+
+
+def panel_cache(request: Request) -> PanelCache:
+    """The app's one per-generation read cache (REST panels and the web pages' immutable parts share it)."""
+    cache = getattr(request.app.state, "panel_cache", None)
+    if cache is None:
+        cache = request.app.state.panel_cache = PanelCache()
+    return cache
 
 
 def _series_or_404(db: Database, series_key: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Login, logout, the quarantine page and the admin forms (record the true label, download raw bytes, re-drive).
 
-Every state-changing form is a POST that must carry the session's CSRF token and, but for logging in and out, come
-from an admin key; the work itself is done by the REST handlers (``routers.regressions.feedback``,
-``routers.quarantine.redrive`` and ``raw``), called as plain functions, so the page and the API cannot disagree.
+Every state-changing form is a POST that must carry a CSRF token — the session's, or for the login form the
+pre-session cookie's (see :mod:`spanprism.api.web.session`) — and, but for logging in and out, come from an admin
+key; the work itself is done by the REST handlers (``routers.regressions.feedback``, ``routers.quarantine.redrive``
+and ``raw``), called as plain functions, so the page and the API cannot disagree.
 """
 
 from __future__ import annotations
@@ -33,15 +34,37 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
+def _login_page(request: Request, next_url: str, *, error: str | None = None, status_code: int = 200,
+                viewer: tuple[Principal | None, sessions.Session | None] = (None, None)) -> Response:  # fmt: skip
+    """The login form with its CSRF token, (re)setting the pre-session cookie the token is bound to."""
+    cookie, token = sessions.login_form(request)
+    principal, session = viewer
+    ctx = {"principal": principal, "csrf": sessions.csrf_token(request, session), "login_csrf": token,
+           "next": _safe_next(next_url), "title": "log in", "error": error}  # fmt: skip
+    response = page(request, "login.html", ctx, status_code=status_code)
+    if cookie is not None:
+        response.set_cookie(sessions.LOGIN_COOKIE, cookie, max_age=sessions.LOGIN_FORM_S, httponly=True,
+                            samesite="strict", secure=_secure(request), path=sessions.LOGIN_PATH)  # fmt: skip
+    return response
+
+
+def _secure(request: Request) -> bool:
+    public_url = request.app.state.settings.public_url
+    return bool(public_url and public_url.startswith("https://"))
+
+
 @router.get("/login")
 async def login_form(request: Request, next: str = "/") -> Response:
-    principal, _ = await sessions.viewer(request)
-    ctx = {"principal": principal, "csrf": "", "next": _safe_next(next), "title": "log in"}
-    return page(request, "login.html", ctx)
+    return _login_page(request, next, viewer=await sessions.viewer(request))
 
 
 @router.post("/login")
-async def login(request: Request, key: Annotated[str, Form(max_length=512)], next: Text = "/") -> Response:
+async def login(request: Request, key: Annotated[str, Form(max_length=512)], next: Text = "/",
+                csrf: Text = "") -> Response:  # fmt: skip
+    if not sessions.login_csrf_ok(request, csrf):
+        # Checked before the key: a cross-site form must not even learn whether a key is valid.
+        stale = "the login form is stale or did not come from this site (CSRF check failed); log in again here"
+        return _login_page(request, next, error=stale, status_code=403)
     settings = request.app.state.settings
     principal = await _authenticate(request, key.strip(), settings)
     error = None
@@ -50,13 +73,13 @@ async def login(request: Request, key: Annotated[str, Form(max_length=512)], nex
     elif not principal.allows("read"):
         error = "this key lacks the 'read' scope (an ingest-only key cannot open the pages)"
     if error:
-        ctx = {"principal": None, "csrf": "", "next": _safe_next(next), "title": "log in", "error": error}
-        return page(request, "login.html", ctx, status_code=401)
+        return _login_page(request, next, error=error, status_code=401)
     lifetime = int(settings.session_hours * 3600)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    secure = bool(settings.public_url and settings.public_url.startswith("https://"))
     response.set_cookie(sessions.COOKIE, sessions.encode(request, key.strip(), lifetime), max_age=lifetime,
-                        httponly=True, samesite="strict", secure=secure, path="/")  # fmt: skip
+                        httponly=True, samesite="strict", secure=_secure(request), path="/")  # fmt: skip
+    # One login per form: the pre-session nonce is spent (a new one comes with the next login page).
+    response.delete_cookie(sessions.LOGIN_COOKIE, path=sessions.LOGIN_PATH)
     return response
 
 

@@ -1,8 +1,8 @@
 """Bar charts as SVG: the waterfall of ``contributions_ms`` and the route mix over time.
 
-The waterfall starts at the baseline, adds one floating bar per mechanism (``rect.wf-step`` with ``data-ms``),
-and ends at the observed value: the decomposition's residual takes what no mechanism explains in its own windows,
-and a last "window gap" step shows how far those windows' difference is from the detector's.
+The waterfall starts at the record's baseline, adds one floating bar per mechanism (``rect.wf-step`` with
+``data-ms``) and ends at the record's observed value: the stored contributions sum to observed − baseline (the
+labelling pass closes them on the record; ``residual`` is what no named mechanism explains).
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from html import escape
 from typing import Any
 
 from spanprism.api.web.charts import OTHER, PALETTE, Frame, _axes, _svg, epoch
-from spanprism.api.wording import ms, waterfall_steps
+from spanprism.api.wording import contributions, ms
 
 
 def waterfall(record: dict[str, Any], *, width: int = 900, height: int = 260) -> str:
     """Baseline bar, a step per mechanism (up red, down green), the observed bar; labels under each bar."""
     base = float(record.get("baseline") or 0.0)
-    steps = waterfall_steps(record)
+    steps = contributions(record)
     levels, level = [base], base
     for *_, v in steps:
         level += v
         levels.append(level)
-    observed = level  # = the record's observed value: the steps close the gap (wording.waterfall_steps)
+    observed = float(record.get("observed") or level)  # = level: the contributions close on the record
     top = max([*levels, observed, 1.0]) * 1.1
     n = len(steps) + 2
     frame = Frame(0, n, 0.0, top, width=width, height=height, bottom=44)
@@ -48,7 +48,7 @@ def waterfall(record: dict[str, Any], *, width: int = 900, height: int = 260) ->
     for i, ((key, words, v), lo) in enumerate(zip(steps, levels, strict=False), start=1):
         cls = "wf-step up" if v >= 0 else "wf-step down"
         body.append(bar(i, lo, lo + v, cls, f"{words}: {ms(v, signed=True)}", f' data-ms="{v:.3f}" data-key="{key}"'))
-        body.append(caption(i, key.replace("_", " ").replace("window gap", "windows"), ms(v, signed=True)))
+        body.append(caption(i, key.replace("_", " "), ms(v, signed=True)))
     body += [
         bar(n - 1, 0.0, observed, "wf-total", f"observed {ms(observed)}"),
         caption(n - 1, "observed", ms(observed)),

@@ -1,8 +1,9 @@
 """What each page shows, read through the same functions the REST routers answer with (no second data path).
 
-Series, panels and route mix come from ``attribution.store.panels``; regression records from
-``attribution.store.records.list_regressions``; ingest and quarantine status from the REST handlers themselves.
-The only query added for the pages is :func:`panels.exemplar_calls` (provider request ids of the exemplars).
+Series, panels and route mix come from ``attribution.store.panels``; a regression record from ``find_regression``
+(what ``GET /regressions/{id}`` answers); ingest and quarantine status from the REST handlers themselves. Queries
+added for the pages: :func:`panels.regression_series` (a regression's series and baseline in one read) and
+:func:`panels.exemplar_calls` (the calls of exemplars stored without their details, by older versions).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from spanprism.attribution.passes.label_pass import find_regression, list_feedback
 from spanprism.attribution.store import panels
 from spanprism.attribution.store.records import list_regressions
 from spanprism.attribution.store.rollups import RollupConfig
@@ -78,16 +80,6 @@ def overview_rows(cur: duckdb.DuckDBPyConnection, win: Window, limit: int = 200)
     return rows, total
 
 
-def series_for(cur: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> dict[str, Any] | None:
-    """The series a regression record belongs to (records name it; the series table keys it)."""
-    s = record["series"]
-    filters = {"service": s.get("service"), "provider": s.get("provider"), "model": s.get("model"),
-               "operation": s.get("operation"), "tenant": s.get("tenant")}  # fmt: skip
-    rows, _ = panels.list_series(cur, filters=filters, limit=50, offset=0)
-    rows = [r for r in rows if r.get("tenant") == s.get("tenant")]
-    return rows[0] if rows else None
-
-
 def regression_window(record: dict[str, Any]) -> Window:
     """24 h around the onset (16 h before, 8 h after), longer when the episode outlasts it, at 5-minute steps."""
     start = datetime.fromisoformat(record["start"].replace("Z", "+00:00"))
@@ -104,20 +96,43 @@ def regression_window(record: dict[str, Any]) -> Window:
 
 
 def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win: Window) -> dict[str, Any]:
-    """The metric and its band over the window, the series, and the exemplars' stored ids."""
-    series = series_for(cur, record)
+    """The metric and its band over the window, the series, and the exemplars' stored ids.
+
+    Two reads: the series with the metric's baseline parameters (one query, by the key stored with the
+    regression) and the metric's 5-minute rollups; not ``llm_calls``: exemplars carry their call's details since
+    the labelling pass stores them (older records' exemplar calls are looked up, bounded by the episode so DuckDB
+    reads only its row groups).
+    """
+    series = panels.regression_series(cur, record["id"])
     points: list[dict[str, Any]] = []
     if series is not None:
         points = panels.metric_points(cur, series, record["metric"], step_s=win.step_s, since=win.since,
-                                      until=win.until, config=CONFIG)  # fmt: skip
-    # Exemplars are calls of the episode: bounding the lookup by it keeps a 10M-call table from being scanned.
-    start = datetime.fromisoformat(record["start"].replace("Z", "+00:00"))
-    end = datetime.fromisoformat(record["end"].replace("Z", "+00:00")) if record.get("end") else None
-    # (They are picked from the episode's calls; one bucket of slack on each side.)
-    slack = timedelta(seconds=CONFIG.grains[0])
-    exemplars = panels.exemplar_calls(cur, record.get("exemplars") or [], since=start - slack,
-                                      until=end + slack if end else None)  # fmt: skip
+                                      until=win.until, config=CONFIG, params=series["baseline_params"])  # fmt: skip
+    exemplars = record.get("exemplars") or []
+    if any("start_time" not in x for x in exemplars):  # stored before exemplars carried their call's details
+        start = datetime.fromisoformat(record["start"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(record["end"].replace("Z", "+00:00")) if record.get("end") else None
+        # Exemplars are picked from the episode's calls; one bucket of slack on each side.
+        slack = timedelta(seconds=CONFIG.grains[0])
+        exemplars = panels.exemplar_calls(cur, exemplars, since=start - slack, until=end + slack if end else None)
     return {"series": series, "points": points, "exemplars": exemplars}
+
+
+def regression_page(cur: duckdb.DuckDBPyConnection, ref: str) -> dict[str, Any] | None:
+    """The record ``ref`` names (``find_regression``: the REST and CLI lookup), its window and :func:`regression_view`;
+    None when no single regression matches. All of it changes only with an attribution pass; the post-mortem labels,
+    recorded between passes, are not part of it (:func:`feedback`)."""
+    try:
+        record = find_regression(cur, ref, feedback=False)
+    except LookupError:
+        return None
+    win = regression_window(record)
+    return {"r": record, "win": win, **regression_view(cur, record, win)}
+
+
+def feedback(cur: duckdb.DuckDBPyConnection, regression_id: str) -> list[dict[str, Any]]:
+    """The post-mortem labels recorded for a regression, oldest first (read on every view of its page)."""
+    return list_feedback(cur, regression_id)
 
 
 #: The series page's charts: (title, p95 or main metric, p50 line or None, unit).

@@ -18,12 +18,12 @@ from fastapi.responses import RedirectResponse, Response
 from spanprism.api import wording
 from spanprism.api.routers import ingest as ingest_routes
 from spanprism.api.routers import quarantine as quarantine_routes
+from spanprism.api.routers.series import panel_cache
 from spanprism.api.schemas import Paging
 from spanprism.api.security import Principal
 from spanprism.api.web import bars, charts, data
 from spanprism.api.web.render import page
 from spanprism.api.web.session import Session, csrf_token, viewer
-from spanprism.attribution.passes.label_pass import find_regression
 from spanprism.attribution.store import panels
 from spanprism.attribution.store.records import list_regressions
 from spanprism.attribution.vocabulary import LABELS, REASONS
@@ -134,9 +134,9 @@ async def series_page(request: Request, series_key: str, range: str = "24h", unt
 
 
 def _exemplar_links(exemplars: list[dict[str, Any]], template: str | None) -> list[dict[str, Any]]:
-    for x in exemplars:
-        x["url"] = template.format(trace_id=x["trace_id"], span_id=x["span_id"]) if template else None
-    return exemplars
+    """New dicts (the cached ones are shared between requests) with the trace viewer's ``url``."""
+    return [{**x, "url": template.format(trace_id=x["trace_id"], span_id=x["span_id"]) if template else None}
+            for x in exemplars]  # fmt: skip
 
 
 @router.get("/regressions/{regression_id}")
@@ -144,29 +144,41 @@ async def regression_page(request: Request, regression_id: str, debug: bool = Fa
     _, _, ctx = await who(request)
     database, settings = request.app.state.db, request.app.state.settings
 
-    def read() -> dict[str, Any] | None:
+    def compute() -> dict[str, Any] | None:
         with database.read() as cur:
-            try:  # the same lookup as GET /regressions/{id} and `spanprism explain` (feedback included)
-                record = find_regression(cur, regression_id)
-            except LookupError:
-                return None
-            win = data.regression_window(record)
-            return {"r": record, "win": win, **data.regression_view(cur, record, win)}
+            found = data.regression_page(cur, regression_id)
+        if found is None:
+            return None
+        r, win = found["r"], found["win"]
+        episode = charts.Episode(r["start"], r["end"], f"episode {r['start']} → {r['end'] or 'open'}")
+        svg = charts.metric_chart(
+            found["points"],
+            label=f"{r['metric']} against its baseline band",
+            since=win.since_iso,
+            until=win.until_iso,
+            episodes=[episode],
+            onset=r["start"],
+        )
+        return {**found, "metric_svg": svg, "waterfall_svg": bars.waterfall(r)}  # fmt: skip
 
-    found = await run_in_threadpool(read)
-    if found is None:
+    # The record, its charts and exemplars change only with an attribution pass (which moves the generation); the
+    # post-mortem labels are recorded between passes, so they alone are read on every view.
+    cached = await panel_cache(request).aget_or_compute(database, ("regression-page", regression_id), compute)
+    if cached is None:
         return error_page(request, ctx, 404, f"no single regression matches {regression_id!r}")
-    r, win = found["r"], found["win"]
-    episode = charts.Episode(r["start"], r["end"], f"episode {r['start']} → {r['end'] or 'open'}")
-    parts = wording.waterfall_steps(r)
+
+    def feedback() -> list[dict[str, Any]]:
+        with database.read() as cur:
+            return data.feedback(cur, cached["r"]["id"])
+
+    found = {**cached, "r": {**cached["r"], "feedback": await run_in_threadpool(feedback)}}
+    r = found["r"]
+    parts = wording.contributions(r)
     context = {
         **found, "title": f"{wording.metric_name(r['metric'])} regression", "sentence": wording.sentence(r),
         "cause": wording.cause(r), "contributions": parts, "total": sum(v for *_, v in parts),
         "evidence": wording.evidence_lines(r, debug=debug), "debug": debug,
-        "metric_svg": charts.metric_chart(found["points"], label=f"{r['metric']} against its baseline band",
-                                          since=win.since_iso, until=win.until_iso, episodes=[episode],
-                                          onset=r["start"]),
-        "waterfall_svg": bars.waterfall(r), "trace_links": bool(settings.trace_url_template),
+        "trace_links": bool(settings.trace_url_template),
         "exemplars": _exemplar_links(found["exemplars"], settings.trace_url_template),
         "labels": list(LABELS), "reasons": REASONS, "flash": "label recorded" if request.query_params.get("saved")
         else None,

@@ -5,6 +5,12 @@ signed with HMAC-SHA256 under ``session_secret`` (a random per-process secret wh
 the process). Every request re-checks the hash against ``api_keys``, so revoking a key ends its sessions at once.
 The cookie is HttpOnly, ``SameSite=Strict`` and ``Secure`` when the public URL is https. Forms that change
 something carry a CSRF token derived from the session's nonce (HMAC again), checked on POST.
+
+Logging in is protected the same way before any session exists: ``GET /login`` sets a short-lived signed pre-session
+cookie (:data:`LOGIN_COOKIE`, a nonce and an expiry, HttpOnly, ``SameSite=Strict``, path ``/login``) and the form
+carries the HMAC of that nonce. A login POST without both, or with a token of another nonce, is refused: another
+site cannot log a victim's browser into an attacker's key (login CSRF), since it can neither read nor set the
+cookie.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import Request
@@ -25,6 +32,8 @@ from spanprism.api.security import SCOPES, Principal, hash_key
 from spanprism.api.settings import Settings
 
 COOKIE = "spanprism_session"
+#: The pre-session cookie of the login form, and how long a login form stays valid.
+LOGIN_COOKIE, LOGIN_PATH, LOGIN_FORM_S = "spanprism_login", "/login", 2 * 3600
 
 
 @dataclass(frozen=True)
@@ -48,25 +57,70 @@ def _sign(secret: bytes, payload: bytes) -> str:
     return base64.urlsafe_b64encode(hmac.new(secret, payload, hashlib.sha256).digest()).decode().rstrip("=")
 
 
-def encode(request: Request, key: str, lifetime_s: int) -> str:
-    """A cookie value for a key that just logged in."""
-    body = {"h": hash_key(key), "e": int(time.time()) + lifetime_s, "n": secrets.token_urlsafe(16)}
+def _seal(request: Request, body: dict[str, object]) -> str:
+    """``payload.signature``: the JSON body in URL-safe base64, then its HMAC."""
     payload = base64.urlsafe_b64encode(orjson.dumps(body)).decode().rstrip("=")
     return f"{payload}.{_sign(_secret(request), payload.encode())}"
 
 
-def decode(request: Request) -> Session | None:
-    """The session of this request's cookie, or None when absent, forged or expired."""
-    value = request.cookies.get(COOKIE, "")
+def _unseal(request: Request, value: str) -> dict[str, Any] | None:
+    """The body of a sealed value, or None when it is empty, forged or not a JSON object."""
     payload, _, signature = value.partition(".")
     if not payload or not hmac.compare_digest(signature, _sign(_secret(request), payload.encode())):
         return None
     try:
         body = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        session = Session(str(body["h"]), int(body["e"]), str(body["n"]))
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def encode(request: Request, key: str, lifetime_s: int) -> str:
+    """A cookie value for a key that just logged in."""
+    return _seal(request, {"h": hash_key(key), "e": int(time.time()) + lifetime_s, "n": secrets.token_urlsafe(16)})
+
+
+def decode(request: Request) -> Session | None:
+    """The session of this request's cookie, or None when absent, forged or expired."""
+    body = _unseal(request, request.cookies.get(COOKIE, ""))
+    try:
+        session = Session(str(body["h"]), int(body["e"]), str(body["n"])) if body else None
     except (ValueError, KeyError, TypeError):
         return None
-    return session if session.expires > time.time() else None
+    return session if session is not None and session.expires > time.time() else None
+
+
+def _login_nonce(request: Request, *, min_left_s: float = 0.0) -> str | None:
+    """The nonce of this request's pre-session cookie when it is signed, a login cookie (not a session cookie put
+    in its place) and valid for ``min_left_s`` more seconds; None otherwise."""
+    body = _unseal(request, request.cookies.get(LOGIN_COOKIE, ""))
+    try:
+        fresh = body is not None and body.get("k") == "login" and int(body["e"]) > time.time() + min_left_s
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(body["n"]) if fresh and body is not None else None
+
+
+def _login_token(request: Request, nonce: str) -> str:
+    return _sign(_secret(request), f"login-csrf:{nonce}".encode())
+
+
+def login_form(request: Request) -> tuple[str | None, str]:
+    """For a login page being served: a new pre-session cookie value (None: keep the current one) and the form's
+    CSRF token. A cookie with more than half its life left is kept, so two open login tabs both work."""
+    nonce = _login_nonce(request, min_left_s=LOGIN_FORM_S / 2)
+    if nonce is not None:
+        return None, _login_token(request, nonce)
+    nonce = secrets.token_urlsafe(16)
+    return _seal(request, {"k": "login", "n": nonce, "e": int(time.time()) + LOGIN_FORM_S}), _login_token(
+        request, nonce
+    )
+
+
+def login_csrf_ok(request: Request, token: str) -> bool:
+    """Whether a login POST carries the token of the pre-session cookie it came with."""
+    nonce = _login_nonce(request)
+    return nonce is not None and bool(token) and hmac.compare_digest(token, _login_token(request, nonce))
 
 
 def csrf_token(request: Request, session: Session | None) -> str:
@@ -75,6 +129,7 @@ def csrf_token(request: Request, session: Session | None) -> str:
 
 
 def csrf_ok(request: Request, session: Session | None, token: str) -> bool:
+    """Whether a form POST carries the token of the session it came with."""
     return session is not None and bool(token) and hmac.compare_digest(token, csrf_token(request, session))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from spanprism.attribution.calls_window import window_of
-from spanprism.attribution.classifier.exemplars import pick_exemplars
+from spanprism.attribution.classifier.exemplars import pick_exemplars, with_details
 from spanprism.attribution.classifier.features import FEATURE_NAMES, EpisodeContext, episode_features, feature_vector
 from spanprism.attribution.classifier.fit import fit_logistic
 from spanprism.attribution.classifier.reasons import pick_reason
@@ -202,7 +202,7 @@ class Attributor:
             probabilities=probs,
             contributions_ms=dict(decomposition.contributions_ms),
             evidence=evidence,
-            exemplars=pick_exemplars(epi, metric=metric),
+            exemplars=with_details(episode_calls, pick_exemplars(epi, metric=metric)),
             baseline=decomposition.baseline_value,
             observed=decomposition.observed_value,
             features=feats,

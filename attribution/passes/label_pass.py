@@ -4,7 +4,11 @@ For each regression it reads the series' calls (through :mod:`spanprism.attribut
 window and in a clean baseline window just before it (other regressions of the series cut out), builds the
 cross-series context (how many other series of the same provider regressed at the same time), asks the
 :class:`~attribution.classifier.model.Attributor`, and stores the answer in ``regression_attributions``. A regression
-is re-attributed only when detection updated it since.
+is re-attributed only when detection updated it since (or when its stored contributions do not sum to the record's
+observed − baseline: those were stored before :mod:`~attribution.decomposition.closing` existed).
+
+The stored ``contributions_ms`` close on the record: the decomposition splits the change between its own pooled
+windows, and :func:`~attribution.decomposition.closing.close_on` puts that split onto the detector's change.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pyarrow as pa
 
 from spanprism.attribution.classifier.features import EpisodeContext
 from spanprism.attribution.classifier.model import VERSION, Attribution, Attributor
+from spanprism.attribution.decomposition.closing import close_on, closes, split_evidence
 from spanprism.attribution.store import calls
 from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT, list_regressions
 from spanprism.attribution.vocabulary import check_reason
@@ -47,17 +52,35 @@ class _Regression:
     end: datetime | None
     metric: str
     provider: str | None
+    baseline: float | None = None  # the record's (the detector's) values the contributions must close on
+    observed: float | None = None
 
 
 def _pending(con: duckdb.DuckDBPyConnection, *, force: bool) -> list[_Regression]:
-    fresh = "" if force else " AND (a.regression_id IS NULL OR a.attributed_at < r.updated_at)"
     rows = con.execute(
-        "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time, r.metric"
-        " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
-        f" WHERE r.change_pct >= ?{fresh} ORDER BY r.start_time, r.id",
+        "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
+        " r.metric, r.baseline, r.observed, a.regression_id IS NULL OR a.attributed_at < r.updated_at,"
+        " a.contributions_ms FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
+        " WHERE r.change_pct >= ? ORDER BY r.start_time, r.id",
         [MIN_REPORTED_CHANGE_PCT],
     ).fetchall()
-    return [_Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2]) for r in rows]
+    pending = []
+    for r in rows:
+        reg = _Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2], r[9], r[10])
+        stored = orjson.loads(r[12]) if r[12] else None
+        if force or r[11] or not closes(stored, reg.baseline, reg.observed):
+            pending.append(reg)
+    return pending
+
+
+def _close(att: Attribution, reg: _Regression) -> Attribution:
+    """The attribution with contributions summing to the record's observed − baseline, and what they were split on."""
+    if reg.baseline is None or reg.observed is None:
+        return att
+    change = reg.observed - reg.baseline
+    att.contributions_ms = close_on(att.contributions_ms, change)
+    att.evidence = [*att.evidence, split_evidence(att.baseline, att.observed, change)]
+    return att
 
 
 def _series(reg: _Regression) -> dict[str, Any]:
@@ -168,17 +191,19 @@ def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[di
     return [{"id": r[0], "label": r[1], "reason": r[2], "note": r[3], "created_at": r[4]} for r in rows]
 
 
-def find_regression(con: duckdb.DuckDBPyConnection, ref: str) -> dict[str, Any]:
+def find_regression(con: duckdb.DuckDBPyConnection, ref: str, *, feedback: bool = True) -> dict[str, Any]:
     """The regression whose id is ``ref`` or alone starts with it, with ``metrics`` and its ``feedback``.
 
-    Shared by ``GET /regressions/{id}`` and the CLI. Raises LookupError (saying why) when ``ref`` matches no
-    regression or several.
+    Shared by ``GET /regressions/{id}``, the CLI and the web page (which caches the record between attribution
+    passes and reads the feedback, recorded between them, itself: ``feedback=False``). Raises LookupError (saying
+    why) when ``ref`` matches no regression or several.
     """
-    matches = [r for r in list_regressions(con, detail=True) if r["id"].startswith(ref)]
+    matches = list_regressions(con, detail=True, id_prefix=ref)
     exact = [r for r in matches if r["id"] == ref]
     if len(exact) == 1 or len(matches) == 1:
         record = (exact or matches)[0]
-        record["feedback"] = list_feedback(con, record["id"])
+        if feedback:
+            record["feedback"] = list_feedback(con, record["id"])
         return record
     raise LookupError(f"id {ref!r} {'is ambiguous' if matches else 'matches no regression'}")
 
@@ -215,6 +240,6 @@ def label_regressions(
         except ValueError as exc:  # e.g. a TTFT metric on a window without streaming calls
             summary.failed[reg.id] = str(exc)
             continue
-        _store(con, reg.id, att, version, (baseline.num_rows, episode.num_rows))
+        _store(con, reg.id, _close(att, reg), version, (baseline.num_rows, episode.num_rows))
         summary.attributed += 1
     return summary

@@ -26,6 +26,12 @@ import pyarrow as pa
 CALLS_IN_RANGE = "llm_calls WHERE start_time >= $lo AND start_time < $hi"
 
 Span = tuple[datetime, datetime]
+#: What a record's exemplar says about its call: ids (the provider's request id is what a support ticket asks for),
+#: when, how slow, how many tokens, which route.
+EXEMPLAR_COLUMNS: tuple[str, ...] = (
+    "trace_id", "span_id", "provider_request_id", "response_id", "start_time", "duration_ms", "ttft_ms",
+    "uncached_input_tokens", "cache_read_tokens", "output_tokens", "region", "deployment", "response_model",
+)  # fmt: skip
 
 
 def series_predicate(series: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -100,19 +106,25 @@ def batches_span(con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]) -> Sp
 
 def calls_by_id(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]], *, since: datetime | None = None,
                until: datetime | None = None) -> tuple[list[str], list[tuple]]:  # fmt: skip
-    """Ids, provider ids and timings of the calls keyed ``(trace_id, span_id)`` (a record's exemplars).
+    """:data:`EXEMPLAR_COLUMNS` of the calls keyed ``(trace_id, span_id)`` (exemplars stored without them).
 
     ``since``/``until`` (the episode, say) let DuckDB skip every row group outside it instead of scanning the table.
+    The ids are literal ``IN`` lists, which DuckDB pushes into the scan as filters: only matching rows are read
+    past the id columns (a ``(trace_id, span_id) IN (subquery)`` is a hash join that materializes every column of
+    every row in the window first, several times slower on a busy episode). Exact pairs are kept afterwards.
     """
+    if not pairs:
+        return [], []
+    traces, spans = sorted({t for t, _ in pairs}), sorted({s for _, s in pairs})
     cur = con.execute(
-        "SELECT trace_id, span_id, provider_request_id, response_id, start_time, duration_ms, ttft_ms,"
-        " uncached_input_tokens, cache_read_tokens, output_tokens, region, deployment, response_model"
-        " FROM llm_calls WHERE (trace_id, span_id) IN (SELECT (t, s) FROM (SELECT unnest(?) AS t, unnest(?) AS s))"
+        f"SELECT {', '.join(EXEMPLAR_COLUMNS)} FROM llm_calls WHERE trace_id IN ({', '.join('?' * len(traces))})"
+        f" AND span_id IN ({', '.join('?' * len(spans))})"
         " AND start_time >= coalesce(?, '-infinity'::TIMESTAMPTZ)"
         " AND start_time < coalesce(?, 'infinity'::TIMESTAMPTZ)",
-        [[t for t, _ in pairs], [s for _, s in pairs], since, until],
+        [*traces, *spans, since, until],
     )
-    return [d[0] for d in cur.description], cur.fetchall()
+    wanted = set(pairs)
+    return [d[0] for d in cur.description], [row for row in cur.fetchall() if (row[0], row[1]) in wanted]
 
 
 def unrolled_batches(con: duckdb.DuckDBPyConnection) -> list[tuple[str, datetime, datetime]]:

@@ -104,6 +104,20 @@ def get_series(con: duckdb.DuckDBPyConnection, series_key: str) -> dict[str, Any
     return _series_dict(rows[0]) if rows else None
 
 
+def regression_series(con: duckdb.DuckDBPyConnection, regression_id: str) -> dict[str, Any] | None:
+    """The series a regression belongs to (by the key detection stored with it), or None; in one query with it,
+    the stored baseline parameters of the regression's metric as ``baseline_params`` (None without a baseline)."""
+    rows = con.execute(
+        "SELECT s.series_key, s.service, s.provider, s.request_model, s.operation, s.tenant, s.first_bucket,"
+        " s.last_bucket, b.params FROM regressions r JOIN series s ON s.series_key = r.series_key"
+        " LEFT JOIN baselines b ON b.series_key = r.series_key AND b.metric = r.metric WHERE r.id = ?",
+        [regression_id],
+    ).fetchall()
+    if not rows:
+        return None
+    return {**_series_dict(rows[0]), "baseline_params": orjson.loads(rows[0][8]) if rows[0][8] else None}
+
+
 def series_health(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], *, at: datetime,
                   config: RollupConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Add traffic, latest p95s against their baselines, open regressions and a status to each series as of ``at``.
@@ -181,6 +195,8 @@ def load_params(con: duckdb.DuckDBPyConnection, series_key: str, metric: str) ->
 
 
 Band = tuple[list[float | None], list[float | None], list[float | None]]
+#: ``metric_points(params=_LOAD)``: read the baseline parameters from ``baselines``.
+_LOAD = object()
 
 
 def baseline_band(con: duckdb.DuckDBPyConnection, series_key: str, metric: str, ts: np.ndarray) -> Band | None:
@@ -241,9 +257,11 @@ def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metri
 
 
 def metric_points(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metric: str, *, step_s: int,
-                  since: datetime, until: datetime,
-                  config: RollupConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Buckets of ``step_s`` in [since, until) with data: time, value, calls and the baseline band (or nulls)."""
+                  since: datetime, until: datetime, config: RollupConfig | None = None,
+                  params: Mapping[str, Any] | object | None = _LOAD) -> list[dict[str, Any]]:  # fmt: skip
+    """Buckets of ``step_s`` in [since, until) with data: time, value, calls and the baseline band (or nulls).
+
+    ``params``: the metric's baseline parameters when the caller already read them (None: no baseline)."""
     if metric not in METRIC_NAMES:
         raise ValueError(f"unknown metric {metric!r}")
     config = config or RollupConfig()
@@ -256,7 +274,12 @@ def metric_points(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], met
     else:
         rows = _from_calls(con, series, metric, step_s, since, until, config)
     ts = np.array([int(r[0].timestamp()) for r in rows], dtype=np.int64)
-    band = baseline_band(con, key, metric, ts) if len(ts) else None
+    if not len(ts):
+        band = None
+    elif params is _LOAD:
+        band = baseline_band(con, key, metric, ts)
+    else:
+        band = band_from_params(params, ts)  # type: ignore[arg-type]
     mid, lo, hi = band or ([None] * len(rows),) * 3
     return [{"time": iso(r[0]), "value": _num(r[1]), "calls": int(r[2] or 0), "baseline": mid[i], "lower": lo[i],
              "upper": hi[i]} for i, r in enumerate(rows)]  # fmt: skip

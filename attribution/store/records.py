@@ -122,12 +122,13 @@ def regression_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None, status: str | None = None,
                      series: str | Mapping[str, str] | None = None, since: datetime | None = None,
-                     until: datetime | None = None, detail: bool = False,
+                     until: datetime | None = None, detail: bool = False, id_prefix: str | None = None,
                      min_change_pct: float = MIN_REPORTED_CHANGE_PCT) -> list[dict[str, Any]]:  # fmt: skip
     """Regression records as DESIGN.md dicts, newest first (only those whose metric rose ≥ ``min_change_pct``).
 
     ``series`` is a series key or a mapping over service/provider/model/operation[/tenant]; ``since``/``until``
-    keep regressions overlapping that range. ``detail=True`` adds ``metrics`` (every metric that moved).
+    keep regressions overlapping that range; ``id_prefix`` those whose id starts with it (one record's page must not
+    parse every record's JSON). ``detail=True`` adds ``metrics`` (every metric that moved).
     """
     # Migration 0003 made the attribution table part of every schema: no per-call probe for it.
     extra = list(ATTRIBUTION_FIELDS)
@@ -145,6 +146,9 @@ def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None
     if until is not None:
         sql += " AND r.start_time < ?"
         params.append(until)
+    if id_prefix is not None:
+        sql += " AND starts_with(r.id, ?)"
+        params.append(id_prefix)
     where, args = _series_filter(series)
     rows = con.execute(sql + where + " ORDER BY r.start_time DESC, r.id", params + args).fetchall()
     records = [_record(row, extra, detail) for row in rows]

@@ -121,6 +121,9 @@ def rollup_select(config: RollupConfig, grain: int) -> str:
 
 
 def _rollup_insert(config: RollupConfig, grain: int) -> str:
+    # Written in time order (a hash aggregate emits buckets in any order): every read of a panel, the regression
+    # page or detection is a time range, and DuckDB skips the row groups whose bucket_start zone map misses it.
+    # A 24 h panel of a 14-day backfill read 4 of 5 row groups without this.
     tok = [
         f"q_{c}[{i + 1}]"
         for c in ("input_tokens", "uncached_input_tokens", "cache_read_tokens", "output_tokens")
@@ -132,7 +135,8 @@ def _rollup_insert(config: RollupConfig, grain: int) -> str:
       n_cache_reported, n_cache_eligible,
       q_e2e[1], q_e2e[2], q_e2e[3], e2e_gmean_ms, q_ttft[1], q_ttft[2], ttft_gmean_ms,
       q_itl[1], q_itl[2], itl_gmean_ms, queue_p95_ms, {", ".join(tok)}, cache_read_ratio, cache_hit_rate
-    FROM ({rollup_select(config, grain)})"""
+    FROM ({rollup_select(config, grain)})
+    ORDER BY b"""
 
 
 def _dimensions_insert(config: RollupConfig) -> str:
@@ -147,7 +151,8 @@ def _dimensions_insert(config: RollupConfig) -> str:
                    FROM (SELECT {_series_cols(config)}, {bucket_sql(grain)} AS b, {routes}, count(*) AS n
                          FROM {CALLS_IN_RANGE} GROUP BY ALL))
           ON {", ".join(ROUTE_COLUMNS)} INTO NAME dimension VALUE value)
-    GROUP BY ALL"""
+    GROUP BY ALL
+    ORDER BY b"""
 
 
 def _series_upsert(config: RollupConfig) -> str:
