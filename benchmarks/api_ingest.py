@@ -88,22 +88,24 @@ def template(spans: int, seed: int) -> ExportTraceServiceRequest:
     return encode_spans(exporter.get_finished_spans())
 
 
+def numbered(base: ExportTraceServiceRequest, n: int) -> bytes:
+    """``base`` serialized with trace and span ids of its own (copy ``n``): every copy stores as new calls."""
+    request = ExportTraceServiceRequest()
+    request.CopyFrom(base)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.trace_id = n.to_bytes(8, "big") + span.trace_id[8:]
+                if span.parent_span_id:
+                    span.parent_span_id = bytes([n % 251 + 1]) + span.parent_span_id[1:]
+                span.span_id = bytes([n % 251 + 1]) + span.span_id[1:]
+    return request.SerializeToString()
+
+
 def bodies(count: int, spans: int, seed: int) -> list[bytes]:
     """``count`` serialized copies of the template, each with its own trace and span ids."""
     base = template(spans, seed)
-    out = []
-    for n in range(count):
-        request = ExportTraceServiceRequest()
-        request.CopyFrom(base)
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    span.trace_id = n.to_bytes(8, "big") + span.trace_id[8:]
-                    if span.parent_span_id:
-                        span.parent_span_id = bytes([n % 251 + 1]) + span.parent_span_id[1:]
-                    span.span_id = bytes([n % 251 + 1]) + span.span_id[1:]
-        out.append(request.SerializeToString())
-    return out
+    return [numbered(base, n) for n in range(count)]
 
 
 def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[int, int, float]:
