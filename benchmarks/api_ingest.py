@@ -89,7 +89,7 @@ def template(spans: int, seed: int) -> ExportTraceServiceRequest:
 
 
 def numbered(base: ExportTraceServiceRequest, n: int) -> bytes:
-    """``base`` serialized with trace and span ids of its own (copy ``n``): every copy stores as new calls."""
+    """``base`` serialized with trace, span and response ids of its own (copy ``n``): every copy is new calls."""
     request = ExportTraceServiceRequest()
     request.CopyFrom(base)
     for rs in request.resource_spans:
@@ -99,6 +99,9 @@ def numbered(base: ExportTraceServiceRequest, n: int) -> bytes:
                 if span.parent_span_id:
                     span.parent_span_id = bytes([n % 251 + 1]) + span.parent_span_id[1:]
                 span.span_id = bytes([n % 251 + 1]) + span.span_id[1:]
+                for kv in span.attributes:
+                    if kv.key == "gen_ai.response.id":  # one provider response id = one call (ingest/fold.py)
+                        kv.value.string_value = f"{kv.value.string_value}-{n}"
     return request.SerializeToString()
 
 

@@ -8,7 +8,9 @@ Target (issue 15): ``GET /api/v1/series`` p95 ≤ 50 ms at 50 concurrent readers
    attribution pass moves the read caches mid-row), and one poster process sending 500-span OTLP protobuf bodies
    (``api_ingest.py``'s OTel-SDK bodies, fresh ids each) back to back for the whole run.
 3. For each row, ``--clients`` reader threads (each its own keep-alive httpx connection, as in ``api_query.py``)
-   send ``--requests`` GETs; p50/p95/max latency, and the spans/s the server stored meanwhile (``/metrics``).
+   send ``--requests`` GETs; p50/p95/max latency, the spans/s the server stored meanwhile (``/metrics``), and the
+   server process's CPU time per request (with ingest running it includes the writer's share): on a shared
+   machine latency measures the queue for the cores, the CPU column what each answer costs.
 
 | row | request |
 |---|---|
@@ -45,11 +47,13 @@ from spanprism.api.server import free_port, wait_healthy
 ZULU = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def post_forever(url: str, spans: int, stop: multiprocessing.synchronize.Event) -> None:
-    """One OTLP client: post fresh-id bodies back to back until ``stop`` (runs in its own process)."""
+def post_forever(url: str, spans: int, ready: multiprocessing.synchronize.Event,
+                 stop: multiprocessing.synchronize.Event) -> None:  # fmt: skip
+    """One OTLP client: post fresh-id bodies back to back until ``stop`` (runs in its own process); ``ready`` is set
+    once the first body is stored (it also starts the server's decode worker processes)."""
     base = template(spans, seed=11)
     headers = {"authorization": f"Bearer {KEY}", "content-type": PROTO}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
         n = 1 << 20  # ids apart from anything api_ingest.py posts
         while not stop.is_set():
             reply = client.post("/v1/traces", content=numbered(base, n))
@@ -57,11 +61,12 @@ def post_forever(url: str, spans: int, stop: multiprocessing.synchronize.Event) 
                 time.sleep(0.05)
                 continue
             reply.raise_for_status()
+            ready.set()
             n += 1
 
 
 @contextmanager
-def serving(db: Path, log: Path) -> Iterator[str]:
+def serving(db: Path, log: Path) -> Iterator[tuple[str, int]]:
     """``spanprism serve`` on ``db`` (the scheduler off: rows must not straddle an attribution pass)."""
     port = free_port()
     env = {**os.environ, "SPANPRISM_ADMIN_KEY": KEY, "SPANPRISM_SCHEDULER_ENABLED": "false"}
@@ -73,10 +78,16 @@ def serving(db: Path, log: Path) -> Iterator[str]:
     try:
         if not wait_healthy(url, alive=lambda: proc.poll() is None, timeout_s=180):
             raise RuntimeError(f"the server did not start; see {log}")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -86,10 +97,12 @@ def posting(url: str, spans: int, enabled: bool) -> Iterator[None]:
         yield
         return
     ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    proc = ctx.Process(target=post_forever, args=(url, spans, stop), daemon=True)
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=post_forever, args=(url, spans, ready, stop), daemon=True)
     proc.start()
     try:
+        if not ready.wait(600):
+            raise RuntimeError("the OTLP poster stored nothing in 10 minutes")
         yield
     finally:
         stop.set()
@@ -136,20 +149,21 @@ def main() -> None:
     work = Path(args.out) / "during_ingest.duckdb"
     shutil.copyfile(cached, work)  # the posted spans land in a copy: the cached file keeps its row count
     try:
-        with serving(work, Path(args.out) / "during_ingest.log") as url:
+        with serving(work, Path(args.out) / "during_ingest.log") as (url, pid):
             with httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
                 made = cases(c, args.days)
             with posting(url, args.spans_per_body, not args.no_ingest):
-                time.sleep(0 if args.no_ingest else 5)  # the poster's SDK template and first bodies
                 print(f"\n{rows:,} calls stored, {args.clients} readers, {args.requests} requests per row, "
                       f"{'no ingest' if args.no_ingest else 'one OTLP client posting'}; load average "
                       f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")  # fmt: skip
-                print("| request | clients | n | p50 ms | p95 ms | max ms | spans/s stored |\n" + "|---" * 7 + "|")
+                print("| request | clients | n | p50 ms | p95 ms | max ms | spans/s stored | server CPU ms/request |\n"
+                      + "|---" * 8 + "|")  # fmt: skip
                 for name, make in made.items():
-                    before, t0 = stored(url), time.perf_counter()
+                    before, t0, cpu0 = stored(url), time.perf_counter(), cpu_s(pid)
                     lat = measure(args.clients, args.requests, make, url)
+                    cpu = (cpu_s(pid) - cpu0) * 1000 / len(lat)
                     rate = (stored(url) - before) / (time.perf_counter() - t0)
-                    print(f"{_row(name, args.clients, lat)} {rate:,.0f} |", flush=True)
+                    print(f"{_row(name, args.clients, lat)} {rate:,.0f} | {cpu:.1f} |", flush=True)
     finally:
         work.unlink(missing_ok=True)
         Path(str(work) + ".wal").unlink(missing_ok=True)

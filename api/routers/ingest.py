@@ -85,6 +85,7 @@ def _ingest_file(database: Database, settings: Settings, path: str, source: str)
             span = batches_span(cur, summary.batches)
             if span is not None:
                 register_series(cur, *span)
+                database.bump_listing()
     summary.errors = [e.replace(path, source) for e in summary.errors]
     return summary
 

@@ -21,6 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import duckdb
+
 from spanprism.api.metrics import Metrics
 from spanprism.api.services.new_series import NewSeries
 from spanprism.api.settings import Settings
@@ -214,7 +216,7 @@ class IngestService:
         try:
             with self.db.writer() as cur:
                 counts = list(store_batches(cur, batches))
-                self.new_series.register(cur, [b.calls for b in batches])  # listed now, not at the next pass
+                self._list_new_series(cur, batches)
                 return counts
         except Exception:
             if len(items) == 1:
@@ -225,11 +227,16 @@ class IngestService:
             try:
                 with self.db.writer() as cur:
                     results.extend(store_batches(cur, [batch]))
-                    self.new_series.register(cur, [batch.calls])
+                    self._list_new_series(cur, [batch])
             except Exception:
                 log.exception("storing an OTLP request failed")
                 results.append(self._failed())
         return results
+
+    def _list_new_series(self, cur: duckdb.DuckDBPyConnection, batches: list[Batch]) -> None:
+        """List the batches' new series now, not at the next pass, and tell the series-list cache."""
+        if self.new_series.register(cur, [b.calls for b in batches]):
+            self.db.bump_listing()
 
     @staticmethod
     def _failed() -> BaseException:
