@@ -56,7 +56,7 @@ def post_forever(url: str, spans: int, ready: multiprocessing.synchronize.Event,
     with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
         n = 1 << 20  # ids apart from anything api_ingest.py posts
         while not stop.is_set():
-            reply = client.post("/v1/traces", content=numbered(base, n))
+            reply = client.post("/v1/traces", content=numbered(base, n, shift=n - (1 << 20)))
             if reply.status_code == 503:
                 time.sleep(0.05)
                 continue
