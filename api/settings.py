@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="Worker processes that decode and normalize large inputs (the DB writer is always one).",
     )
     chunk_bytes: int = Field(4 << 20, description="Bytes per ingest chunk read and decoded at a time.")
+    ingest_batch_rows: int = Field(
+        100_000,
+        gt=0,
+        description="Rows per write transaction of a file ingest or upload (the OTLP writer and the scheduler take "
+        "the write lock between two).",
+    )
     classifier: Path | None = Field(
         None,
         description="Attribution classifier artifact (JSON) to use instead of the shipped one, e.g. after "

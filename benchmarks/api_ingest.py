@@ -20,6 +20,7 @@ once; the whole script stays well under two minutes at the defaults.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import random
@@ -43,14 +44,38 @@ from spanprism.api.server import free_port, wait_healthy
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.load import store_batches
 from spanprism.ingest.otlp_http import process_body
+from spanprism.ingest.pipeline import ingest_paths
 
 KEY = "bench-admin-key"
 PROTO = "application/x-protobuf"
 T0 = 1_764_000_000_000_000_000
 
 
-def template(spans: int, seed: int) -> ExportTraceServiceRequest:
-    """One request of ``spans`` spans (LLM calls plus a non-LLM child for every 4th) made by the real SDK."""
+_WORDS = ("the", "order", "refund", "customer", "shipping", "please", "summarize", "invoice", "account", "policy",
+          "delivery", "status", "update", "return", "window", "days", "item", "support", "ticket", "reply")  # fmt: skip
+
+
+def _text(rng: random.Random, chars: int) -> str:
+    words: list[str] = []
+    while sum(map(len, words)) + len(words) < chars:
+        words.append(rng.choice(_WORDS))
+    return " ".join(words)
+
+
+def message_contents(rng: random.Random) -> dict[str, str]:
+    """What GenAI instrumentations record with content capture on (semconv ``gen_ai.*.messages``, JSON strings):
+    a system prompt, the user's turn and the model's answer, ~1.1 KB together."""
+    system = [{"type": "text", "content": _text(rng, 260)}]
+    user = [{"role": "user", "parts": [{"type": "text", "content": _text(rng, rng.randint(300, 520))}]}]
+    answer = [{"role": "assistant", "parts": [{"type": "text", "content": _text(rng, rng.randint(180, 360))}],
+               "finish_reason": "stop"}]  # fmt: skip
+    return {"gen_ai.system_instructions": json.dumps(system), "gen_ai.input.messages": json.dumps(user),
+            "gen_ai.output.messages": json.dumps(answer)}  # fmt: skip
+
+
+def template(spans: int, seed: int, *, heavy: bool = False) -> ExportTraceServiceRequest:
+    """One request of ``spans`` spans (LLM calls plus a non-LLM child for every 4th) made by the real SDK;
+    ``heavy`` LLM spans carry message contents (~1.3 KB a span on the wire instead of ~0.45 KB)."""
     rng = random.Random(seed)
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-chat", "cloud.region": "eastus2"}))
@@ -76,6 +101,7 @@ def template(spans: int, seed: int) -> ExportTraceServiceRequest:
             "server.port": 443,
             "gen_ai.request.temperature": 0.2,
             "gen_ai.request.max_tokens": 1024,
+            **(message_contents(rng) if heavy else {}),
         }
         span = llm.start_span("chat gpt-4o", kind=SpanKind.CLIENT, attributes=attrs, start_time=start)
         made += 1
@@ -88,22 +114,52 @@ def template(spans: int, seed: int) -> ExportTraceServiceRequest:
     return encode_spans(exporter.get_finished_spans())
 
 
-def bodies(count: int, spans: int, seed: int) -> list[bytes]:
+def numbered(base: ExportTraceServiceRequest, n: int, *, shift: int | None = None) -> bytes:
+    """``base`` serialized with trace, span and response ids of its own (copy ``n``): every copy is new calls.
+
+    Times move on by the template's span of time per copy (``shift`` copies; default ``n``), as live traffic does:
+    copies at the same instants would all fall in the loader's fold window (``ingest/fold.py``) of one another.
+    """
+    request = ExportTraceServiceRequest()
+    request.CopyFrom(base)
+    spans = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    offset = (n if shift is None else shift) * (max(s.end_time_unix_nano for s in spans) - T0)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.start_time_unix_nano += offset
+                span.end_time_unix_nano += offset
+                span.trace_id = n.to_bytes(8, "big") + span.trace_id[8:]
+                if span.parent_span_id:
+                    span.parent_span_id = bytes([n % 251 + 1]) + span.parent_span_id[1:]
+                span.span_id = bytes([n % 251 + 1]) + span.span_id[1:]
+                for kv in span.attributes:
+                    if kv.key == "gen_ai.response.id":  # one provider response id = one call (ingest/fold.py)
+                        kv.value.string_value = f"{kv.value.string_value}-{n}"
+    return request.SerializeToString()
+
+
+def bodies(count: int, spans: int, seed: int, *, heavy: bool = False) -> list[bytes]:
     """``count`` serialized copies of the template, each with its own trace and span ids."""
-    base = template(spans, seed)
-    out = []
-    for n in range(count):
-        request = ExportTraceServiceRequest()
-        request.CopyFrom(base)
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    span.trace_id = n.to_bytes(8, "big") + span.trace_id[8:]
-                    if span.parent_span_id:
-                        span.parent_span_id = bytes([n % 251 + 1]) + span.parent_span_id[1:]
-                    span.span_id = bytes([n % 251 + 1]) + span.span_id[1:]
-        out.append(request.SerializeToString())
-    return out
+    base = template(spans, seed, heavy=heavy)
+    return [numbered(base, n) for n in range(count)]
+
+
+def run_file(payloads: list[bytes], workers: int, workdir: Path) -> tuple[int, int, float]:
+    """``spanprism ingest`` of the same spans from a file: the bodies as length-prefixed records (the Collector
+    file exporter's ``format: proto``), through ``ingest_paths`` as the CLI calls it."""
+    path = workdir / "spans.binpb"
+    with path.open("wb") as out:
+        for body in payloads:
+            out.write(len(body).to_bytes(4, "big") + body)
+    con = open_db(workdir / f"file_w{workers}.duckdb")
+    try:
+        t0 = time.perf_counter()
+        summary = ingest_paths(con, [path], workers=workers)
+        elapsed = time.perf_counter() - t0
+    finally:
+        con.close()
+    return summary.spans_seen, summary.calls_stored, elapsed
 
 
 def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[int, int, float]:
@@ -154,7 +210,7 @@ def _client(url: str, work: queue.Queue[bytes], retries: list[int], errors: list
 
 
 def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path) -> tuple[int, int, float, int]:
-    port, db = free_port(), workdir / f"http_w{workers}.duckdb"
+    port, db = free_port(), workdir / f"http_w{workers}_c{clients}.duckdb"
     proc = _serve(db, port, workers, workdir / f"serve_w{workers}.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -194,15 +250,17 @@ def _metric(text: str, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bodies", type=int, default=120, help="request bodies (default 120)")
-    parser.add_argument("--spans-per-body", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads (default 4)")
+    parser.add_argument("--spans-per-body", type=int, help="default 500, or 1000 with --heavy")
+    parser.add_argument("--heavy", action="store_true", help="LLM spans with message contents (~1.3 KB a span)")
+    parser.add_argument("--clients", default="4", help="concurrent client threads, e.g. 1,4 (default 4)")
     parser.add_argument("--workers", default="1,2", help="server ingest_workers values to measure (default 1,2)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    payloads = bodies(args.bodies, args.spans_per_body, args.seed)
+    per_body = args.spans_per_body or (1000 if args.heavy else 500)
+    payloads = bodies(args.bodies, per_body, args.seed, heavy=args.heavy)
     size = sum(map(len, payloads)) / len(payloads)
-    print(f"{len(payloads)} bodies x {args.spans_per_body} spans, {size / 1024:.0f} KiB each (protobuf); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{len(payloads)} bodies x {per_body} spans, {size / 1024:.0f} KiB each ({size / per_body:.0f} B a span, "
+          f"protobuf); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="spanprism-api-bench-") as tmp:
         workdir = Path(tmp)
@@ -211,8 +269,11 @@ def main() -> None:
         seen, calls, secs = run_inprocess(payloads, True, workdir)
         rows.append(("decode+store (in-process)", seen, calls, secs, 0))
         for workers in (int(w) for w in args.workers.split(",")):
-            seen, calls, secs, retries = run_http(payloads, workers, args.clients, workdir)
-            rows.append((f"http_w{workers} ({args.clients} clients)", seen, calls, secs, retries))
+            seen, calls, secs = run_file(payloads, workers, workdir)
+            rows.append((f"file ingest_w{workers}", seen, calls, secs, 0))
+            for clients in (int(c) for c in args.clients.split(",")):
+                seen, calls, secs, retries = run_http(payloads, workers, clients, workdir)
+                rows.append((f"http_w{workers} ({clients} clients)", seen, calls, secs, retries))
     print(f"{'run':<30}{'spans':>10}{'calls':>10}{'seconds':>10}{'spans/s':>10}{'vs decode':>11}{'503s':>7}")
     floor = rows[0][1] / rows[0][3]
     for name, seen, calls, secs, retries in rows:

@@ -6,7 +6,9 @@ server gets a copy of the file (the server owns its file and may write feedback)
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ from conftest import ADMIN_KEY, Live
 from support.world import AT, build_world, serve_world
 
 from spanprism.api.cli import main
-from spanprism.api.routers.series import PanelCache
+from spanprism.api.routers.series import PanelCache, ceil_to_grain
 from spanprism.api.storage.database import Database
 from spanprism.attribution.store.records import list_regressions
 from spanprism.models.tables import ROLLUP_METRICS
@@ -250,3 +252,36 @@ def test_panel_cache_drops_answers_when_the_generation_moves(tmp_path):
         assert cache.get_or_compute(db, ("k",), compute) == 2
     finally:
         db.close()
+
+
+def test_concurrent_misses_of_one_panel_share_one_computation(tmp_path):
+    db = Database(tmp_path / "flight.duckdb")
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def compute() -> int:
+        calls.append(1)
+        started.set()
+        release.wait(10)  # the other askers arrive while this one is still computing
+        return len(calls)
+
+    async def ask_many() -> list[int]:
+        cache = PanelCache()
+        first = asyncio.ensure_future(cache.aget_or_compute(db, ("k",), compute))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        rest = [asyncio.ensure_future(cache.aget_or_compute(db, ("k",), compute)) for _ in range(9)]
+        release.set()
+        return await asyncio.gather(first, *rest)
+
+    try:
+        assert asyncio.run(ask_many()) == [1] * 10 and len(calls) == 1
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(("at", "rounded"), [
+    ("2026-10-01T10:00:00+00:00", "2026-10-01T10:00:00+00:00"),  # on a bucket edge: unchanged
+    ("2026-10-01T10:00:00.5+00:00", "2026-10-01T10:05:00+00:00"),
+    ("2026-10-01T10:04:59+00:00", "2026-10-01T10:05:00+00:00"),
+])  # fmt: skip
+def test_series_as_of_now_is_the_end_of_the_current_bucket(at: str, rounded: str) -> None:
+    assert ceil_to_grain(datetime.fromisoformat(at), 300) == datetime.fromisoformat(rounded)

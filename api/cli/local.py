@@ -46,7 +46,8 @@ class LocalBackend(Backend):
         s = self.settings
         with self.db.writer() as cur:
             return ingest_paths(cur, paths, workers=workers, tenant_attribute=s.tenant_attribute,
-                                chunk_bytes=s.chunk_bytes, limits=s.ingest_limits(), progress=progress)  # fmt: skip
+                                chunk_bytes=s.chunk_bytes, batch_rows=s.ingest_batch_rows, limits=s.ingest_limits(),
+                                progress=progress)  # fmt: skip
 
     def run_pass(self, kind: str, *, since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
         with self.db.writer() as cur:

@@ -78,12 +78,14 @@ def _ingest_file(database: Database, settings: Settings, path: str, source: str)
             return store_batch(cur, batch)
 
     summary = ingest_paths(database.con, [path], workers=settings.ingest_workers, chunk_bytes=settings.chunk_bytes,
-                           tenant_attribute=settings.tenant_attribute, limits=limits, store=store)  # fmt: skip
+                           batch_rows=settings.ingest_batch_rows, tenant_attribute=settings.tenant_attribute,
+                           limits=limits, store=store)  # fmt: skip
     if summary.batches:  # list new series now (GET /series, the overview page), not at the next attribution pass
         with database.writer() as cur:
             span = batches_span(cur, summary.batches)
             if span is not None:
                 register_series(cur, *span)
+                database.bump_listing()
     summary.errors = [e.replace(path, source) for e in summary.errors]
     return summary
 

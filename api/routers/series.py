@@ -8,8 +8,10 @@ never cached. Calls ingested since the last pass show up in coarse-step quantile
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -52,6 +54,7 @@ class PanelCache:
         self.generation = -1
         self.entries: dict[tuple, Any] = {}
         self.lock = threading.Lock()
+        self._flights: dict[tuple, asyncio.Future[Any]] = {}
 
     def _lookup(self, db: Database, key: tuple) -> tuple[int, Any]:
         generation = db.generation
@@ -75,11 +78,21 @@ class PanelCache:
         return value
 
     async def aget_or_compute(self, db: Database, key: tuple, compute: Callable[[], Any]) -> Any:
-        """As :meth:`get_or_compute`, answering hits on the event loop and computing misses in the thread pool."""
+        """As :meth:`get_or_compute`, answering hits on the event loop and computing misses in the thread pool.
+
+        Concurrent misses of one key share one computation: when a pass moves the generation, 50 dashboards asking
+        for the same list at once cost one query, not 50 queueing for the cores.
+        """
         generation, value = self._lookup(db, key)
-        if value is _MISS:
-            value = await run_in_threadpool(compute)
-            self._store(generation, key, value)
+        if value is not _MISS:
+            return value
+        flight = (generation, key)
+        task = self._flights.get(flight)  # only touched on the event loop thread
+        if task is None:
+            task = self._flights[flight] = asyncio.ensure_future(run_in_threadpool(compute))
+            task.add_done_callback(lambda _: self._flights.pop(flight, None))
+        value = await asyncio.shield(task)  # a cancelled waiter must not cancel the others' computation
+        self._store(generation, key, value)
         return value
 
 
@@ -126,17 +139,38 @@ def _step(text: str) -> int:
 
 
 @router.get("/series", response_model=SeriesList)
-def list_series(database: DbDep, settings: SettingsDep, page: PagingDep, _: ReadAuth, until: Until = None,
-                service: str | None = None, provider: str | None = None, model: str | None = None,
-                operation: str | None = None) -> SeriesList:  # fmt: skip
-    """Every series with its health as of ``until`` (default now): traffic, p95s vs baseline, open regressions."""
+async def list_series(request: Request, database: DbDep, settings: SettingsDep, page: PagingDep, _: ReadAuth,
+                      until: Until = None, service: str | None = None, provider: str | None = None,
+                      model: str | None = None, operation: str | None = None) -> Any:  # fmt: skip
+    """Every series with its health as of ``until`` (default: the end of the current 5-minute bucket): traffic,
+    p95s vs baseline, open regressions.
+
+    The list every dashboard opens first, so it is cached: it reads the ``series`` table (new series are listed by
+    the OTLP writer and uploads, which move ``database.listing``) and rollups, baselines and regressions (which only
+    attribution passes write; they move ``database.generation``). "Now" is rounded up to the end of the current
+    base-grain bucket: rollup windows only move by whole buckets, so every ask within one bucket shares one answer.
+    """
     _, at = window(None, until, max_days=settings.max_range_days)
     assert at is not None
+    if until is None:
+        at = ceil_to_grain(at, _CONFIG.base_grain)
     filters = {"service": service, "provider": provider, "model": model, "operation": operation}
-    with database.read() as cur:
-        rows, total = panels.list_series(cur, filters=filters, limit=page.limit, offset=page.offset)
-        rows = panels.series_health(cur, rows, at=at, config=_CONFIG)
-    return SeriesList(data=[SeriesPublic(**r) for r in rows], count=total)
+
+    def compute() -> bytes:
+        with database.read() as cur:
+            rows, total = panels.list_series(cur, filters=filters, limit=page.limit, offset=page.offset)
+            rows = panels.series_health(cur, rows, at=at, config=_CONFIG)
+        return SeriesList(data=[SeriesPublic(**r) for r in rows], count=total).model_dump_json().encode()
+
+    key = ("series", database.listing, at, tuple(filters.values()), page.limit, page.offset)
+    body = await panel_cache(request).aget_or_compute(database, key, compute)
+    return Response(body, media_type="application/json")
+
+
+def ceil_to_grain(at: datetime, grain_s: int) -> datetime:
+    """``at`` rounded up to a multiple of ``grain_s`` seconds since the epoch (unchanged when on one)."""
+    seconds = -(-at.timestamp() // grain_s) * grain_s
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 @router.get("/series/{series_key}/metrics", response_model=MetricSeries, responses=NOT_FOUND)

@@ -21,6 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import duckdb
+
 from spanprism.api.metrics import Metrics
 from spanprism.api.services.new_series import NewSeries
 from spanprism.api.settings import Settings
@@ -34,6 +36,11 @@ log = logging.getLogger("spanprism.ingest")
 
 #: Bodies at least this large are decoded in a worker process; smaller ones cost more to ship than to decode.
 PROCESS_MIN_BYTES = 32 << 10
+#: How long the writer waits for bodies still being decoded to join its group (a group commit pays the loader's
+#: per-transaction costs — the fold statement, the commit — once; measured at ~30 ms, about what 1,000 spans cost).
+LINGER_S = 0.05
+#: Spans in a group past which the writer stops waiting for more.
+GROUP_SPANS = 8_000
 
 
 _EMPTY_BODY = {
@@ -164,6 +171,8 @@ class IngestService:
             yield
         finally:
             self._decoding -= 1
+            with self._cond:  # a writer lingering for this body stops waiting (see _linger)
+                self._cond.notify_all()
 
     def enqueue(self, batch: Batch) -> Future[BatchCounts]:
         """Queue decoded rows for the writer; the future resolves with the counts once they are committed.
@@ -187,6 +196,20 @@ class IngestService:
         return future
 
     # --- writer ----------------------------------------------------------------------------------------------
+    def _linger(self) -> None:
+        """Under ``_cond`` with something pending: wait (at most :data:`LINGER_S`) while other admitted bodies are
+        still being read or decoded, so they commit in this group rather than each in its own.
+
+        One client waits for each answer before sending again, so nothing else is in flight and nothing is waited
+        for; several clients share one commit instead of queueing for several.
+        """
+        deadline = time.monotonic() + LINGER_S
+        while not self._stopping and self._decoding > 0 and sum(i.spans for i in self._pending) < GROUP_SPANS:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -194,6 +217,7 @@ class IngestService:
                     self._cond.wait()
                 if not self._pending:
                     return
+                self._linger()
                 items, self._pending = self._pending, []
             results = self._write(items)
             with self._cond:  # free the queue before answering, so an acknowledged client may send again
@@ -214,7 +238,7 @@ class IngestService:
         try:
             with self.db.writer() as cur:
                 counts = list(store_batches(cur, batches))
-                self.new_series.register(cur, [b.calls for b in batches])  # listed now, not at the next pass
+                self._list_new_series(cur, batches)
                 return counts
         except Exception:
             if len(items) == 1:
@@ -225,11 +249,16 @@ class IngestService:
             try:
                 with self.db.writer() as cur:
                     results.extend(store_batches(cur, [batch]))
-                    self.new_series.register(cur, [batch.calls])
+                    self._list_new_series(cur, [batch])
             except Exception:
                 log.exception("storing an OTLP request failed")
                 results.append(self._failed())
         return results
+
+    def _list_new_series(self, cur: duckdb.DuckDBPyConnection, batches: list[Batch]) -> None:
+        """List the batches' new series now, not at the next pass, and tell the series-list cache."""
+        if self.new_series.register(cur, [b.calls for b in batches]):
+            self.db.bump_listing()
 
     @staticmethod
     def _failed() -> BaseException:

@@ -4,7 +4,7 @@ DuckDB allows one writing *process*; inside it, many cursors of one connection m
 writers only conflict. The service keeps writes to one at a time with ``write_lock`` (the OTLP writer thread,
 attribution passes, the alert outbox and API edits all take it), so a write never fails on a conflict and the file
 has exactly one writer, as DESIGN.md asks. ``generation`` moves on every finished attribution pass so read
-caches (dashboard panels) know when to drop their answers.
+caches (dashboard panels) know when to drop their answers; ``listing`` moves when ingest lists new series.
 
 ``state`` is where the service state lives (:mod:`spanprism.api.storage.state`): this file by default, or a
 PostgreSQL database shared by several replicas when ``state_url`` is given.
@@ -33,6 +33,7 @@ class Database:
         self.con = db.open_db(self.path, migrate=migrate)
         self.write_lock = threading.RLock()
         self.generation = 0
+        self.listing = 0
         self._closed = False
         try:
             self.state: StateStore = open_state(self, state_url, migrate=migrate)
@@ -68,6 +69,10 @@ class Database:
     def bump_generation(self) -> None:
         """Tell read caches that stored results changed (call after an attribution pass)."""
         self.generation += 1
+
+    def bump_listing(self) -> None:
+        """Tell the series-list cache that series were added outside a pass (OTLP writer, uploads)."""
+        self.listing += 1
 
     def close(self) -> None:
         """Close the connection once (idempotent)."""

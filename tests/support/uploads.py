@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import orjson
 from conftest import Live
 from google.protobuf.json_format import MessageToJson
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -38,3 +39,20 @@ def _quarantine(live: Live, record_id: str, location: str, reason: str, raw: byt
     with live.app.state.db.write() as cur:  # type: ignore[attr-defined]
         cur.execute("INSERT INTO quarantine VALUES (?, 'legacy-batch', 'old.jsonl', ?, ?, ?, ?, NULL)",
                     [record_id, location, reason, raw, datetime(2026, 11, 1, tzinfo=UTC)])  # fmt: skip
+
+
+def large_export(path: Path, *, lines: int, spans_per_line: int, model: str) -> int:
+    """A gzip OTLP JSON-lines export of ``lines`` × ``spans_per_line`` distinct LLM calls; returns the call count.
+
+    One SDK-made request is the template; each line renumbers its ids (orjson, not the SDK: tens of thousands of
+    spans are built in well under a second).
+    """
+    template = orjson.loads(MessageToJson(encode_spans(genai_spans(spans_per_line, seed=99, model=model)),
+                                          indent=None))  # fmt: skip
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        for line in range(lines):
+            for i, span in enumerate(template["resourceSpans"][0]["scopeSpans"][0]["spans"]):
+                span["traceId"] = f"{line + 1:016x}{i:016x}"
+                span["spanId"] = f"{line * spans_per_line + i + 1:016x}"
+            out.write(orjson.dumps(template) + b"\n")
+    return lines * spans_per_line
