@@ -14,7 +14,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from support.otlp_spans import genai_spans
 
 from spanprism.api.metrics import Metrics
-from spanprism.api.services.ingest import LINGER_S, IngestService
+from spanprism.api.services.ingest import IngestService
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
 from spanprism.ingest.otlp_http import process_body
@@ -45,10 +45,13 @@ def test_a_body_still_decoding_joins_the_group_being_written(tmp_path: Path) -> 
     db, service = _service(tmp_path)
     try:
         first, second = _batch(1), _batch(2)
+        # A linger far longer than the pauses below, so a loaded machine cannot end it early; releasing the
+        # decoding body must end it at once (the results come back well within the 10 s timeout).
+        service.linger_s = 60.0
         admitted = service.admitted()
         admitted.__enter__()  # another request is being read or decoded
         done = service.enqueue(first)
-        time.sleep(LINGER_S / 5)
+        time.sleep(0.3)
         assert not done.done()  # the writer waits for it …
         later = service.enqueue(second)
         admitted.__exit__(None, None, None)

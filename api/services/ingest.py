@@ -73,6 +73,7 @@ class IngestService:
     def __init__(self, settings: Settings, db: Database, metrics: Metrics) -> None:
         self.settings, self.db, self.metrics = settings, db, metrics
         self.capacity = max(1, settings.ingest_queue_spans)
+        self.linger_s = LINGER_S  # how long the writer waits for bodies still decoding (a test lengthens it)
         self._cond = threading.Condition()
         self._pending: list[_Item] = []
         self._depth = 0  # spans queued or being written (released after their commit)
@@ -197,13 +198,13 @@ class IngestService:
 
     # --- writer ----------------------------------------------------------------------------------------------
     def _linger(self) -> None:
-        """Under ``_cond`` with something pending: wait (at most :data:`LINGER_S`) while other admitted bodies are
-        still being read or decoded, so they commit in this group rather than each in its own.
+        """Under ``_cond`` with something pending: wait (at most ``linger_s``, :data:`LINGER_S` by default) while
+        other admitted bodies are still being read or decoded, so they commit in this group rather than each alone.
 
         One client waits for each answer before sending again, so nothing else is in flight and nothing is waited
         for; several clients share one commit instead of queueing for several.
         """
-        deadline = time.monotonic() + LINGER_S
+        deadline = time.monotonic() + self.linger_s
         while not self._stopping and self._decoding > 0 and sum(i.spans for i in self._pending) < GROUP_SPANS:
             left = deadline - time.monotonic()
             if left <= 0:
