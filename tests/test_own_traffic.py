@@ -103,6 +103,8 @@ BOTH = {"input": (1000, 1300), "output": (100, 300)}
         # Growth the decomposition books nothing to (outputs cannot move TTFT), or too small: no override.
         ("batch_contention", {"rates": 300.0}, {"output": (100, 300)}, "batch_contention"),
         ("routing_change", {"prefill_growth": 30.0, "routing_change": 10.0}, {"input": (1000, 1150)}, "routing_change"),
+        # An unexplained change that a per-token slowdown carries more of than the growth stays unexplained.
+        ("unexplained", {"prefill_growth": 150.0, "rates": 900.0}, {"input": (1000, 1300)}, "unexplained"),
         # Under 25 % but carrying at least half of the change: the decomposition decides.
         ("batch_contention", {"prefill_growth": 200.0, "rates": 50.0}, {"input": (1000, 1150)}, "prefill_growth"),
     ],

@@ -9,10 +9,10 @@ uncached input, output) in the episode against its baseline:
   share of the change to it, or by at least :data:`OWN_GROWTH_MIN` (10 %) while its group carries at least half
   of the change (the decomposition, not the ratio alone, says which tokens carry the extra milliseconds; output
   growth cannot move a TTFT metric, and its group then carries nothing);
-* the per-token rates stay the discriminator: a provider mechanism the classifier named (contention, routing,
-  eviction) is kept when its own milliseconds (for contention: the RATES group, i.e. prefill ms/token and ITL
-  net of the token sizes) are at least those of the growth. Growth plus a real per-token slowdown is still
-  contention or routing;
+* the per-token rates stay the discriminator: the classifier's label stands when any provider mechanism
+  (contention, routing, eviction) carries at least the growth's milliseconds (for contention: the RATES group,
+  i.e. prefill ms/token and ITL net of the token sizes, whether or not the decomposition booked it as
+  contention). Growth plus a real per-token slowdown is still contention or routing;
 * a growth label the classifier chose stands when that size grew;
 * otherwise the label becomes the grown size's label (the one carrying more milliseconds when both grew), with
   one ``own_token_growth`` evidence row per grown size: baseline → observed median tokens and the change in %.
@@ -34,12 +34,8 @@ OWN_GROWTH = 0.25
 OWN_GROWTH_MIN = 0.10
 #: Share of the change the grown size's group must carry below :data:`OWN_GROWTH`.
 CARRIES_SHARE = 0.5
-#: Labels the growth rule may replace when the growth carries more milliseconds than their own mechanism.
-_MECHANISM_GROUPS: dict[str, tuple[str, ...]] = {
-    "batch_contention": ("batch_contention",),
-    "routing_change": ("routing_change",),
-    "cache_eviction": ("cache_eviction",),
-}
+#: The provider-side mechanisms: growth becomes the label only when it carries more milliseconds than each of them.
+_MECHANISMS = ("batch_contention", "routing_change", "cache_eviction")
 #: Token sizes → the label their growth is.
 _SIZES: dict[str, str] = {"input": "prefill_growth", "uncached_input": "prefill_growth", "output": "output_growth"}
 
@@ -116,8 +112,7 @@ def own_traffic_label(label: str, d: Decomposition, sizes: list[TokenGrowth]) ->
     if any(g.label == label for g in grew):
         return label, rows  # the classifier already named a size that grew
     best = max(grew, key=lambda g: (_carried(d, g.label), g.change))
-    growth_ms = _carried(d, best.label)
-    if label in _MECHANISM_GROUPS and _carried(d, label) >= growth_ms:
+    if max(_carried(d, m) for m in _MECHANISMS) >= _carried(d, best.label):
         return label, rows  # a real per-token slowdown (or route move, eviction) carries at least as much
     return best.label, rows
 
