@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from spanprism.api.storage.connect import open_db
-from spanprism.attribution.detection.per_call import TEST_TOKENS, PerCallConfig, detect_calls, threshold
+from spanprism.attribution.detection.per_call import ESCALATED, TEST_TOKENS, PerCallConfig, detect_calls, threshold
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls, insert_calls
 from spanprism.attribution.store.records import list_regressions
@@ -20,9 +20,10 @@ START_S = 1_772_409_600  # 2026-03-02 00:00 UTC
 
 
 def _calls(days: int, per_hour: float, *, seed: int, shift: tuple[float, float, float] | None = None,
-           outlier_at: float | None = None,
-           output_growth: tuple[float, float] | None = None) -> pd.DataFrame:  # fmt: skip
-    """One series of log-normal calls; ``shift`` = (start h, hours, factor) multiplies every latency."""
+           outlier_at: float | None = None, output_growth: tuple[float, float] | None = None,
+           then: tuple[float, float, float] | None = None) -> pd.DataFrame:  # fmt: skip
+    """One series of log-normal calls; ``shift`` = (start h, hours, factor) multiplies every latency, ``then`` (same
+    form) multiplies it further."""
     rng = np.random.default_rng(seed)
     n = rng.poisson(per_hour * 24 * days)
     t = np.sort(rng.uniform(START_S, START_S + days * DAY_S, n))
@@ -34,8 +35,9 @@ def _calls(days: int, per_hour: float, *, seed: int, shift: tuple[float, float, 
     ttft = 400 * (tin / 2000) ** 0.5 * rng.lognormal(0, 0.3, n)
     itl = 20 * rng.lognormal(0, 0.25, n)
     factor = np.ones(n)
-    if shift:
-        factor[(hours >= shift[0]) & (hours < shift[0] + shift[1])] = shift[2]
+    for step in (shift, then):
+        if step:
+            factor[(hours >= step[0]) & (hours < step[0] + step[1])] *= step[2]
     if outlier_at is not None:
         factor[np.argmin(np.abs(hours - outlier_at))] = 50.0
     return pd.DataFrame({"series_key": "s0", "t": t, "duration_ms": (ttft + out * itl) * factor,
@@ -109,3 +111,51 @@ def test_job_tests_sparse_series_per_call_and_records_the_test_in_evidence(tmp_p
     detection = [e for e in sparse[0]["evidence"] if e.get("signal") == "detection"]
     assert detection and detection[0]["test"].startswith("per_call_cusum") and detection[0]["calls"] >= 10
     con.close()
+
+
+def _covers(ep, hour: float) -> bool:
+    t = START_S + hour * 3600
+    return ep.start.timestamp() <= t and (ep.end is None or ep.end.timestamp() > t)
+
+
+def _e2e(episodes):
+    return sorted((e for e in episodes if e.family == "e2e"), key=lambda e: e.start)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_larger_shift_inside_an_open_episode_is_an_episode_of_its_own(seed):
+    onset_h, more_h = 9 * 24 + 2, 9 * 24 + 8  # +30 % for 6 h, then ×1.8 on top for 6 h
+    episodes = _e2e(_detect(_calls(12, 15, seed=seed, shift=(onset_h, 12, 1.3), then=(more_h, 6, 1.8)), 12))
+    first, second = (next(e for e in episodes if _covers(e, h)) for h in (onset_h + 3, more_h + 3))
+    assert first.end is not None and first.end <= second.start
+    assert abs((second.start.timestamp() - START_S) / 3600 - more_h) <= 1.0
+    assert second.change_pct > first.change_pct + 30
+    test = next(v for v in second.stats.values() if "statistic" in v)
+    assert test[ESCALATED] == pytest.approx(30, abs=15)  # the level it escalated from
+    assert not any(ESCALATED in v for v in first.stats.values())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_steady_shift_is_not_split(seed):
+    onset_h = 9 * 24 + 2
+    episodes = _e2e(_detect(_calls(12, 15, seed=seed, shift=(onset_h, 12, 1.6)), 12))
+    during = [e for e in episodes if e.start.timestamp() < START_S + (onset_h + 12) * 3600]
+    assert len(during) == 1, [(e.start, e.end, e.change_pct) for e in during]
+    assert not any(ESCALATED in v for v in during[0].stats.values())
+
+
+def test_the_job_reports_an_escalation_as_a_regression_of_its_own(tmp_path):
+    specs = [SeriesSpec(service="sparse", rate=15 / 3600, diurnal=0.3)]
+    shifts = (Shift(0, at(8, 2), 12 * 3600, 1.3, "e2e"), Shift(0, at(8, 8), 6 * 3600, 1.8, "e2e"))
+    con = open_db(tmp_path / "j.duckdb")
+    insert_calls(con, generate_calls(specs, days=10, shifts=shifts, seed=5))
+    run_attribution(con)
+    records = sorted(list_regressions(con), key=lambda r: r["start"])
+    con.close()
+    late = [r for r in records if r["start"] >= "2026-03-10T07:00"]
+    early = [r for r in records if "2026-03-10T00:00" <= r["start"] < "2026-03-10T07:00"]
+    assert early and late, [(r["start"], r["end"], r["change_pct"]) for r in records]
+    assert early[0]["end"] is not None and early[0]["end"] <= late[0]["start"]
+    assert late[0]["change_pct"] > early[0]["change_pct"]
+    detection = [e for e in late[0]["evidence"] if e.get("signal") == "detection"]
+    assert any(e.get("escalated_from_pct", 0) > 10 for e in detection), detection

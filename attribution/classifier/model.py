@@ -30,6 +30,7 @@ from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.exemplars import pick_exemplars, with_details
 from spanprism.attribution.classifier.features import FEATURE_NAMES, EpisodeContext, episode_features, feature_vector
 from spanprism.attribution.classifier.fit import fit_logistic
+from spanprism.attribution.classifier.own_traffic import growth_confidence, own_traffic_label, token_sizes
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.vocabulary import LABELS
@@ -175,15 +176,20 @@ class Attributor:
         context: EpisodeContext | None = None,
         seed: int = 0,
     ) -> Attribution:
-        """Decompose, featurize, classify; then the reason, evidence rows and exemplar traces.
+        """Decompose, featurize, classify (growth of the series' own token sizes overrides a mechanism that carries
+        less, see :mod:`.own_traffic`); then the reason, evidence rows and exemplar traces.
 
         Each window's rows become one :class:`CallWindow`, which every step reads."""
         base, epi = window_of(baseline_calls), window_of(episode_calls)
         decomposition = decompose(base, epi, metric=metric, seed=seed)
         feats = episode_features(decomposition, base, epi, context)
         label, confidence, probs = self.classify(feats)
+        # The series' own longer prompts/outputs are a cause of their own, never a provider mechanism.
+        grown_label, growth_rows = own_traffic_label(label, decomposition, token_sizes(base, epi))
+        if grown_label != label:
+            label, confidence = grown_label, growth_confidence(probs, grown_label, decomposition)
         reason = pick_reason(label, feats)
-        evidence = [dict(row) for row in decomposition.evidence]
+        evidence = [dict(row) for row in decomposition.evidence] + growth_rows
         evidence += [
             {"signal": f"feature:{k}", "baseline": None, "observed": round(v, 6)}
             for k, v in feats.items()

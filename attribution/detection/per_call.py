@@ -36,6 +36,8 @@ from spanprism.attribution.detection.episodes import Episode, stable_id
 FAMILY_COLUMNS: dict[str, str] = {"e2e": "duration_ms", "ttft": "ttft_ms", "itl": "itl_ms"}
 TEST = "per_call_cusum"
 TEST_TOKENS = "per_call_cusum_token_adjusted"
+#: Key of a test's stats that marks an episode opened by a further shift inside an open one (its level, in %).
+ESCALATED = "escalated_from_pct"
 _ONSET_S = 300  # onsets are placed on 5-minute boundaries
 _SIEGMUND = 1.166  # overshoot correction of the CUSUM boundary for unit-variance increments
 _WEEK_S = 7 * DAY_S
@@ -107,10 +109,11 @@ class _Fit:
     raw: np.ndarray
     beta: np.ndarray
 
-    def dev(self, c: _Calls, sl: slice, clip: float) -> np.ndarray:
-        """Clipped robust-standardized residuals of the calls ``sl``."""
+    def dev(self, c: _Calls, sl: slice, clip: float | None) -> np.ndarray:
+        """Robust-standardized residuals of the calls ``sl``, clipped to ±``clip`` (None: unclipped)."""
         x = c.x[sl] if c.tokens is None else c.x[sl] - c.tokens[sl] @ self.beta
-        return np.clip((x - self.m) / self.s, -clip, clip)
+        z = (x - self.m) / self.s
+        return z if clip is None else np.clip(z, -clip, clip)
 
 
 def _token_slopes(x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -236,8 +239,9 @@ def _when(seconds: float) -> datetime:
 
 
 def _summarize(c: _Calls, onset: int, end: int, end_s: float | None, accepted: bool, alarm: tuple[int, float, int],
-               base: _Fit, h: float, clip: float) -> Episode:  # fmt: skip
-    """The episode record: p95 and p50 of the episode's calls against those of the baseline window."""
+               base: _Fit, h: float, clip: float, escalated_from: float | None = None) -> Episode:  # fmt: skip
+    """The episode record: p95 and p50 of the episode's calls against those of the baseline window
+    (``escalated_from``: the level, in %, of the episode this one escalated)."""
     ref, obs = base.raw, c.x[onset:end]
     summary: dict[str, dict[str, float]] = {}
     for q, name in ((0.95, "p95"), (0.5, "p50")):
@@ -253,6 +257,8 @@ def _summarize(c: _Calls, onset: int, end: int, end_s: float | None, accepted: b
     a, stat, n_run = alarm
     summary[c.test] = {"statistic": round(stat, 3), "threshold": round(h, 3), "calls": float(n_run),
                      "episode_calls": float(obs.size)}  # fmt: skip
+    if escalated_from is not None:
+        summary[c.test][ESCALATED] = round(escalated_from, 2)
     metric = max((k for k in summary if k != c.test), key=lambda k: summary[k]["change_pct"])
     top = summary[metric]
     start = _when(c.t[onset] // _ONSET_S * _ONSET_S)
@@ -264,6 +270,48 @@ def _summarize(c: _Calls, onset: int, end: int, end_s: float | None, accepted: b
         change_pct=top["change_pct"], peak_change_pct=top["peak_change_pct"], n_buckets=int(obs.size),
         stats=summary, accepted=accepted,
     )  # fmt: skip
+
+
+def _escalation(c: _Calls, onset: int, alarm: int, end: int, base: _Fit, h: float,
+                config: PerCallConfig) -> tuple[int, int, float, int, float] | None:  # fmt: skip
+    """A further, larger shift inside the episode ``[onset, end)``: (onset, alarm, statistic, calls, level %).
+
+    The same CUSUM (same threshold, allowance and minimum change) runs on the calls after the alarm, re-baselined at
+    the episode's level: before each call, the mean residual of the episode's calls so far, counted from the last
+    ``min_calls`` calls before the alarm (the run's first calls can predate the change when the onset is placed
+    early; those just before the alarm carried the excess that raised it)."""
+    first = max(onset, alarm + 1 - config.min_calls)
+    if end - alarm - 1 < config.min_calls:
+        return None
+    dev = np.clip(base.dev(c, slice(first, end), None), -2 * config.clip, 2 * config.clip)
+    level = (np.cumsum(dev) / np.arange(1, dev.size + 1))[alarm - first : -1]  # mean of the calls before each one
+    excess = np.clip(dev[alarm + 1 - first :] - level, -config.clip, config.clip)
+    hit = first_alarm(excess / base.zsd, excess * base.s, h, config)
+    if hit is None:
+        return None
+    at = int(hit[0])
+    return alarm + 1 + at, alarm + 1 + hit[1], hit[2], hit[3], 100 * float(np.expm1(level[at] * base.s))
+
+
+def _escalations(c: _Calls, first: tuple[int, int, float, int], base: _Fit, horizon_s: float, h: float,
+                 config: PerCallConfig) -> tuple[list[Episode], tuple[int, int, int, float | None, bool]]:  # fmt: skip
+    """An episode and the larger shifts that escalate it, each closed where the next one sets in (a regression of
+    its own, with its own onset), and the (onset, alarm, end index, end time, accepted) of the last one."""
+    onset, alarm, stat, n_run = first
+    found: list[Episode] = []
+    escalated_from: float | None = None
+    while True:
+        end, end_s, accepted = _follow(c, onset, alarm, base, horizon_s, config)
+        esc = _escalation(c, onset, alarm, max(end, alarm + 1), base, h, config)
+        if esc is None:
+            break
+        cut_s = max(float(c.t[esc[0]] // _ONSET_S * _ONSET_S), float(c.t[onset]) + 1.0)
+        found.append(_summarize(c, onset, esc[0], cut_s, False, (alarm, stat, n_run), base, h, config.clip,
+                                escalated_from))  # fmt: skip
+        onset, alarm, stat, n_run, escalated_from = esc
+    found.append(_summarize(c, onset, max(end, alarm + 1), end_s, accepted, (alarm, stat, n_run), base, h,
+                            config.clip, escalated_from))  # fmt: skip
+    return found, (onset, alarm, end, end_s, accepted)
 
 
 def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, config: PerCallConfig,
@@ -290,13 +338,13 @@ def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, con
         base = _baseline(c, usable, max(day - config.lookback_days * DAY_S, relearn_s), day, config)
         if base is None:  # cannot happen (the onset day was scored), but never guess a baseline
             break
-        end, end_s, accepted = _follow(c, onset, alarm, base, horizon_s, config)
-        episodes.append(_summarize(c, onset, max(end, alarm + 1), end_s, accepted, (alarm, hit[2], hit[3]), base, h,
-                                   config.clip))  # fmt: skip
+        found, (last, alarm, end, end_s, accepted) = _escalations(c, (onset, alarm, hit[2], hit[3]), base, horizon_s,
+                                                                  h, config)  # fmt: skip
+        episodes.extend(found)
         if end_s is None:
             break
         if accepted:
-            relearn_s = float(c.t[onset])
+            relearn_s = float(c.t[last])  # the level of the last escalation is the new normal
         else:
             usable[onset:end] = False
         pos = max(end, alarm + 1)

@@ -21,6 +21,7 @@ import duckdb
 import orjson
 
 from spanprism.attribution.detection.episodes import Episode, stable_id
+from spanprism.attribution.detection.per_call import ESCALATED
 from spanprism.models.times import iso_z
 
 #: The table the attribution step writes (one row per regression_id). Its absence is normal.
@@ -40,13 +41,20 @@ def _group(episodes: list[Episode], gap_s: int) -> list[list[Episode]]:
     groups: list[list[Episode]] = []
     end = _FAR
     for ep in sorted(episodes, key=lambda e: (e.series_key, e.start, e.family)):
-        if groups and groups[-1][0].series_key == ep.series_key and (ep.start - end).total_seconds() <= gap_s:
+        # A larger shift inside an open episode is a regression of its own, however close it follows.
+        joins = not _escalates(ep) and (ep.start - end).total_seconds() <= gap_s
+        if groups and groups[-1][0].series_key == ep.series_key and joins:
             groups[-1].append(ep)
             end = _FAR if ep.end is None or end == _FAR else max(end, ep.end)
         else:
             groups.append([ep])
             end = _FAR if ep.end is None else ep.end
     return groups
+
+
+def _escalates(ep: Episode) -> bool:
+    """Did ``ep`` open on a further shift inside an open episode (per-call detection marks it in its test stats)?"""
+    return any(ESCALATED in values for values in ep.stats.values())
 
 
 def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, str | None]], *,
