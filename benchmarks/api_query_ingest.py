@@ -11,6 +11,9 @@ Target (issue 15): ``GET /api/v1/series`` p95 ≤ 50 ms at 50 concurrent readers
    send ``--requests`` GETs; p50/p95/max latency, the spans/s the server stored meanwhile (``/metrics``), and the
    server process's CPU time per request (with ingest running it includes the writer's share): on a shared
    machine latency measures the queue for the cores, the CPU column what each answer costs.
+4. Then the same rows again from ``wrk`` (a C client, ``apt-get install wrk``) with ``--clients`` connections for
+   ``--wrk-seconds`` each, ingest still running: the Python readers cost about as much CPU per request as the server
+   does, so on 2 cores they take half the machine; wrk's readers cost almost nothing, as browsers elsewhere would.
 
 | row | request |
 |---|---|
@@ -40,7 +43,8 @@ from pathlib import Path
 
 import httpx
 from api_ingest import PROTO, _metric, numbered, template
-from api_query import KEY, START, _row, build, measure
+from api_query import KEY, START, build, measure_wrk
+from timing import measure_gets, row
 
 from spanprism.api.server import free_port, wait_healthy
 
@@ -142,6 +146,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="requests per row")
     parser.add_argument("--spans-per-body", type=int, default=500)
     parser.add_argument("--out", default="/tmp/spanprism-bench-api")
+    parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds per row of the wrk pass")
     parser.add_argument("--no-ingest", action="store_true", help="no OTLP poster (the reads alone)")
     args = parser.parse_args()
     cached = Path(args.out) / f"api_{args.series}x{args.days}.duckdb"
@@ -160,10 +165,32 @@ def main() -> None:
                       + "|---" * 8 + "|")  # fmt: skip
                 for name, make in made.items():
                     before, t0, cpu0 = stored(url), time.perf_counter(), cpu_s(pid)
-                    lat = measure(args.clients, args.requests, make, url)
+                    lat = measure_gets(
+                        url,
+                        make,
+                        clients=args.clients,
+                        requests=args.requests,
+                        client_kwargs={"headers": {"authorization": f"Bearer {KEY}"}},
+                    )
                     cpu = (cpu_s(pid) - cpu0) * 1000 / len(lat)
                     rate = (stored(url) - before) / (time.perf_counter() - t0)
-                    print(f"{_row(name, args.clients, lat)} {rate:,.0f} | {cpu:.1f} |", flush=True)
+                    print(f"{row(name, args.clients, latencies=lat)} {rate:,.0f} | {cpu:.1f} |", flush=True)
+                # The Python reader threads above share the 2 cores with the server and the poster (their own CPU
+                # per request is of the server's order); wrk, a C client, shows what the server answers while
+                # ingest runs when the readers cost almost nothing, as browsers on other machines would.
+                print(f"\nwrk, {args.clients} connections, {args.wrk_seconds} s per row, ingest running\n")
+                print(
+                    "| request | requests | non-2xx | p50 ms | p95 ms | max ms | spans/s stored |\n" + "|---" * 7 + "|"
+                )
+                for name, make in made.items():
+                    before, t0 = stored(url), time.perf_counter()
+                    got = measure_wrk(args.clients, [make(i) for i in range(args.requests)], url, args.wrk_seconds)
+                    if got is None:
+                        print("| (wrk not installed: apt-get install wrk) | | | | | | |")
+                        break
+                    rate = (stored(url) - before) / (time.perf_counter() - t0)
+                    cells = [name, str(got[0]), str(got[1]), *(f"{v:.1f}" for v in got[2:]), f"{rate:,.0f}"]
+                    print("| " + " | ".join(cells) + " |", flush=True)
     finally:
         work.unlink(missing_ok=True)
         Path(str(work) + ".wal").unlink(missing_ok=True)
