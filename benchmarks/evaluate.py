@@ -17,7 +17,6 @@ import argparse
 import json
 import shutil
 import sys
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from spanprism.api.cli.attribution import attribute  # noqa: E402
 from spanprism.api.cli.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, read_labels, write_simulation  # noqa: E402
 from spanprism.api.cli.sim import print_score  # noqa: E402
 from spanprism.api.storage.connect import open_db  # noqa: E402
+from spanprism.attribution.evaluation.pooled import pool  # noqa: E402
 from spanprism.attribution.evaluation.scoring import Score, score  # noqa: E402
 from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
 from spanprism.attribution.store.records import list_regressions  # noqa: E402
-from spanprism.attribution.vocabulary import LABELS  # noqa: E402
 
 ATTRIBUTION_TABLES = ("regression_attributions",)
 
@@ -54,20 +53,6 @@ def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None 
         con.close()
     weeks = services * days / 7.0
     return score(records, read_labels(folder), series_weeks=weeks, horizon=horizon + timedelta(seconds=1))
-
-
-def pool(scores: list[Score]) -> Score:
-    """Sum several seeds' scores into one."""
-    total = Score(confusion={lab: Counter() for lab in (*LABELS, "false_alarm")})
-    for s in scores:
-        for name in ("injected", "detected", "injected_big", "detected_big", "false_alarms", "reasons_right",
-                     "reasons_total"):  # fmt: skip
-            setattr(total, name, getattr(total, name) + getattr(s, name))
-        total.series_weeks += s.series_weeks
-        for truth, row in s.confusion.items():
-            total.confusion.setdefault(truth, Counter()).update(row)
-        total.pairs += s.pairs
-    return total
 
 
 def _conventions(spec: str) -> tuple[str, ...]:
