@@ -17,8 +17,11 @@ import argparse
 import json
 import shutil
 import sys
-from datetime import timedelta
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks")]  # sibling benchmark modules
@@ -37,8 +40,23 @@ from spanprism.attribution.store.records import list_regressions  # noqa: E402
 ATTRIBUTION_TABLES = ("regression_attributions",)
 
 
-def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None = None) -> Score:
-    """Detect and attribute on a fresh copy of the ingested file, then score."""
+@dataclass
+class ProductRun:
+    """What the product stored for one simulated folder: records, the data's horizon and each series' first call."""
+
+    records: list[dict[str, Any]]
+    horizon: datetime
+    first_call: dict[str, datetime]
+    calls: int
+    seconds: float
+
+    def series_weeks(self) -> float:
+        """Series-weeks actually observed (a series that starts mid-window counts from its first call)."""
+        return sum((self.horizon - t).total_seconds() for t in self.first_call.values()) / (7 * 86400.0)
+
+
+def run_product(folder: Path, ingested: Path, classifier: Path | None = None) -> ProductRun:
+    """Detect and attribute (``spanprism attribute``) on a fresh copy of the ingested file; read the records back."""
     work = folder / "e2e.duckdb"
     work.unlink(missing_ok=True)
     shutil.copyfile(ingested, work)
@@ -46,13 +64,22 @@ def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None 
     try:
         for table in (*DERIVED_TABLES, *ATTRIBUTION_TABLES):
             con.execute(f"DELETE FROM {table}")
+        t0 = time.perf_counter()
         attribute(con, since=None, until=None, classifier=classifier)
+        seconds = time.perf_counter() - t0
         records = list_regressions(con)
-        horizon, services = con.execute("SELECT max(start_time), count(DISTINCT service) FROM llm_calls").fetchall()[0]
+        horizon, n = con.execute("SELECT max(start_time), count(*) FROM llm_calls").fetchall()[0]
+        first = dict(con.execute("SELECT service, min(start_time) FROM llm_calls GROUP BY 1").fetchall())
     finally:
         con.close()
-    weeks = services * days / 7.0
-    return score(records, read_labels(folder), series_weeks=weeks, horizon=horizon + timedelta(seconds=1))
+    return ProductRun(records, horizon + timedelta(seconds=1), first, n, seconds)
+
+
+def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None = None) -> Score:
+    """Detect and attribute on a fresh copy of the ingested file, then score."""
+    run = run_product(folder, ingested, classifier)
+    weeks = len(run.first_call) * days / 7.0
+    return score(run.records, read_labels(folder), series_weeks=weeks, horizon=run.horizon)
 
 
 def _conventions(spec: str) -> tuple[str, ...]:
