@@ -4,7 +4,10 @@ presets, and the scoring of own-size changes. Measured on the simulator's own ou
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -182,3 +185,12 @@ def test_scoring_tells_own_size_reports_from_noise():
     assert (own.changes, own.changes_reported) == (2, 2)
     t = open_time(regs, HORIZON)
     assert t.still_open == 1 and t.over_48h == 1 and t.longest_hours == pytest.approx(86.83, abs=0.01)
+
+
+def test_benchmark_runs_the_held_out_family_only_when_asked():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "generalization.py"
+    shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True)
+    assert "sparse" in shown.stdout and presets.HELD_OUT not in shown.stdout.split("--held-out")[0]
+    refused = subprocess.run([sys.executable, str(script), "--presets", presets.HELD_OUT, "--seeds", "1"],
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "held-out" in refused.stderr
