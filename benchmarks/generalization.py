@@ -111,12 +111,15 @@ def folder_for(out: Path, preset: str, config: SimulationConfig, conventions: tu
     return folder
 
 
-def run_one(preset: str, seed: int, out: Path, workers: int, classifier: Path | None) -> Run:
+def run_one(preset: str, seed: int, out: Path, workers: int, classifier: Path | None, keep_db: bool = False) -> Run:
     """Simulate (cached), ingest (cached), attribute and score one preset × seed."""
     spec = PRESETS[preset]
     config = spec.make(seed)
     folder = folder_for(out, preset, config, spec.conventions, workers)
     product = run_product(folder, folder / "ingested.duckdb", classifier)
+    if not keep_db:  # the attributed copy is as large as the ingested file; 70+ runs add up
+        for path in (folder / "e2e.duckdb", folder / "e2e.duckdb.wal"):
+            path.unlink(missing_ok=True)
     labels = read_labels(folder)
     result = score(product.records, labels, series_weeks=product.series_weeks(), horizon=product.horizon)
     own = score_own_size(product.records, labels, result.false_alarm_ids, horizon=product.horizon)
@@ -245,6 +248,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="ingest worker processes")
     parser.add_argument("--classifier", type=Path, help="classifier artifact (default: the shipped one)")
     parser.add_argument("--misses", action="store_true", help="list missed causes that moved p95 ≥ 15 %%")
+    parser.add_argument("--keep-db", action="store_true", help="keep each run's attributed DuckDB (FOLDER/e2e.duckdb)")
     args = parser.parse_args()
     if args.held_out:
         presets = [HELD_OUT]
@@ -257,7 +261,7 @@ def main() -> None:
     runs = []
     for preset in presets:
         for seed in seeds:
-            run = run_one(preset, seed, args.out, args.workers, args.classifier)
+            run = run_one(preset, seed, args.out, args.workers, args.classifier, args.keep_db)
             print_run(run)
             if args.misses:
                 print_misses(run)
