@@ -67,7 +67,7 @@ def run_product(folder: Path, ingested: Path, classifier: Path | None = None) ->
         t0 = time.perf_counter()
         attribute(con, since=None, until=None, classifier=classifier)
         seconds = time.perf_counter() - t0
-        records = list_regressions(con)
+        records = list_regressions(con, detail=True)  # detail: each episode's own start and end
         horizon, n = con.execute("SELECT max(start_time), count(*) FROM llm_calls").fetchall()[0]
         first = dict(con.execute("SELECT service, min(start_time) FROM llm_calls GROUP BY 1").fetchall())
     finally:

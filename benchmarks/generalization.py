@@ -178,7 +178,8 @@ def figures(runs: list[Run]) -> dict[str, Any]:
         "unexplained_reports": own.unexplained,
         "unexplained_per_series_week": own.unexplained / weeks if weeks else None,
         "longest_open_undecided_hours": max((r.open.longest_hours for r in runs), default=0.0),
-        "regressions_open_over_48h": sum(r.open.over_48h for r in runs),
+        "episodes_open_over_48h": sum(r.open.over_48h for r in runs),
+        "longest_regression_hours": max((r.open.longest_regression_hours for r in runs), default=0.0),
         "regressions_still_open_at_end": sum(r.open.still_open for r in runs),
         "attribution_seconds": round(sum(r.seconds for r in runs), 1),
         "per_class": d["per_class"],
@@ -215,8 +216,9 @@ def print_figures(name: str, f: dict[str, Any]) -> None:
           f"({f['own_size_reports_labelled_right']} labelled right; {f['own_size_changes_reported']}/"
           f"{f['own_size_changes']} own-size steps reported), unexplained {f['unexplained_reports']} = "
           f"{_f(f['unexplained_per_series_week'])}/series-week")  # fmt: skip
-    print(f"longest open undecided {f['longest_open_undecided_hours']:.1f} h; open > 48 h: "
-          f"{f['regressions_open_over_48h']}; still open at the end: {f['regressions_still_open_at_end']}")  # fmt: skip
+    print(f"longest episode open undecided {f['longest_open_undecided_hours']:.1f} h; episodes open > 48 h: "
+          f"{f['episodes_open_over_48h']}; regressions still open at the end: {f['regressions_still_open_at_end']}; "
+          f"longest regression (chained episodes) {f['longest_regression_hours']:.1f} h")  # fmt: skip
     print(f"{'label':18s} {'precision':>9s} {'recall':>7s} {'F1':>5s} {'support':>7s}")
     for label, m in f["per_class"].items():
         print(f"{label:18s} {m['precision']:9.2f} {m['recall']:7.2f} {m['f1']:5.2f} {m['support']:7d}")

@@ -185,6 +185,12 @@ def test_scoring_tells_own_size_reports_from_noise():
     assert (own.changes, own.changes_reported) == (2, 2)
     t = open_time(regs, HORIZON)
     assert t.still_open == 1 and t.over_48h == 1 and t.longest_hours == pytest.approx(86.83, abs=0.01)
+    # A regression chaining two decided episodes is long, but no episode of it stayed undecided for long.
+    chained = _reg("r7", "d", "unexplained", "2026-10-02T00:00:00Z", "2026-10-05T00:00:00Z")
+    chained["metrics"] = [{"start": "2026-10-02T00:00:00Z", "end": "2026-10-03T12:00:00Z"},
+                          {"start": "2026-10-03T12:00:00Z", "end": "2026-10-05T00:00:00Z"}]  # fmt: skip
+    t = open_time([chained], HORIZON)
+    assert (t.longest_hours, t.over_48h, t.longest_regression_hours, t.still_open) == (36.0, 0, 72.0, 0)
 
 
 def test_benchmark_runs_the_held_out_family_only_when_asked():

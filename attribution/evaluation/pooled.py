@@ -92,20 +92,28 @@ def pool(scores: list[Score]) -> Score:
 
 @dataclass(frozen=True)
 class OpenTime:
-    """How long regressions stayed open without a decision (resolved or accepted)."""
+    """How long episodes stayed open without a decision (resolved or accepted), and how long regressions spanned."""
 
-    longest_hours: float
-    over_48h: int
-    still_open: int
+    longest_hours: float  # longest episode from onset to its end (or the horizon while open)
+    over_48h: int  # episodes open longer than 48 h
+    still_open: int  # regressions open at the horizon
+    longest_regression_hours: float  # a regression can chain several decided episodes of one series
+
+
+def _hours(start: str, end: str | None, end_ts: float) -> float:
+    return ((_ts(end) if end else end_ts) - _ts(start)) / 3600.0
 
 
 def open_time(records: list[dict[str, Any]], horizon: datetime) -> OpenTime:
-    """Longest time a regression stayed undecided: start to end (its resolution or acceptance), or to ``horizon``
-    while still open; plus how many exceeded 48 h and how many are open at the horizon."""
+    """Longest time an episode stayed undecided: onset to its end (resolution or acceptance), or to ``horizon``
+    while still open. Episodes are the records' ``metrics`` entries (``list_regressions(detail=True)``); a record
+    without them counts as one episode."""
     end_ts = horizon.timestamp()
-    spans = [((_ts(r["end"]) if r["end"] else end_ts) - _ts(r["start"])) / 3600.0 for r in records]
+    episodes = [_hours(m["start"], m["end"], end_ts) for r in records for m in (r.get("metrics") or [r])]
+    spans = [_hours(r["start"], r["end"], end_ts) for r in records]
     return OpenTime(
-        longest_hours=round(max(spans, default=0.0), 2),
-        over_48h=sum(h > 48.0 for h in spans),
+        longest_hours=round(max(episodes, default=0.0), 2),
+        over_48h=sum(h > 48.0 for h in episodes),
         still_open=sum(1 for r in records if r["status"] == "open"),
+        longest_regression_hours=round(max(spans, default=0.0), 2),
     )
