@@ -103,6 +103,9 @@ def test_drift_moves_sizes_without_labels_and_steps_are_labelled(tmp_path):
     ratios = [_medians(drift, s, "output_tokens") / _medians(plain, s, "output_tokens") for s in _services(plain)]
     assert max(np.abs(np.log(r)).max() for r in ratios) > 0.03, "drift moves the daily output medians"
     assert not [lab for lab in drift.labels if lab.get("kind")], "drift is not labelled"
+    # Shrinking prompts never leave more cached prompt than the call sends.
+    ok = drift.calls.filter(pc.equal(drift.calls.column("status"), "ok"))
+    assert (ok.column("cache_read_tokens").to_numpy() <= ok.column("input_tokens").to_numpy()).all()
 
     stepped = simulate(SimulationConfig(**{**BASE, "days": 8.0}, episodes_per_day=0.3, size_steps_per_week=3.0))
     steps = [lab for lab in stepped.labels if lab.get("kind") == "own_size_change"]
@@ -116,6 +119,8 @@ def test_drift_moves_sizes_without_labels_and_steps_are_labelled(tmp_path):
         if before and after:
             moved_right_way += (after / before - 1) * lab["change"] > 0
     assert moved_right_way >= 0.7 * len(steps)
+    ok = stepped.calls.filter(pc.equal(stepped.calls.column("status"), "ok"))
+    assert (ok.column("cache_read_tokens").to_numpy() <= ok.column("input_tokens").to_numpy()).all()
     path = write_labels(tmp_path / "labels.jsonl", stepped.labels)
     back = [json.loads(line) for line in path.read_text().splitlines()]
     written = [lab for lab in back if lab.get("kind") == "own_size_change"]

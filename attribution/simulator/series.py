@@ -5,7 +5,7 @@ The only per-call work is vectorised numpy; the prefix-cache replay is one stabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -105,14 +105,17 @@ def generate_calls(
     t, stream = _arrival_streams(spec, episodes, total_s, epoch_s, rng, habits)
     n = t.size
     pr = prompts(spec, trace, stream, rng)
+    own_out = None
+    if habits is not None:
+        # Drift and steps change the workload itself: the base sizes move, so the cache units (built on the base)
+        # never hold more prompt than the call sends.
+        own_user, own_out = habits.size_multipliers(t)
+        pr = replace(pr, user_base=np.maximum(np.round(pr.user_base * own_user), 1).astype(np.int64))
     fx = _effects(spec, episodes, t, rng)
     route = assign_routes(spec, fx.route_override, rng)
     sys_tokens = np.round(spec.sys_tokens * fx.sys_mult).astype(np.int64)
-    user_mult, out_mult = fx.user_mult, fx.out_mult
-    if habits is not None:  # the series' own sizes: slow drift and labelled steps
-        own_user, own_out = habits.size_multipliers(t)
-        user_mult, out_mult = user_mult * own_user, out_mult * own_out
-    user = np.round(pr.user_base * user_mult).astype(np.int64)
+    out_mult = fx.out_mult if own_out is None else fx.out_mult * own_out
+    user = np.round(pr.user_base * fx.user_mult).astype(np.int64)
     input_tokens = sys_tokens + user
     out_raw = np.maximum(np.round(pr.out_base * out_mult), 1).astype(np.int64)
     output = np.minimum(out_raw, spec.max_tokens)
