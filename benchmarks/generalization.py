@@ -74,7 +74,8 @@ class Run:
 
     preset: str
     seed: int
-    calls: int
+    calls: int  # stored by ingest
+    simulated: int  # written by the simulator (ingest should be exact)
     score: Score
     own: OwnSizeScore
     open: OpenTime
@@ -121,12 +122,14 @@ def run_one(preset: str, seed: int, out: Path, workers: int, classifier: Path | 
         for path in (folder / "e2e.duckdb", folder / "e2e.duckdb.wal"):
             path.unlink(missing_ok=True)
     labels = read_labels(folder)
+    simulated = int(json.loads((folder / "config.json").read_text())["calls"])
     result = score(product.records, labels, series_weeks=product.series_weeks(), horizon=product.horizon)
     own = score_own_size(product.records, labels, result.false_alarm_ids, horizon=product.horizon)
     return Run(
         preset=preset,
         seed=seed,
         calls=product.calls,
+        simulated=simulated,
         score=result,
         own=own,
         open=open_time(product.records, product.horizon),
@@ -160,6 +163,7 @@ def figures(runs: list[Run]) -> dict[str, Any]:
     return {
         "runs": len(runs),
         "calls": sum(r.calls for r in runs),
+        "calls_simulated": sum(r.simulated for r in runs),
         "series_weeks": round(weeks, 2),
         "injected": pooled.injected,
         "recall_p95_30pct_2h_60calls": _ratio(*target),
@@ -195,6 +199,8 @@ def _f(x: float | None) -> str:
 def print_run(r: Run) -> None:
     """One line per preset × seed."""
     s = r.score
+    if r.calls != r.simulated:
+        print(f"  WARNING {r.preset} seed {r.seed}: ingest stored {r.calls} of {r.simulated} simulated calls")
     print(f"{r.preset:>14s} seed {r.seed:<4d} {r.calls:>7d} calls  ≥30%/2h/60: {r.target[0]}/{r.target[1]}  "
           f"≥15%: {r.wide[0]}/{r.wide[1]}  right label {_f(s.as_dict()['label_accuracy_on_detected'])}  "
           f"no-cause reports {s.false_alarms} (own-size {r.own.explained}, {r.own.explained_right} labelled right; "
