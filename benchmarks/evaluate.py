@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,14 +50,20 @@ class ProductRun:
     first_call: dict[str, datetime]
     calls: int
     seconds: float
+    measured: Any = None  # what ``inspect`` returned
 
     def series_weeks(self) -> float:
         """Series-weeks actually observed (a series that starts mid-window counts from its first call)."""
         return sum((self.horizon - t).total_seconds() for t in self.first_call.values()) / (7 * 86400.0)
 
 
-def run_product(folder: Path, ingested: Path, classifier: Path | None = None) -> ProductRun:
-    """Detect and attribute (``spanprism attribute``) on a fresh copy of the ingested file; read the records back."""
+def run_product(
+    folder: Path, ingested: Path, classifier: Path | None = None, inspect: Callable[[Any, list], Any] | None = None
+) -> ProductRun:
+    """Detect and attribute (``spanprism attribute``) on a fresh copy of the ingested file; read the records back.
+
+    ``inspect(con, records)`` may measure more on the attributed database before it is closed.
+    """
     work = folder / "e2e.duckdb"
     work.unlink(missing_ok=True)
     shutil.copyfile(ingested, work)
@@ -70,9 +77,10 @@ def run_product(folder: Path, ingested: Path, classifier: Path | None = None) ->
         records = list_regressions(con, detail=True)  # detail: each episode's own start and end
         horizon, n = con.execute("SELECT max(start_time), count(*) FROM llm_calls").fetchall()[0]
         first = dict(con.execute("SELECT service, min(start_time) FROM llm_calls GROUP BY 1").fetchall())
+        measured = inspect(con, records) if inspect is not None else None
     finally:
         con.close()
-    return ProductRun(records, horizon + timedelta(seconds=1), first, n, seconds)
+    return ProductRun(records, horizon + timedelta(seconds=1), first, n, seconds, measured)
 
 
 def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None = None) -> Score:

@@ -36,13 +36,14 @@ import json
 import shutil
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks")]  # sibling benchmark modules
 
-from detection_eval import prepare  # noqa: E402
+from detection_eval import own_token_change, prepare  # noqa: E402
 from evaluate import run_product  # noqa: E402
 
 from spanprism.api.cli.evaluation import read_labels, write_simulation  # noqa: E402
@@ -84,6 +85,7 @@ class Run:
     families: dict[str, list[int]]
     seconds: float
     labels: list[dict[str, Any]]
+    measured_own: int = 0  # unexplained reports whose series' median prompt/output size measurably moved >= 25 %
 
 
 def parse_seeds(values: list[str]) -> list[int]:
@@ -117,11 +119,18 @@ def run_one(preset: str, seed: int, out: Path, workers: int, classifier: Path | 
     spec = PRESETS[preset]
     config = spec.make(seed)
     folder = folder_for(out, preset, config, spec.conventions, workers)
-    product = run_product(folder, folder / "ingested.duckdb", classifier)
+    labels = read_labels(folder)
+
+    def measure(con: Any, records: list[dict[str, Any]]) -> set[str]:
+        # The older benchmarks' measure (detection_eval.own_token_change): a report whose window's median input or
+        # output tokens are >= 25 % above the 3 days before. It also catches drift excursions and noisy medians.
+        ends = con.execute("SELECT max(start_time) FROM llm_calls").fetchall()[0][0] + timedelta(seconds=1)
+        return {r["id"] for r in records if own_token_change(con, r, labels, ends)}
+
+    product = run_product(folder, folder / "ingested.duckdb", classifier, measure)
     if not keep_db:  # the attributed copy is as large as the ingested file; 70+ runs add up
         for path in (folder / "e2e.duckdb", folder / "e2e.duckdb.wal"):
             path.unlink(missing_ok=True)
-    labels = read_labels(folder)
     simulated = int(json.loads((folder / "config.json").read_text())["calls"])
     result = score(product.records, labels, series_weeks=product.series_weeks(), horizon=product.horizon)
     own = score_own_size(product.records, labels, result.false_alarm_ids, horizon=product.horizon)
@@ -138,6 +147,7 @@ def run_one(preset: str, seed: int, out: Path, workers: int, classifier: Path | 
         families=per_family(labels, result),
         seconds=product.seconds,
         labels=labels,
+        measured_own=len(set(own.unexplained_ids) & product.measured),
     )
 
 
@@ -181,6 +191,10 @@ def figures(runs: list[Run]) -> dict[str, Any]:
         "own_size_changes_reported": own.changes_reported,
         "unexplained_reports": own.unexplained,
         "unexplained_per_series_week": own.unexplained / weeks if weeks else None,
+        "unexplained_with_measured_own_size_change": sum(r.measured_own for r in runs),
+        "unexplained_without_measured_own_size_change_per_series_week": (
+            (own.unexplained - sum(r.measured_own for r in runs)) / weeks if weeks else None
+        ),
         "longest_open_undecided_hours": max((r.open.longest_hours for r in runs), default=0.0),
         "episodes_open_over_48h": sum(r.open.over_48h for r in runs),
         "longest_regression_hours": max((r.open.longest_regression_hours for r in runs), default=0.0),
@@ -221,7 +235,10 @@ def print_figures(name: str, f: dict[str, Any]) -> None:
     print(f"reports matching no cause {f['reports_matching_no_cause']}: own-size {f['own_size_reports']} "
           f"({f['own_size_reports_labelled_right']} labelled right; {f['own_size_changes_reported']}/"
           f"{f['own_size_changes']} own-size steps reported), unexplained {f['unexplained_reports']} = "
-          f"{_f(f['unexplained_per_series_week'])}/series-week")  # fmt: skip
+          f"{_f(f['unexplained_per_series_week'])}/series-week; of these "
+          f"{f['unexplained_with_measured_own_size_change']} coincide with a measured ≥ 25 % move of the series' "
+          f"median prompt/output size (drift, noise), leaving "
+          f"{_f(f['unexplained_without_measured_own_size_change_per_series_week'])}/series-week")  # fmt: skip
     print(f"longest episode open undecided {f['longest_open_undecided_hours']:.1f} h; episodes open > 48 h: "
           f"{f['episodes_open_over_48h']}; regressions still open at the end: {f['regressions_still_open_at_end']}; "
           f"longest regression (chained episodes) {f['longest_regression_hours']:.1f} h")  # fmt: skip

@@ -187,7 +187,7 @@ def test_scoring_tells_own_size_reports_from_noise():
     assert sorted(s.false_alarm_ids) == ["r2", "r3", "r4", "r5", "r6"]
     own = score_own_size(regs, labels, s.false_alarm_ids, horizon=HORIZON)
     assert (own.explained, own.explained_right, own.unexplained) == (2, 1, 3)
-    assert (own.changes, own.changes_reported) == (2, 2)
+    assert (own.changes, own.changes_reported) == (2, 2) and sorted(own.unexplained_ids) == ["r4", "r5", "r6"]
     t = open_time(regs, HORIZON)
     assert t.still_open == 1 and t.over_48h == 1 and t.longest_hours == pytest.approx(86.83, abs=0.01)
     # A regression chaining two decided episodes is long, but no episode of it stayed undecided for long.

@@ -167,11 +167,13 @@ class OwnSizeScore:
     unexplained: int = 0  # matching no cause and no own-size change
     changes: int = 0  # own-size changes in the labels
     changes_reported: int = 0  # ... overlapped by at least one report
+    unexplained_ids: list[str] = field(default_factory=list)
 
     def add(self, other: OwnSizeScore) -> None:
         """Accumulate another seed's counts."""
         for name in ("explained", "explained_right", "unexplained", "changes", "changes_reported"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unexplained_ids += other.unexplained_ids
 
 
 def _own_overlap(reg: dict[str, Any], change: dict[str, Any], slack: timedelta, horizon: datetime) -> bool:
@@ -206,6 +208,7 @@ def score_own_size(
         ]
         if not hits:
             out.unexplained += 1
+            out.unexplained_ids.append(reg["id"])
             continue
         out.explained += 1
         out.explained_right += int(reg["label"] in {c["expected_label"] for c in hits})
