@@ -28,6 +28,7 @@ from spanprism.api.cli.evaluation import evaluate_folder, read_labels, write_sim
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.detection.episodes import DetectionConfig
 from spanprism.attribution.detection.per_call import PerCallConfig
+from spanprism.attribution.evaluation.pooled import per_family, target_recall
 from spanprism.attribution.evaluation.scoring import Score, moved_pct, score
 from spanprism.attribution.evaluation.scoring import _overlaps as overlaps
 from spanprism.attribution.passes.detect_pass import run_attribution
@@ -110,35 +111,6 @@ def detect(folder: Path, ingested: Path, *, per_call: bool = True) -> tuple[Scor
 
 def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())["simulation"]
-
-
-def per_family(labels: list[dict], result: Score) -> dict[str, list[int]]:
-    """family → [detected, injected, detected with p95 moved ≥ 15 %, injected with p95 moved ≥ 15 %]."""
-    out: dict[str, list[int]] = {}
-    injected = [lab for lab in labels if lab["label"] != "none"]
-    for label, pair in zip(injected, result.pairs, strict=True):
-        row = out.setdefault(label["family"], [0, 0, 0, 0])
-        hit = pair["predicted"] is not None
-        moved = moved_pct(label)
-        big = moved is None or moved >= 15.0
-        row[0] += hit
-        row[1] += 1
-        row[2] += hit and big
-        row[3] += big
-    return out
-
-
-def target_recall(labels: list[dict], result: Score) -> tuple[int, int]:
-    """(detected, injected) of the issue-11 target class: p95 moved ≥ 30 % for ≥ 2 h over ≥ 60 calls."""
-    injected = [lab for lab in labels if lab["label"] != "none"]
-    det = inj = 0
-    for label, pair in zip(injected, result.pairs, strict=True):
-        moved = moved_pct(label)
-        calls = (label.get("observed") or {}).get("during", {}).get("calls", 0)
-        if moved is not None and moved >= 30 and _ts(label["end"]) - _ts(label["start"]) >= 7200 and calls >= 60:
-            inj += 1
-            det += pair["predicted"] is not None
-    return det, inj
 
 
 def print_misses(labels: list[dict], result: Score) -> None:

@@ -17,9 +17,12 @@ import argparse
 import json
 import shutil
 import sys
-from collections import Counter
-from datetime import timedelta
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks")]  # sibling benchmark modules
@@ -30,16 +33,37 @@ from spanprism.api.cli.attribution import attribute  # noqa: E402
 from spanprism.api.cli.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, read_labels, write_simulation  # noqa: E402
 from spanprism.api.cli.sim import print_score  # noqa: E402
 from spanprism.api.storage.connect import open_db  # noqa: E402
+from spanprism.attribution.evaluation.pooled import pool  # noqa: E402
 from spanprism.attribution.evaluation.scoring import Score, score  # noqa: E402
 from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
 from spanprism.attribution.store.records import list_regressions  # noqa: E402
-from spanprism.attribution.vocabulary import LABELS  # noqa: E402
 
 ATTRIBUTION_TABLES = ("regression_attributions",)
 
 
-def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None = None) -> Score:
-    """Detect and attribute on a fresh copy of the ingested file, then score."""
+@dataclass
+class ProductRun:
+    """What the product stored for one simulated folder: records, the data's horizon and each series' first call."""
+
+    records: list[dict[str, Any]]
+    horizon: datetime
+    first_call: dict[str, datetime]
+    calls: int
+    seconds: float
+    measured: Any = None  # what ``inspect`` returned
+
+    def series_weeks(self) -> float:
+        """Series-weeks actually observed (a series that starts mid-window counts from its first call)."""
+        return sum((self.horizon - t).total_seconds() for t in self.first_call.values()) / (7 * 86400.0)
+
+
+def run_product(
+    folder: Path, ingested: Path, classifier: Path | None = None, inspect: Callable[[Any, list], Any] | None = None
+) -> ProductRun:
+    """Detect and attribute (``spanprism attribute``) on a fresh copy of the ingested file; read the records back.
+
+    ``inspect(con, records)`` may measure more on the attributed database before it is closed.
+    """
     work = folder / "e2e.duckdb"
     work.unlink(missing_ok=True)
     shutil.copyfile(ingested, work)
@@ -47,27 +71,23 @@ def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None 
     try:
         for table in (*DERIVED_TABLES, *ATTRIBUTION_TABLES):
             con.execute(f"DELETE FROM {table}")
+        t0 = time.perf_counter()
         attribute(con, since=None, until=None, classifier=classifier)
-        records = list_regressions(con)
-        horizon, services = con.execute("SELECT max(start_time), count(DISTINCT service) FROM llm_calls").fetchall()[0]
+        seconds = time.perf_counter() - t0
+        records = list_regressions(con, detail=True)  # detail: each episode's own start and end
+        horizon, n = con.execute("SELECT max(start_time), count(*) FROM llm_calls").fetchall()[0]
+        first = dict(con.execute("SELECT service, min(start_time) FROM llm_calls GROUP BY 1").fetchall())
+        measured = inspect(con, records) if inspect is not None else None
     finally:
         con.close()
-    weeks = services * days / 7.0
-    return score(records, read_labels(folder), series_weeks=weeks, horizon=horizon + timedelta(seconds=1))
+    return ProductRun(records, horizon + timedelta(seconds=1), first, n, seconds, measured)
 
 
-def pool(scores: list[Score]) -> Score:
-    """Sum several seeds' scores into one."""
-    total = Score(confusion={lab: Counter() for lab in (*LABELS, "false_alarm")})
-    for s in scores:
-        for name in ("injected", "detected", "injected_big", "detected_big", "false_alarms", "reasons_right",
-                     "reasons_total"):  # fmt: skip
-            setattr(total, name, getattr(total, name) + getattr(s, name))
-        total.series_weeks += s.series_weeks
-        for truth, row in s.confusion.items():
-            total.confusion.setdefault(truth, Counter()).update(row)
-        total.pairs += s.pairs
-    return total
+def run_seed(folder: Path, ingested: Path, days: float, classifier: Path | None = None) -> Score:
+    """Detect and attribute on a fresh copy of the ingested file, then score."""
+    run = run_product(folder, ingested, classifier)
+    weeks = len(run.first_call) * days / 7.0
+    return score(run.records, read_labels(folder), series_weeks=weeks, horizon=run.horizon)
 
 
 def _conventions(spec: str) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ what it claims inside its window (measured on the simulator's own output, not th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 
@@ -35,6 +36,32 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(small, tmp_path):
     other = simulate(SimulationConfig(**{**SMALL.to_dict(), "seed": 4}))
     assert not other.calls.equals(small.calls)
     assert other.calls.column("trace_id")[0] != small.calls.column("trace_id")[0]
+
+
+def _digest(config: SimulationConfig) -> tuple[str, str, int]:
+    """sha256 prefixes of the calls (Arrow IPC stream bytes) and of the labels (sorted-key JSON lines)."""
+    result = simulate(config)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, result.calls.schema) as writer:
+        writer.write_table(result.calls)
+    labels = "".join(json.dumps(lab, sort_keys=True) + "\n" for lab in result.labels).encode()
+    return (hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16], hashlib.sha256(labels).hexdigest()[:16],
+            result.calls.num_rows)  # fmt: skip
+
+
+#: Digests of the simulator's output before users' habits existed: with every habit off (the defaults) the output
+#: must stay byte-identical, or every benchmark number and trained classifier silently changes meaning.
+GOLDEN = {
+    SMALL: ("e906b55238b56dac", "339c777d347aea34", 114836),
+    SimulationConfig(seed=5, days=2.5, series=6, rate_min=0.01, rate_max=0.2,
+                     families=("output_growth", "cache_eviction/ttl_expired", "none/own_traffic_surge")): (
+        "e8b505e0cb840701", "9eff2be22e744bef", 81522),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", list(GOLDEN), ids=["small", "three_families"])
+def test_default_output_matches_golden_digests(config):
+    assert _digest(config) == GOLDEN[config]
 
 
 def test_config_round_trips_and_rejects_unknown_families():

@@ -17,6 +17,7 @@ from spanprism.api.cli.evaluation import ALL_CONVENTIONS, RICH_CONVENTIONS, eval
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
 from spanprism.attribution.evaluation.scoring import Score
+from spanprism.attribution.simulator.presets import DEV_PRESETS, PRESETS, preset_config
 from spanprism.attribution.simulator.simulate import SimulationConfig
 from spanprism.attribution.store.records import list_regressions
 from spanprism.attribution.vocabulary import LABELS
@@ -35,7 +36,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     config = SimulationConfig(seed=args.seed, days=args.days, series=args.series, rate_min=args.rate_min,
                               rate_max=args.rate_max)  # fmt: skip
-    with console.status(f"simulating {args.series} series × {args.days:g} days"):
+    if args.preset:  # a named users' workload: its own size, rates, habits and (unless given) conventions
+        if args.preset not in DEV_PRESETS:
+            console.print(f"[red]error:[/red] unknown preset {args.preset!r}; known: {', '.join(DEV_PRESETS)}")
+            return 2
+        config = preset_config(args.preset, args.seed)
+        conventions = conventions if args.conventions else PRESETS[args.preset].conventions
+    with console.status(f"simulating {config.series} series × {config.days:g} days"):
         meta = write_simulation(Path(args.out), config, conventions)
     out.print(f"wrote {meta['calls']:,} calls of {meta['series']} series to {args.out} (labels in labels.jsonl)")
     return 0
@@ -140,6 +147,8 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
     p.add_argument("--rate-min", type=float, default=0.05, help="lowest series rate, calls/s (default 0.05)")
     p.add_argument("--rate-max", type=float, default=0.4, help="highest series rate, calls/s (default 0.4)")
     p.add_argument("--conventions", help=f"comma-separated conventions (default {','.join(RICH_CONVENTIONS)})")
+    p.add_argument("--preset", help=f"a users' workload preset ({', '.join(DEV_PRESETS)}); replaces --days, --series "
+                   "and the rates")  # fmt: skip
 
     p = add(sub, "evaluate", cmd_evaluate, "Score detection and attribution on a simulated folder.",
             "spanprism evaluate sim/")  # fmt: skip

@@ -5,6 +5,10 @@ it is on the same service and their time ranges overlap (with ``slack`` on both 
 are bucketed). A regression that matches no injected episode — or only a benign (``none``) window — is a false
 alarm. Labels are scored per class (precision/recall/F1 over matched pairs plus misses), with a confusion matrix
 whose extra ``missed`` column counts undetected episodes and extra ``false_alarm`` row counts false alarms.
+
+Own-size changes (``kind = "own_size_change"`` labels: a >= 25 % step of the series' own prompt or output size)
+are no injected cause: they stay out of recall and the confusion matrix, but a false alarm that overlaps one is
+explained (:func:`score_own_size`), and right when labelled as the step's ``expected_label``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Score:
     reasons_right: int = 0
     reasons_total: int = 0
     pairs: list[dict[str, Any]] = field(default_factory=list)
+    false_alarm_ids: list[str] = field(default_factory=list)  # regressions that matched no injected episode
 
     def per_class(self) -> dict[str, dict[str, float]]:
         """Labelling quality on detected episodes: precision, recall, F1 and support per label.
@@ -132,9 +137,81 @@ def score(
             "truth": label["label"], "family": label.get("family"), "predicted": best["label"],
             "reason": best["reason"], "true_reason": label.get("reason"), "id": best["id"],
         })  # fmt: skip
-    result.false_alarms = sum(1 for r in regressions if r["id"] not in used)
+    result.false_alarm_ids = [r["id"] for r in regressions if r["id"] not in used]
+    result.false_alarms = len(result.false_alarm_ids)
     result.confusion.setdefault("false_alarm", Counter())
     for r in regressions:
         if r["id"] not in used:
             result.confusion["false_alarm"][r["label"]] += 1
     return result
+
+
+#: A step of the series' own token size this large (relative) explains a report (issue 11).
+OWN_SIZE_CHANGE = 0.25
+#: Own-size steps are persistent: a report may start this long after the labelled window and still be theirs
+#: (at a few calls an hour a change point needs hours of calls).
+OWN_SIZE_SLACK = timedelta(hours=3)
+
+
+def own_size_changes(labels: list[dict[str, Any]], min_change: float = OWN_SIZE_CHANGE) -> list[dict[str, Any]]:
+    """The own-size change labels whose relative change is at least ``min_change`` either way."""
+    return [lab for lab in labels if lab.get("kind") == "own_size_change" and abs(float(lab["change"])) >= min_change]
+
+
+@dataclass
+class OwnSizeScore:
+    """False alarms split into those an own-size change explains and the rest (unexplained noise)."""
+
+    explained: int = 0  # false alarms overlapping a >= 25 % own-size change
+    explained_right: int = 0  # ... labelled as that change's expected label (prefill_growth / output_growth)
+    unexplained: int = 0  # matching no cause and no own-size change
+    changes: int = 0  # own-size changes in the labels
+    changes_reported: int = 0  # ... overlapped by at least one report
+    unexplained_ids: list[str] = field(default_factory=list)
+
+    def add(self, other: OwnSizeScore) -> None:
+        """Accumulate another seed's counts."""
+        for name in ("explained", "explained_right", "unexplained", "changes", "changes_reported"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unexplained_ids += other.unexplained_ids
+
+
+def _own_overlap(reg: dict[str, Any], change: dict[str, Any], slack: timedelta, horizon: datetime) -> bool:
+    start, end = _t(reg["start"]), _t(reg["end"]) if reg["end"] else horizon
+    return start < _t(change["end"]) + OWN_SIZE_SLACK and end > _t(change["start"]) - slack
+
+
+def score_own_size(
+    regressions: list[dict[str, Any]],
+    labels: list[dict[str, Any]],
+    false_alarm_ids: list[str],
+    *,
+    horizon: datetime,
+    slack: timedelta = timedelta(minutes=30),
+) -> OwnSizeScore:
+    """Which false alarms (``Score.false_alarm_ids``) an own-size change of their series explains.
+
+    A report is explained when it is on the change's service and overlaps [start - slack, end + 3 h]; it is right
+    when its label is the change's ``expected_label`` (for several overlapping changes: any of theirs).
+    """
+    changes = own_size_changes(labels)
+    out = OwnSizeScore(changes=len(changes))
+    alarms = set(false_alarm_ids)
+    reported: set[str] = set()
+    for reg in regressions:
+        if reg["id"] not in alarms:
+            continue
+        hits = [
+            c
+            for c in changes
+            if c["series"]["service"] == reg["series"]["service"] and _own_overlap(reg, c, slack, horizon)
+        ]
+        if not hits:
+            out.unexplained += 1
+            out.unexplained_ids.append(reg["id"])
+            continue
+        out.explained += 1
+        out.explained_right += int(reg["label"] in {c["expected_label"] for c in hits})
+        reported.update(c["episode_id"] for c in hits)
+    out.changes_reported = len(reported)
+    return out

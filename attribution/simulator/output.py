@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanprism.attribution.simulator.catalog import PROVIDERS, SeriesSpec
+from spanprism.attribution.simulator.habits import DAY, SizeStep
 from spanprism.attribution.simulator.physics import mix64
 from spanprism.attribution.simulator.scenarios import FAMILY_SPECS, Episode
 from spanprism.attribution.simulator.series import SeriesCalls
@@ -110,8 +111,13 @@ def series_table(spec: SeriesSpec, c: SeriesCalls, epoch_s: float, rng: np.rando
     return conform(pa.table(cols))
 
 
-def _window_stats(spec: SeriesSpec, c: SeriesCalls, lo: float, hi: float) -> dict[str, float | int | None]:
+def _window_stats(
+    spec: SeriesSpec, c: SeriesCalls, lo: float, hi: float, quiet: bool = False
+) -> dict[str, float | int | None]:
+    """Calls and percentiles in [lo, hi); ``quiet`` keeps only calls outside every episode."""
     sel = (c.t >= lo) & (c.t < hi)
+    if quiet:
+        sel &= c.fx.episode < 0
     ok = sel & ~c.error
 
     def q(x: np.ndarray, p: float) -> float | None:
@@ -127,8 +133,12 @@ def _window_stats(spec: SeriesSpec, c: SeriesCalls, lo: float, hi: float) -> dic
     return out
 
 
-def episode_label(spec: SeriesSpec, c: SeriesCalls, ep: Episode, epoch_s: float) -> dict:
-    """The JSON-serialisable ground-truth record of one episode (see ``simulate`` for the contract)."""
+def episode_label(spec: SeriesSpec, c: SeriesCalls, ep: Episode, epoch_s: float, before_s: float | None = None) -> dict:
+    """The JSON-serialisable ground-truth record of one episode (see ``simulate`` for the contract).
+
+    ``observed.before`` is the equal-length window before the onset, or with ``before_s`` the calls outside every
+    episode in the ``max(before_s, duration)`` before it (idle hours can leave the equal-length window empty).
+    """
     fam = FAMILY_SPECS[ep.family]
     metrics = [m for m in fam.metrics if spec.streaming or m == "e2e_p95_ms"]
     if fam.label != "none" and not metrics:
@@ -155,7 +165,50 @@ def episode_label(spec: SeriesSpec, c: SeriesCalls, ep: Episode, epoch_s: float)
         "notes": notes,
         "params": {k: v for k, v in ep.params.items()},
         "observed": {
-            "before": _window_stats(spec, c, ep.start_s - dur, ep.start_s),
+            "before": _window_stats(spec, c, ep.start_s - dur, ep.start_s)
+            if before_s is None
+            else _window_stats(spec, c, ep.start_s - max(dur, before_s), ep.start_s, quiet=True),
             "during": _window_stats(spec, c, ep.start_s, ep.end_s),
+        },
+    }
+
+
+#: What a report explained by an own-size step should be labelled.
+STEP_LABEL = {"input": "prefill_growth", "output": "output_growth"}
+#: The labelled window of a step: its ramp plus this much (the change is persistent; its onset is what a detector
+#: can place).
+STEP_WINDOW_S = 3600.0
+
+
+def step_label(spec: SeriesSpec, c: SeriesCalls, step: SizeStep, epoch_s: float) -> dict:
+    """The ground-truth record of one own-size step (``kind = "own_size_change"``, ``label = "none"``).
+
+    It is no injected cause (``label`` stays ``none``, so recall and the confusion matrix ignore it), but a report
+    overlapping it is explained, and right when labelled ``expected_label``. ``observed`` compares the day before
+    with the day after the ramp, calls inside episodes left out.
+    """
+    end = step.start_s + step.ramp_s + STEP_WINDOW_S
+    after = step.start_s + step.ramp_s
+    return {
+        "kind": "own_size_change",
+        "episode_id": step.step_id,
+        "series": spec.key,
+        "family": f"own_size/{step.token}_step",
+        "label": "none",
+        "reason": f"own_{step.token}_step",
+        "expected_label": STEP_LABEL[step.token],
+        "token": step.token,
+        "change": step.change,
+        "start": iso(epoch_s, step.start_s),
+        "end": iso(epoch_s, end),
+        "magnitude": abs(step.change),
+        "strength": "step",
+        "ramp_s": float(step.ramp_s),
+        "expected_metrics": [],
+        "notes": f"own {step.token} size x {1 + step.change:.2f} from then on (persistent)",
+        "params": {},
+        "observed": {
+            "before": _window_stats(spec, c, step.start_s - DAY, step.start_s, quiet=True),
+            "during": _window_stats(spec, c, after, after + DAY, quiet=True),
         },
     }

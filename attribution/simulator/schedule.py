@@ -7,6 +7,8 @@ whenever the mix leaves room, so every label must be recoverable from tokens and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from spanprism.attribution.simulator.catalog import SeriesSpec
@@ -28,15 +30,30 @@ _TRIES = 40
 MAX_INCIDENT_SERIES = 3
 
 
-class _Calendar:
-    """Busy windows per series; answers whether a new window respects the gap rules."""
+#: ``usable(series_index, start_s, end_s)``: may an episode occupy this window (e.g. is the series active then)?
+Usable = Callable[[int, float, float], bool]
 
-    def __init__(self, n: int, clean_s: float, total_s: float) -> None:
+
+class Calendar:
+    """Busy windows per series; answers whether a new window respects the gap rules.
+
+    ``clean_s`` is the clean history every series needs before its first window: one number for all series, or one
+    per series (series that start mid-window need their history after their own first call).
+    """
+
+    def __init__(self, n: int, clean_s: float | Sequence[float], total_s: float, usable: Usable | None = None) -> None:
         self.busy: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-        self.clean_s, self.total_s = clean_s, total_s
+        self.clean = [float(clean_s)] * n if np.isscalar(clean_s) else [float(c) for c in clean_s]  # type: ignore[arg-type]
+        self.total_s, self.usable = total_s, usable
+
+    def clean_of(self, i: int) -> float:
+        """Earliest start of a window on series ``i``."""
+        return self.clean[i]
 
     def free(self, i: int, start: float, end: float) -> bool:
-        if start < self.clean_s or end > self.total_s:
+        if start < self.clean[i] or end > self.total_s:
+            return False
+        if self.usable is not None and not self.usable(i, start, end):
             return False
         pad_new = max(MIN_GAP_S, end - start)
         for s, e in self.busy[i]:
@@ -55,12 +72,13 @@ def _duration(rng: np.random.Generator, fam: Family) -> float:
     return round(hours * 60.0) * 60.0
 
 
-def _onset(rng: np.random.Generator, fam: Family, spec: SeriesSpec, cal: _Calendar, dur: float) -> float:
+def _onset(rng: np.random.Generator, fam: Family, spec: SeriesSpec, cal: Calendar, dur: float) -> float:
+    clean = cal.clean_of(spec.index)
     if fam.name == "none/diurnal_peak":  # centre on the series' daily peak hour of a random post-clean day
-        days = np.arange(np.ceil(cal.clean_s / 86400), np.floor(cal.total_s / 86400) + 1)
+        days = np.arange(np.ceil(clean / 86400), np.floor(cal.total_s / 86400) + 1)
         day = float(rng.choice(days)) if days.size else 0.0
         return day * 86400 + spec.peak_hour_utc * HOUR - dur / 2
-    return round(float(rng.uniform(cal.clean_s, cal.total_s - dur)) / 60.0) * 60.0
+    return round(float(rng.uniform(clean, cal.total_s - dur)) / 60.0) * 60.0
 
 
 def _ramp(rng: np.random.Generator, fam: Family, dur: float) -> float:
@@ -76,12 +94,13 @@ class Scheduler:
         self,
         rng: np.random.Generator,
         specs: list[SeriesSpec],
-        clean_s: float,
+        clean_s: float | Sequence[float],
         total_s: float,
         strengths: tuple[str, ...] = STRENGTHS,
+        usable: Usable | None = None,
     ) -> None:
         self.rng, self.specs, self.strengths = rng, specs, strengths
-        self.cal = _Calendar(len(specs), clean_s, total_s)
+        self.cal = Calendar(len(specs), clean_s, total_s, usable)
         self.episodes: list[Episode] = []
         self.nonstream_labels: set[str] = set()
 
@@ -152,14 +171,22 @@ def schedule(
     rng: np.random.Generator,
     specs: list[SeriesSpec],
     families: list[str],
-    clean_s: float,
+    clean_s: float | Sequence[float],
     total_s: float,
     strengths: tuple[str, ...] = STRENGTHS,
+    *,
+    usable: Usable | None = None,
+    per_day: float = EPISODES_PER_DAY,
 ) -> list[Episode]:
-    """Episodes for all series: families cycled in a seed-shuffled order until the calendar is full."""
-    sched = Scheduler(rng, specs, clean_s, total_s, strengths)
-    post_days = max(0.0, (total_s - clean_s) / 86400.0)
-    target = max(len(families), round(len(specs) * post_days * EPISODES_PER_DAY)) if post_days > 0 else 0
+    """Episodes for all series: families cycled in a seed-shuffled order until the calendar is full.
+
+    ``clean_s`` may be per series; ``usable`` can veto windows (idle hours); ``per_day`` episodes per series and
+    post-clean day are aimed at.
+    """
+    sched = Scheduler(rng, specs, clean_s, total_s, strengths, usable)
+    clean_mean = float(clean_s) if np.isscalar(clean_s) else float(np.mean(sched.cal.clean))  # type: ignore[arg-type]
+    post_days = max(0.0, (total_s - clean_mean) / 86400.0)
+    target = max(len(families), round(len(specs) * post_days * per_day)) if post_days > 0 else 0
     order = list(families)
     rng.shuffle(order)
     placed, misses, k = 0, 0, 0
@@ -173,3 +200,29 @@ def schedule(
             misses += 1
     sched.episodes.sort(key=lambda e: (e.start_s, e.series_index))
     return sched.episodes
+
+
+def place_steps(
+    rng: np.random.Generator,
+    cal: Calendar,
+    episodes: list[Episode],
+    per_week: float,
+    n_series: int,
+) -> list[tuple[int, float, float]]:
+    """Own-size steps ``(series index, start s, ramp s)``: about ``per_week`` per series and week after its clean
+    history, each clear of every episode by the usual gaps (a step inside a cause would blur both ground truths)."""
+    for ep in episodes:
+        cal.add(ep.series_index, ep.start_s, ep.end_s)
+    out = []
+    for i in range(n_series):
+        weeks = max(0.0, (cal.total_s - cal.clean_of(i)) / (7 * 86400.0))
+        for _ in range(int(rng.poisson(per_week * weeks))):
+            ramp = 0.0 if rng.random() < 0.5 else round(float(rng.uniform(10.0, 90.0))) * 60.0
+            for _ in range(_TRIES):
+                start = round(float(rng.uniform(cal.clean_of(i), cal.total_s - 2 * HOUR)) / 60.0) * 60.0
+                # The step's labelled window: the ramp plus an hour, so a detector has calls to see it by.
+                if cal.free(i, start, start + ramp + HOUR):
+                    cal.add(i, start, start + ramp + HOUR)
+                    out.append((i, start, ramp))
+                    break
+    return out

@@ -5,12 +5,13 @@ The only per-call work is vectorised numpy; the prefix-cache replay is one stabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from spanprism.attribution.simulator.catalog import SeriesSpec
 from spanprism.attribution.simulator.effects import CallEffects, apply_episode, rate_multiplier, surge_rate
+from spanprism.attribution.simulator.habits import SeriesHabits
 from spanprism.attribution.simulator.physics import MODEL_SPEEDS, cache_tokens, call_latency, mix64, replay_prefix_cache
 from spanprism.attribution.simulator.scenarios import Episode
 from spanprism.attribution.simulator.traffic import MINUTE, arrivals, assign_routes, cache_units, prompts, seasonal_rate
@@ -46,12 +47,19 @@ class SeriesCalls:
 
 
 def _arrival_streams(
-    spec: SeriesSpec, episodes: list[Episode], total_s: float, epoch_s: float, rng: np.random.Generator
+    spec: SeriesSpec,
+    episodes: list[Episode],
+    total_s: float,
+    epoch_s: float,
+    rng: np.random.Generator,
+    habits: SeriesHabits | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Times and stream ids (0 = own traffic, k + 1 = surge of episode k), time-ordered."""
     minutes = np.arange(int(np.ceil(total_s / MINUTE)))
     mid = minutes * MINUTE + MINUTE / 2
     seasonal = seasonal_rate(spec, minutes, epoch_s, rng)
+    if habits is not None:  # idle hours, bursts, a late first call
+        seasonal = seasonal * habits.activity(spec, minutes, epoch_s)
     parts = [arrivals(seasonal * rate_multiplier(episodes, mid), rng)]
     ids = [0]
     for k, ep in enumerate(episodes):
@@ -84,20 +92,32 @@ def _reference(values: np.ndarray, ok: np.ndarray, t: np.ndarray, episodes: list
 
 
 def generate_calls(
-    spec: SeriesSpec, episodes: list[Episode], total_s: float, epoch_s: float, seed: np.random.SeedSequence
+    spec: SeriesSpec,
+    episodes: list[Episode],
+    total_s: float,
+    epoch_s: float,
+    seed: np.random.SeedSequence,
+    habits: SeriesHabits | None = None,
 ) -> SeriesCalls:
-    """Simulate every call of one series (see module docstring)."""
+    """Simulate every call of one series (see module docstring); ``habits`` shape its traffic and own sizes."""
     rng = np.random.default_rng(seed)
     trace = prompt_trace(spec.trace)
-    t, stream = _arrival_streams(spec, episodes, total_s, epoch_s, rng)
+    t, stream = _arrival_streams(spec, episodes, total_s, epoch_s, rng, habits)
     n = t.size
     pr = prompts(spec, trace, stream, rng)
+    own_out = None
+    if habits is not None:
+        # Drift and steps change the workload itself: the base sizes move, so the cache units (built on the base)
+        # never hold more prompt than the call sends.
+        own_user, own_out = habits.size_multipliers(t)
+        pr = replace(pr, user_base=np.maximum(np.round(pr.user_base * own_user), 1).astype(np.int64))
     fx = _effects(spec, episodes, t, rng)
     route = assign_routes(spec, fx.route_override, rng)
     sys_tokens = np.round(spec.sys_tokens * fx.sys_mult).astype(np.int64)
+    out_mult = fx.out_mult if own_out is None else fx.out_mult * own_out
     user = np.round(pr.user_base * fx.user_mult).astype(np.int64)
     input_tokens = sys_tokens + user
-    out_raw = np.maximum(np.round(pr.out_base * fx.out_mult), 1).astype(np.int64)
+    out_raw = np.maximum(np.round(pr.out_base * out_mult), 1).astype(np.int64)
     output = np.minimum(out_raw, spec.max_tokens)
     error = rng.random(n) < spec.error_rate
     error_kind = rng.choice(4, size=n, p=ERROR_MIX)

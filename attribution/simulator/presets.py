@@ -1,0 +1,137 @@
+"""Named workload presets (scenario families of workloads): what users have, as seeded simulation configs.
+
+Each preset is a factory ``seed -> SimulationConfig`` plus the span conventions its series are recorded with
+(``api.cli.evaluation.write_simulation`` spreads them over the series). The dev presets are the ones to develop
+and tune on (seeds :data:`DEV_SEEDS`); ``benchmarks/generalization.py`` scores them end to end.
+
+One preset, :data:`HELD_OUT`, is a different combination of causes, traffic shape and conventions. It is kept
+out of development entirely: no dev preset list, test or benchmark default includes it, and it is meant to be
+scored once, at the end, with ``benchmarks/generalization.py --held-out``. Seeds :data:`NEVER_SEEN_SEEDS` are
+reserved the same way for the never-seen run of the dev presets.
+
+Rates are in calls per second as everywhere in the simulator (``PER_HOUR`` converts); with idle hours they are
+the rate inside a series' active hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spanprism.attribution.simulator.simulate import SimulationConfig
+
+PER_HOUR = 1.0 / 3600.0
+#: Every span convention the OTLP writer knows (what users' instrumentations really send).
+SEVEN_CONVENTIONS = (
+    "otel_semconv", "openllmetry", "openlit", "openinference", "langfuse", "otel_semconv_legacy", "openllmetry_legacy",
+)  # fmt: skip
+#: The well-instrumented ones (tokens, cache, TTFT, endpoint): the conventions of the older benchmarks.
+RICH_CONVENTIONS = ("otel_semconv", "openllmetry", "openlit")
+#: Seeds to develop on.
+DEV_SEEDS = tuple(range(1, 21))
+#: Seeds reserved for the one never-seen run (``benchmarks/generalization.py --seeds 301..312``).
+NEVER_SEEN_SEEDS = tuple(range(301, 313))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named workload: its config factory, its conventions and whether it is the held-out family."""
+
+    name: str
+    make: Callable[[int], SimulationConfig]
+    conventions: tuple[str, ...]
+    held_out: bool = False
+
+    @property
+    def doc(self) -> str:
+        """First line of the factory's docstring."""
+        return (self.make.__doc__ or "").strip().splitlines()[0]
+
+
+#: Habits shared by the user-like presets: a two-week window, three days of history, few causes per series.
+_USER = {"days": 14.0, "series": 16, "clean_days": 3.0, "episodes_per_day": 0.4}
+
+
+def sparse(seed: int) -> SimulationConfig:
+    """2-30 calls an hour, idle nights and weekends, slight drift: the thinnest traffic a user has."""
+    return SimulationConfig(seed=seed, **_USER, rate_min=2 * PER_HOUR, rate_max=30 * PER_HOUR, idle_nights=True,
+                            idle_weekends="partial", size_drift=0.04)  # fmt: skip
+
+
+def bursty(seed: int) -> SimulationConfig:
+    """15-100 calls an hour with idle nights and weekends and ~4 bursts a day (3-30 min at 3-10x the rate)."""
+    return SimulationConfig(seed=seed, **_USER, rate_min=15 * PER_HOUR, rate_max=100 * PER_HOUR, idle_nights=True,
+                            idle_weekends="partial", bursts_per_day=4.0, size_drift=0.04)  # fmt: skip
+
+
+def short_history(seed: int) -> SimulationConfig:
+    """5-200 calls an hour; 60 % of series start mid-window with 0.75-6 days of history before their first cause."""
+    return SimulationConfig(seed=seed, **{**_USER, "days": 10.0, "clean_days": 2.0}, rate_min=5 * PER_HOUR,
+                            rate_max=200 * PER_HOUR, idle_nights=True, late_start_share=0.6,
+                            late_history_days=(0.75, 6.0), size_drift=0.04)  # fmt: skip
+
+
+def drifting(seed: int) -> SimulationConfig:
+    """5-200 calls an hour whose own prompt/output sizes wander (sd 10 %) and step by >= 25 % ~once a week."""
+    return SimulationConfig(seed=seed, **_USER, rate_min=5 * PER_HOUR, rate_max=200 * PER_HOUR, idle_nights=True,
+                            size_drift=0.10, size_steps_per_week=1.0)  # fmt: skip
+
+
+def mixed(seed: int) -> SimulationConfig:
+    """2-200 calls an hour, every habit at once (idle hours, bursts, late starts, drift, steps): 24 series x 14 d."""
+    return SimulationConfig(seed=seed, **{**_USER, "series": 24}, rate_min=2 * PER_HOUR, rate_max=200 * PER_HOUR,
+                            idle_nights=True, idle_weekends="partial", bursts_per_day=2.0, late_start_share=0.3,
+                            size_drift=0.06, size_steps_per_week=0.5)  # fmt: skip
+
+
+def higher_traffic(seed: int) -> SimulationConfig:
+    """The older benchmarks' workload: 8 series x 4 days at 0.05-0.4 calls/s, always on (180-1,440 calls an hour)."""
+    return SimulationConfig(seed=seed, days=4.0, series=8, rate_min=0.05, rate_max=0.4)
+
+
+#: Causes of the held-out family: a different mix from the dev presets' "every family".
+_HELD_OUT_FAMILIES = (
+    "routing_change/region_shift", "routing_change/deployment_change", "routing_change/model_version_change",
+    "batch_contention/provider_incident", "batch_contention/decode_slowdown", "output_growth",
+    "cache_eviction/provider_evicted", "cache_eviction/ttl_expired", "prefill_growth/system_prompt_growth",
+    "unexplained", "none/own_traffic_surge", "none/diurnal_peak",
+)  # fmt: skip
+
+
+def weekday_office(seed: int) -> SimulationConfig:
+    """HELD OUT. 3-150 calls an hour, weekdays only (idle all weekend and at night), many bursts, routing- and
+    provider-heavy causes, legacy and poorly instrumented conventions. Never develop on it."""
+    return SimulationConfig(seed=seed, days=12.0, series=20, clean_days=2.0, episodes_per_day=0.5,
+                            families=_HELD_OUT_FAMILIES, rate_min=3 * PER_HOUR, rate_max=150 * PER_HOUR,
+                            idle_nights=True, idle_weekends="full", bursts_per_day=6.0, late_start_share=0.25,
+                            late_history_days=(1.0, 4.0), size_drift=0.08, size_steps_per_week=0.8)  # fmt: skip
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("sparse", sparse, SEVEN_CONVENTIONS),
+        Preset("bursty", bursty, SEVEN_CONVENTIONS),
+        Preset("short_history", short_history, SEVEN_CONVENTIONS),
+        Preset("drifting", drifting, SEVEN_CONVENTIONS),
+        Preset("mixed", mixed, SEVEN_CONVENTIONS),
+        Preset("higher_traffic", higher_traffic, RICH_CONVENTIONS),
+        Preset(
+            "weekday_office",
+            weekday_office,
+            ("openinference", "langfuse", "otel_semconv_legacy", "openllmetry_legacy", "openlit"),
+            held_out=True,
+        ),
+    )
+}
+#: The one held-out family (score it once, at the end).
+HELD_OUT = "weekday_office"
+#: Presets to develop on, in benchmark order (the held-out one is not among them).
+DEV_PRESETS = tuple(name for name, p in PRESETS.items() if not p.held_out)
+
+
+def preset_config(name: str, seed: int) -> SimulationConfig:
+    """The config of preset ``name`` for ``seed``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name].make(seed)
