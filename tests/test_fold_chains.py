@@ -21,7 +21,9 @@ from support.fold_spans import otlp_line
 
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.store.rollups import RollupConfig, refresh_rollups
-from spanprism.ingest.pipeline import ingest_paths
+from spanprism.ingest.load import store_batches
+from spanprism.ingest.pipeline import ingest_paths, process_chunk
+from spanprism.ingest.records import RawChunk
 
 FIXTURE = Path(__file__).parent / "fixtures" / "normalize" / "anthropic_openinference.json"
 SDK_SCOPE = "com.anthropic.sdk.python"
@@ -144,4 +146,22 @@ def test_every_order_once_or_twice(order: tuple[str, ...], files: dict[str, Path
     # Rollups (and detection, which reads them) count the merged rows only, rolled up before a merge or after.
     grain = min(RollupConfig().grains)
     assert con.execute("SELECT sum(n_calls) FROM series_rollups WHERE grain_s = ?", [grain]).fetchone()[0] == 3
+    con.close()
+
+
+def test_one_group_commit_of_several_requests(files: dict[str, Path], expected: Any, tmp_path: Path) -> None:
+    """The OTLP receiver's group commit: the links and the SDK spans as two batches of one transaction, after the
+    outer spans were stored by an earlier request; then the same unit again."""
+    _, state, _ = expected
+    con = open_db(tmp_path / "t.duckdb")
+
+    def batch(name: str) -> Any:
+        return process_chunk(RawChunk(f"http:{name}", "jsonl", files[name].read_bytes()))
+
+    store_batches(con, [batch("outer")])
+    counts = store_batches(con, [batch("links"), batch("sdk")])
+    assert _state(con) == state
+    assert sum(c.calls_stored for c in counts) == 0 and sum(c.merged for c in counts) == 3
+    again = store_batches(con, [batch("links"), batch("sdk")])
+    assert _state(con) == state and sum(c.calls_stored for c in again) == 0
     con.close()
