@@ -171,14 +171,17 @@ def _stored(cur: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, st
     return rows
 
 
-def _delete(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]]) -> None:
-    """Remove stored calls (their ``llm_calls`` rows and their members) that are about to be written anew."""
+def _delete(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]], lo: str, hi: str) -> None:
+    """Remove stored calls (their ``llm_calls`` rows and their members) that are about to be written anew. They were
+    read within the window, so the deletes look only there (row groups outside are skipped, not scanned)."""
     if not calls:
         return
     keys = sorted(calls)
+    window = f"start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
-    cur.execute(f"DELETE FROM llm_calls USING {_POOL} k WHERE trace_id = k.t AND span_id = k.s")
-    cur.execute(f"DELETE FROM llm_call_spans USING {_POOL} k WHERE call_trace_id = k.t AND call_span_id = k.s")
+    cur.execute(f"DELETE FROM llm_calls USING {_POOL} k WHERE trace_id = k.t AND span_id = k.s AND {window}")
+    cur.execute(f"DELETE FROM llm_call_spans USING {_POOL} k"
+                f" WHERE call_trace_id = k.t AND call_span_id = k.s AND {window}")  # fmt: skip
     cur.unregister(_POOL)
 
 
@@ -313,7 +316,7 @@ def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids
             folded.merged[target] += len(fresh) + len(stored) - 1
     for index in duplicates:
         folded.duplicates[_batch_of(sizes, index)] += 1
-    _delete(cur, rewrite)
+    _delete(cur, rewrite, lo, hi)
     if members:
         cur.register(_POOL, _to_table(members, _SPANS_SCHEMA))
         cur.execute(f"INSERT INTO llm_call_spans SELECT * FROM {_POOL}")
