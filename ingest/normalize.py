@@ -64,6 +64,27 @@ def _error_type_text(value: Any) -> str | None:
     return None
 
 
+_OPENLIT_TTFT = "gen_ai.server.time_to_first_token"
+_OPENLIT_SCOPE = "openlit.instrumentation."
+
+
+def _openlit_bare_error(span: SpanRecord) -> SpanRecord | None:
+    """OpenLIT's span of a failed call (Anthropic's, at least) carries no attribute at all, only its name
+    (``chat <request model>``), its scope (``openlit.instrumentation.<provider>``), an error status and the exception
+    event: still an LLM call that failed, with what the name and scope tell (None for anything else)."""
+    scope = span["scope"]
+    if not scope.startswith(_OPENLIT_SCOPE) or span["status_code"] != _STATUS_ERROR:
+        return None
+    op, _, model = span["name"].partition(" ")
+    if op not in cv.LLM_OPERATIONS or "gen_ai.operation.name" in span["attributes"]:
+        return None
+    known = {"gen_ai.operation.name": op, "gen_ai.provider.name": scope[len(_OPENLIT_SCOPE) :],
+             "telemetry.sdk.name": "openlit"}  # fmt: skip
+    if model.strip():
+        known["gen_ai.request.model"] = model.strip()
+    return {**span, "attributes": {**span["attributes"], **known}}  # type: ignore[typeddict-item]
+
+
 def _openlit_anthropic(attrs: dict[str, Any]) -> bool:
     """OpenLIT's Anthropic instrumentation stores Anthropic's exclusive input count in ``gen_ai.usage.input_tokens``."""
     if "gen_ai.server.time_to_first_token" not in attrs and attrs.get("telemetry.sdk.name") != "openlit":
@@ -133,10 +154,15 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
         attrs.get("llm.provider"),
         attrs.get("llm.system"),
     )
-    tokens = extract_tokens(attrs, absent_cache_is_zero=oi_anthropic, exclusive_input=_openlit_anthropic(attrs))
+    openlit_anthropic = _openlit_anthropic(attrs)
+    tokens = extract_tokens(attrs, absent_cache_is_zero=oi_anthropic, exclusive_input=openlit_anthropic)
     stream_flag = cv.explicit_streaming(attrs, params)
     stream_start = _logfire_stream_start(span)
     start_ns = span["start_ns"] if stream_start is None else stream_start
+    if openlit_anthropic and _OPENLIT_TTFT in attrs:
+        # OpenLIT's Anthropic stream wrapper starts its clock when the response headers are in and stops it at the
+        # first event (message_start, sent with the headers): ~0 ms, not a first token. No TTFT beats a wrong one.
+        attrs = {k: v for k, v in attrs.items() if k != _OPENLIT_TTFT}
     timing = derive_timing(start_ns, span["end_ns"], attrs, ev, stream_flag, tokens.output)
     streaming = stream_flag if stream_flag is not None else (True if timing.stream_evidence else None)
     name = span["name"]
@@ -235,10 +261,13 @@ def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = Non
     links: list[tuple[str, str, str, int]] = []
     for span in spans:
         if not cv.is_llm_span(span["name"], span["attributes"]):
-            skipped += 1
-            if _linkable(span):  # only its parent link is kept: it may sit between two LLM spans of one call
-                links.append((span["trace_id"], span["span_id"], span["parent_span_id"], span["start_ns"] // 1000))
-            continue
+            bare = _openlit_bare_error(span)
+            if bare is None:
+                skipped += 1
+                if _linkable(span):  # only its parent link is kept: it may sit between two LLM spans of one call
+                    links.append((span["trace_id"], span["span_id"], span["parent_span_id"], span["start_ns"] // 1000))
+                continue
+            span = bare
         try:
             rows.append(_row(span, tenant_attribute))
             kept.append(span)
