@@ -251,6 +251,17 @@ def rank(row: Row, members: Sequence[Row]) -> tuple[Any, ...]:
     return (is_stream_log(row), inner, row["source_convention"] == SDK_CONVENTION, key(row))
 
 
+def sort_ranked(members: Sequence[Row]) -> list[Row]:
+    """``members`` in :func:`rank` order (the group's keys computed once)."""
+    keys = {key(m) for m in members}
+
+    def order(row: Row) -> tuple[Any, ...]:
+        inner = any((row["trace_id"], p) in keys for p in _parents(row) if p is not None)
+        return (is_stream_log(row), inner, row["source_convention"] == SDK_CONVENTION, key(row))
+
+    return sorted(members, key=order)
+
+
 def primary(members: Sequence[Row]) -> Row:
     """The member whose identity (ids, parent, name, convention) the merged row keeps."""
     return min(members, key=lambda r: rank(r, members))
