@@ -20,7 +20,7 @@ import pytest
 from instrumented import fake_anthropic, fake_openai
 from instrumented.child import CHILD_HEADER
 from instrumented.harness import ChildRun, LibSpec, run_children
-from instrumented.truth import check_timing, checked_rows, within_call
+from instrumented.truth import DURATION_TOL_MS, check_timing, checked_rows, within_call
 
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.pipeline import IngestSummary, ingest_paths
@@ -113,11 +113,12 @@ def test_one_row_per_call_matches_the_server(lib: str, call: str, captured: dict
     assert observed["start_ns"] <= start + CLOCK_SLACK_MS * 1e6 and start <= entry["received_ns"]
     assert end >= entry["last_byte_ns"] - CLOCK_SLACK_MS * 1e6
     assert row["duration_ms"] <= observed["total_ms"] + CLOCK_SLACK_MS
-    timed_ttft = call == "stream" and lib == "openlit_openai"
-    check_timing(row, observed, ttft=timed_ttft)
-    if timed_ttft:  # from the response headers to the first chunk: after the server sent it, before the caller saw it
-        first_sent_ms = (entry["first_byte_ns"] - start) / 1e6
-        assert first_sent_ms - CLOCK_SLACK_MS <= row["ttft_ms"] + (entry["received_ns"] - start) / 1e6
+    check_timing(row, observed, ttft=False)
+    if call == "stream" and lib == "openlit_openai":
+        # From the response headers to the first chunk: measured by the caller at the same points (the client handing
+        # the stream over, the first chunk reaching it), within 5 ms when the call ran undisturbed.
         assert row["ttft_ms"] <= observed["ttft_ms"] + CLOCK_SLACK_MS
+        if not observed["preempted"]:
+            assert abs(row["ttft_ms"] - (observed["ttft_ms"] - observed["headers_ms"])) <= DURATION_TOL_MS
     else:  # Anthropic's stream "TTFT" is headers → message_start (~0 ms): not read
         assert row["ttft_ms"] is None

@@ -177,6 +177,7 @@ def call_stream(client: Any, model: str) -> dict[str, Any]:
         stream=True,
         stream_options={"include_usage": True},
     )
+    returned = time.perf_counter()  # the response headers are in: the client hands the stream over
     chunks: list[Any] = []
     seen: list[float] = []  # when each chunk reached the caller
     for chunk in stream:
@@ -195,6 +196,7 @@ def call_stream(client: Any, model: str) -> dict[str, Any]:
         "start_ns": start_ns,
         "total_ms": total * 1e3,
         "ttft_ms": chunk_ms[0][0],
+        "headers_ms": (returned - start) * 1e3,
         "chunk_ms": chunk_ms,
         "chunks": len(chunks),
         "finish_reason": finish,
