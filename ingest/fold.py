@@ -245,15 +245,42 @@ def _unchanged(pool: _Pool, group: list[int]) -> bool:
     return pool.members[call] == {(pool.rows[i]["trace_id"], pool.rows[i]["span_id"]) for i in group}
 
 
-def _output(pool: _Pool, group: list[int]) -> tuple[Row, list[Row]]:
-    """The call row of a group and, when it has several spans, their member rows keyed to it."""
+def _output(pool: _Pool, group: list[int], members: _Members) -> Row:
+    """The call row of a group; when it has several spans, their member rows keyed to it go to ``members``."""
     rows = [pool.rows[i] for i in group]
     if len(rows) == 1:
-        return {**rows[0], "merged_span_ids": None}, []
+        return {**rows[0], "merged_span_ids": None}
     call = merge_rows(rows)
     call["merged_span_ids"] = orjson.dumps(call["merged_span_ids"]).decode()
-    members = [{**r, "call_trace_id": call["trace_id"], "call_span_id": call["span_id"]} for r in rows]
-    return call, members
+    for i, r in zip(group, rows, strict=True):
+        members.add(pool.new_index[i], r, (call["trace_id"], call["span_id"]))
+    return call
+
+
+@dataclass(slots=True)
+class _Members:
+    """Member rows to write: new spans by their index in the unit's table (taken from it as Arrow), stored ones as
+    rows (read back from the tables)."""
+
+    new: list[tuple[int, str, str]] = field(default_factory=list)
+    stored: list[Row] = field(default_factory=list)
+
+    def add(self, index: int | None, row: Row, call: tuple[str, str]) -> None:
+        if index is None:
+            self.stored.append({**row, "call_trace_id": call[0], "call_span_id": call[1]})
+        else:
+            self.new.append((index, *call))
+
+    def table(self, new: pa.Table) -> pa.Table | None:
+        parts = []
+        if self.new:
+            index, trace, span = zip(*self.new, strict=True)
+            taken = new.take(pa.array(index, pa.int64())).drop_columns(["merged_span_ids"])
+            columns = [*taken.columns, pa.array(trace, pa.string()), pa.array(span, pa.string())]
+            parts.append(pa.Table.from_arrays(columns, schema=_SPANS_SCHEMA))
+        if self.stored:
+            parts.append(_to_table(self.stored, _SPANS_SCHEMA))
+        return pa.concat_tables(parts) if parts else None
 
 
 def _batch_of(sizes: list[int], index: int) -> int:
@@ -294,7 +321,7 @@ def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids
     for row in pool.rows:
         row[VIA] = nearest_llm_ancestor(row["trace_id"], row["parent_span_id"], chain) if chain else None
     outputs: list[list[Row]] = [[] for _ in tables]
-    members: list[Row] = []
+    members = _Members()
     rewrite: set[tuple[str, str]] = set()
     for group in group_calls(pool.rows):
         if _unchanged(pool, group):
@@ -302,8 +329,7 @@ def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids
         stored = {pool.call_of[i] for i in group} - {None}
         fresh = [pool.new_index[i] for i in group if pool.new_index[i] is not None]
         rewrite |= stored  # type: ignore[arg-type]
-        call, rows = _output(pool, group)
-        members += rows
+        call = _output(pool, group, members)
         target = _batch_of(sizes, min(fresh)) if fresh else 0
         outputs[target].append({**call, "ingest_batch": batch_ids[target]})
         # One row replaces the group's stored calls: the unit's net new calls are 1 − len(stored), and the spans
@@ -314,8 +340,9 @@ def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids
     for index in duplicates:
         folded.duplicates[_batch_of(sizes, index)] += 1
     _delete(cur, rewrite, lo, hi)
-    if members:
-        cur.register(_POOL, _to_table(members, _SPANS_SCHEMA))
+    member_rows = members.table(new)
+    if member_rows is not None:
+        cur.register(_POOL, member_rows)
         cur.execute(f"INSERT INTO llm_call_spans SELECT * FROM {_POOL}")
         cur.unregister(_POOL)
     offsets = [sum(sizes[:b]) for b in range(len(sizes))]
