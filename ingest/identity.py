@@ -4,8 +4,10 @@ Several emitters can describe one call with two spans (CONVENTIONS.md, "one call
 SDK's own span next to an instrumentation's, a Logfire request span next to its ``streaming response`` log span.
 Two rows are the same call when one of these rules holds:
 
-* **parent** — same trace, one is the other's parent, and the same request: operations and request models agree
-  (or one is unknown) and their times overlap (OpenInference's LLM span and the SDK span under it);
+* **parent** — same trace, one is the other's nearest LLM ancestor, and the same request: operations and request
+  models agree (or one is unknown) and their times overlap (OpenInference's LLM span and the SDK span under it). The
+  ancestor is the direct parent, or is reached through non-LLM spans (a framework step, an HTTP client span): the
+  loader walks their stored parent links and gives each row its nearest LLM ancestor as :data:`VIA`;
 * **response id** — both carry the same ``response_id`` (``msg_…``), the same service, and start within
   :data:`RESPONSE_ID_WINDOW_US` of each other, in any traces (OpenLLMetry and the SDK span sit in two traces);
 * **stream log** (weak) — Logfire's ``streaming response from … took …s`` log span, which carries the usage and
@@ -45,6 +47,27 @@ STREAM_GAP_US = 25_000
 STREAM_LEAD_US = 60_000_000
 STREAM_LOG_PREFIX = "streaming response from"
 SDK_CONVENTION = "anthropic_sdk"
+#: Transient row key (never stored): the span id of the row's nearest ancestor reached through one or more non-LLM
+#: spans' parent links, or None (ingest/fold.py fills it; its direct parent is ``parent_span_id``).
+VIA = "_via"
+#: Non-LLM spans followed at most between two LLM spans (a guard against cycles in damaged data).
+MAX_LINK_DEPTH = 16
+
+
+def nearest_llm_ancestor(trace_id: str, parent: str | None, links: dict[tuple[str, str], str]) -> str | None:
+    """The span reached from ``parent`` by following non-LLM spans' parent links (``links``: (trace, span) →
+    parent), when at least one was followed; None when ``parent`` is not a linked non-LLM span."""
+    hops, at = 0, parent
+    while at is not None and hops < MAX_LINK_DEPTH:
+        up = links.get((trace_id, at))
+        if up is None:
+            break
+        at, hops = up, hops + 1
+    return at if hops else None
+
+
+def _parents(row: Row) -> tuple[str | None, str | None]:
+    return row["parent_span_id"], row.get(VIA)
 
 
 def start_us(row: Row) -> int:
@@ -82,7 +105,7 @@ def _overlap(a: Row, b: Row) -> bool:
 def _parent_link(a: Row, b: Row) -> bool:
     if a["trace_id"] != b["trace_id"]:
         return False
-    related = a["parent_span_id"] == b["span_id"] or b["parent_span_id"] == a["span_id"]
+    related = b["span_id"] in _parents(a) or a["span_id"] in _parents(b)
     return related and same_request(a, b) and _overlap(a, b)
 
 
@@ -220,12 +243,23 @@ def group_calls(rows: Sequence[Row]) -> list[list[int]]:
 def rank(row: Row, members: Sequence[Row]) -> tuple[Any, ...]:
     """Sort key of a group's rows: the primary first, then the other sources in order of trust.
 
-    Outer spans first (a span whose parent is in the group is the inner one), log spans and the SDK's own span
-    last (the application's instrumentation span is what its traces show), ties by ids: order-free.
+    Outer spans first (a span whose parent or nearest LLM ancestor is in the group is the inner one), log spans and
+    the SDK's own span last (the application's instrumentation span is what its traces show), ties by ids: order-free.
     """
     keys = {key(m) for m in members}
-    inner = (row["trace_id"], row["parent_span_id"]) in keys
+    inner = any((row["trace_id"], p) in keys for p in _parents(row) if p is not None)
     return (is_stream_log(row), inner, row["source_convention"] == SDK_CONVENTION, key(row))
+
+
+def sort_ranked(members: Sequence[Row]) -> list[Row]:
+    """``members`` in :func:`rank` order (the group's keys computed once)."""
+    keys = {key(m) for m in members}
+
+    def order(row: Row) -> tuple[Any, ...]:
+        inner = any((row["trace_id"], p) in keys for p in _parents(row) if p is not None)
+        return (is_stream_log(row), inner, row["source_convention"] == SDK_CONVENTION, key(row))
+
+    return sorted(members, key=order)
 
 
 def primary(members: Sequence[Row]) -> Row:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spanprism.ingest.identity import SDK_CONVENTION, Row, end_us, key, rank, start_us
+from spanprism.ingest.identity import SDK_CONVENTION, Row, end_us, key, sort_ranked, start_us
 
 TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 #: First non-NULL in rank order.
@@ -39,6 +39,24 @@ IDENTITY = ("trace_id", "span_id", "parent_span_id", "span_name", "source_conven
 
 def _first(ranked: Sequence[Row], column: str) -> object:
     return next((r[column] for r in ranked if r[column] is not None), None)
+
+
+def _firsts(ranked: Sequence[Row], columns: Sequence[str]) -> dict[str, object]:
+    """:func:`_first` of several columns in one walk over the members (the loader merges thousands of calls)."""
+    out: dict[str, object] = dict.fromkeys(columns)
+    missing: Sequence[str] = columns
+    for r in ranked:
+        still = []
+        for c in missing:
+            value = r[c]
+            if value is None:
+                still.append(c)
+            else:
+                out[c] = value
+        missing = still
+        if not missing:
+            break
+    return out
 
 
 def _token_source(ranked: Sequence[Row]) -> Row:
@@ -81,17 +99,17 @@ def _streaming(ranked: Sequence[Row]) -> bool | None:
 
 def merge_rows(members: Sequence[Row]) -> Row:
     """The call's row from its member rows (``start_time`` in µs, as :func:`identity.group_calls` takes them)."""
-    ranked = sorted(members, key=lambda r: rank(r, members))
+    ranked = sort_ranked(members)
     head = ranked[0]
     start = min(start_us(r) for r in ranked)
     end = max(end_us(r) for r in ranked)
     row: Row = {c: head[c] for c in IDENTITY}
-    row.update({c: _first(ranked, c) for c in FIRST_PRESENT})
+    row.update(_firsts(ranked, FIRST_PRESENT))
     source = _token_source(ranked)
     tokens = _tokens(source)
     row.update(tokens)
     body_first = [source, *(r for r in ranked if r is not source)]
-    row.update({c: _first(body_first, c) for c in FROM_RESPONSE})
+    row.update(_firsts(body_first, FROM_RESPONSE))
     row.update(_timing(ranked, start, end, tokens["output_tokens"]))
     row["start_time"] = start
     row["streaming"] = _streaming(ranked)

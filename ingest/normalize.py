@@ -30,7 +30,7 @@ from spanprism.ingest.limits import Limits, bound_rows
 from spanprism.ingest.records import NormalizeResult, Quarantined, SpanRecord
 from spanprism.ingest.timing import EventSummary, derive_timing, summarize_events
 from spanprism.ingest.tokens import extract_tokens
-from spanprism.models.schema import LLM_CALL_COLUMNS, LLM_CALLS_SCHEMA
+from spanprism.models.schema import LLM_CALL_COLUMNS, LLM_CALLS_SCHEMA, SPAN_LINKS_SCHEMA
 
 #: Keys read only by the rarely-needed extractors (request id, deployment, prompt key, invocation parameters):
 #: a span carrying none of them skips those calls, which keeps the typical span cheap.
@@ -38,6 +38,11 @@ _RARE_KEYS: frozenset[str] = frozenset(
     {*cv.REQUEST_ID_KEYS, *cv.PROMPT_KEYS, *URL_KEYS, DEPLOYMENT_HEADER, "llm.invocation_parameters"}
 )
 _VALID_STATUS = (0, 1, 2)
+#: Span kinds that can sit between two LLM spans of one call (an instrumentation's span around the SDK's, a
+#: framework step, an HTTP client span): unspecified, internal, client. Server and consumer spans start a process's
+#: handling of a request and producer spans send a message: an LLM call's spans never nest across them.
+_LINK_KINDS = frozenset({0, 1, 3})
+_HEX_ID = re.compile(r"^[0-9a-f]{16}$")
 _STATUS_ERROR = 2
 
 
@@ -57,6 +62,27 @@ def _error_type_text(value: Any) -> str | None:
         dotted = _DOTTED_CLASS.match(text)
         return dotted.group(1) if dotted else text
     return None
+
+
+_OPENLIT_TTFT = "gen_ai.server.time_to_first_token"
+_OPENLIT_SCOPE = "openlit.instrumentation."
+
+
+def _openlit_bare_error(span: SpanRecord) -> SpanRecord | None:
+    """OpenLIT's span of a failed call (Anthropic's, at least) carries no attribute at all, only its name
+    (``chat <request model>``), its scope (``openlit.instrumentation.<provider>``), an error status and the exception
+    event: still an LLM call that failed, with what the name and scope tell (None for anything else)."""
+    scope = span["scope"]
+    if not scope.startswith(_OPENLIT_SCOPE) or span["status_code"] != _STATUS_ERROR:
+        return None
+    op, _, model = span["name"].partition(" ")
+    if op not in cv.LLM_OPERATIONS or "gen_ai.operation.name" in span["attributes"]:
+        return None
+    known = {"gen_ai.operation.name": op, "gen_ai.provider.name": scope[len(_OPENLIT_SCOPE) :],
+             "telemetry.sdk.name": "openlit"}  # fmt: skip
+    if model.strip():
+        known["gen_ai.request.model"] = model.strip()
+    return {**span, "attributes": {**span["attributes"], **known}}  # type: ignore[typeddict-item]
 
 
 def _openlit_anthropic(attrs: dict[str, Any]) -> bool:
@@ -128,10 +154,15 @@ def _row(span: SpanRecord, tenant_attribute: str | None) -> tuple[Any, ...]:
         attrs.get("llm.provider"),
         attrs.get("llm.system"),
     )
-    tokens = extract_tokens(attrs, absent_cache_is_zero=oi_anthropic, exclusive_input=_openlit_anthropic(attrs))
+    openlit_anthropic = _openlit_anthropic(attrs)
+    tokens = extract_tokens(attrs, absent_cache_is_zero=oi_anthropic, exclusive_input=openlit_anthropic)
     stream_flag = cv.explicit_streaming(attrs, params)
     stream_start = _logfire_stream_start(span)
     start_ns = span["start_ns"] if stream_start is None else stream_start
+    if openlit_anthropic and _OPENLIT_TTFT in attrs:
+        # OpenLIT's Anthropic stream wrapper starts its clock when the response headers are in and stops it at the
+        # first event (message_start, sent with the headers): ~0 ms, not a first token. No TTFT beats a wrong one.
+        attrs = {k: v for k, v in attrs.items() if k != _OPENLIT_TTFT}
     timing = derive_timing(start_ns, span["end_ns"], attrs, ev, stream_flag, tokens.output)
     streaming = stream_flag if stream_flag is not None else (True if timing.stream_evidence else None)
     name = span["name"]
@@ -227,10 +258,16 @@ def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = Non
     kept: list[SpanRecord] = []  # the span of each row, for the bounds check to quarantine
     quarantined: list[Quarantined] = []
     skipped = 0
+    links: list[tuple[str, str, str, int]] = []
     for span in spans:
         if not cv.is_llm_span(span["name"], span["attributes"]):
-            skipped += 1
-            continue
+            bare = _openlit_bare_error(span)
+            if bare is None:
+                skipped += 1
+                if _linkable(span):  # only its parent link is kept: it may sit between two LLM spans of one call
+                    links.append((span["trace_id"], span["span_id"], span["parent_span_id"], span["start_ns"] // 1000))
+                continue
+            span = bare
         try:
             rows.append(_row(span, tenant_attribute))
             kept.append(span)
@@ -245,4 +282,27 @@ def normalize(spans: Iterable[SpanRecord], *, tenant_attribute: str | None = Non
         conventions = Counter(table["source_convention"].to_pylist())
     else:
         conventions = Counter(row[_CONVENTION_INDEX] for row in rows)
-    return NormalizeResult(table, quarantined, skipped, dict(conventions))
+    return NormalizeResult(table, quarantined, skipped, dict(conventions), _links(links))
+
+
+def _linkable(span: SpanRecord) -> bool:
+    """A non-LLM span that could lie between two LLM spans: it has a parent, a kind that nests inside one process,
+    well-formed ids and a start time in range (a bad link is dropped, never quarantined: the span is not a call)."""
+    parent = span["parent_span_id"]
+    return (
+        parent is not None
+        and span["kind"] in _LINK_KINDS
+        and len(span["trace_id"]) == 32
+        and _HEX_ID.match(span["span_id"]) is not None
+        and _HEX_ID.match(parent) is not None
+        and 0 <= span["start_ns"] < 1 << 63
+    )
+
+
+def _links(links: list[tuple[str, str, str, int]]) -> pa.Table | None:
+    if not links:
+        return None
+    trace, span, parent, start = zip(*links, strict=True)
+    arrays = [pa.array(trace, pa.string()), pa.array(span, pa.string()), pa.array(parent, pa.string()),
+              pa.array(start, pa.int64()).cast(SPAN_LINKS_SCHEMA.field("start_time").type)]  # fmt: skip
+    return pa.Table.from_arrays(arrays, schema=SPAN_LINKS_SCHEMA)

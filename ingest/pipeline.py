@@ -84,6 +84,7 @@ def process_decoded(decoded: DecodeResult, source: str, size: int, tenant_attrib
         non_llm_skipped=norm.non_llm_skipped,
         conventions=dict(norm.conventions),
         size=size,
+        links=norm.links,
     )
 
 

@@ -93,6 +93,7 @@ class NormalizeResult:
     quarantined: list[Quarantined] = field(default_factory=list)
     non_llm_skipped: int = 0
     conventions: dict[str, int] = field(default_factory=dict)
+    links: pa.Table | None = None  # parent links of non-LLM spans (models.schema.SPAN_LINKS_SCHEMA); None: none
 
 
 @dataclass(slots=True)
@@ -109,6 +110,7 @@ class Batch:
     conventions: dict[str, int] = field(default_factory=dict)
     size: int = 0  # input bytes behind it (for progress)
     batch_id: str = ""  # empty: the loader assigns a fresh id
+    links: pa.Table | None = None  # parent links of non-LLM spans that may sit between two LLM spans; None: none
 
 
 def merge_batches(batches: Sequence[Batch]) -> Batch:
@@ -126,4 +128,13 @@ def merge_batches(batches: Sequence[Batch]) -> Batch:
         non_llm_skipped=sum(b.non_llm_skipped for b in batches),
         conventions=dict(conventions),
         size=sum(b.size for b in batches),
+        links=concat_links([b.links for b in batches]),
     )
+
+
+def concat_links(tables: Sequence[pa.Table | None]) -> pa.Table | None:
+    """The parent links of several batches as one table (None when none has any)."""
+    present = [t for t in tables if t is not None and t.num_rows]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else pa.concat_tables(present)

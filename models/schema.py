@@ -64,6 +64,18 @@ CALL_SPAN_COLUMNS: tuple[str, ...] = (
     "call_span_id",
 )
 
+#: ``span_links``: the parent link of each non-LLM span that could lie between two LLM spans of one call (a span with
+#: a parent, of kind internal, client or unspecified): the loader follows them from an LLM span up to its nearest LLM
+#: ancestor (ingest/fold.py), whichever file or request each span arrived in.
+SPAN_LINKS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("trace_id", pa.string()),
+        pa.field("span_id", pa.string()),
+        pa.field("parent_span_id", pa.string()),
+        pa.field("start_time", UTC_US),
+    ]
+)
+
 LLM_CALLS_SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in LLM_CALL_FIELDS])
 LLM_CALL_COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in LLM_CALL_FIELDS)
 

@@ -77,6 +77,17 @@ llm_call_spans = Table(
     PrimaryKeyConstraint("trace_id", "span_id"),
 )
 
+#: Parent links of the non-LLM spans that may lie between two LLM spans of one call (``schema.SPAN_LINKS_SCHEMA``).
+span_links = Table(
+    "span_links",
+    metadata,
+    Column("trace_id", String, nullable=False),
+    Column("span_id", String, nullable=False),
+    Column("parent_span_id", String, nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("trace_id", "span_id"),
+)
+
 ingest_batches = Table(
     "ingest_batches",
     metadata,

@@ -36,6 +36,7 @@ from instrumented.fake_openai import (
 from instrumented.golden import golden_diff, golden_view
 from instrumented.harness import LIBS, ChildRun, run_children
 from instrumented.otlp_capture import read_records
+from instrumented.truth import check_timing, checked_rows, within_call
 
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.pipeline import IngestSummary, ingest_paths
@@ -146,7 +147,7 @@ def instrumented_ingested(
         con = open_db(tmp_path_factory.mktemp(f"db-{lib}") / "t.duckdb")
         try:
             summary = ingest_paths(con, [run.capture])
-            rows = _query_rows(con)
+            rows = checked_rows(_query_rows(con), run.observed)
         finally:
             con.close()
         assert len(rows) == len(CALLS), f"{lib}: stored {len(rows)} rows, summary {summary.as_dict()}"
@@ -192,13 +193,14 @@ def _check_common(row: dict[str, Any], got: Ingested, lib: str, call: str, serve
     assert start <= entry["received_ns"] + CLOCK_SLACK_MS * 1e6
     assert end >= entry["last_byte_ns"] - CLOCK_SLACK_MS * 1e6
     assert row["duration_ms"] <= observed["total_ms"] + CLOCK_SLACK_MS
+    # Duration (and TTFT on the stream) within 5 ms of the caller's own clock, when the call ran undisturbed.
+    check_timing(row, observed, ttft=call == "stream" and exp.ttft)
 
 
 def _server_entry(server: FakeOpenAIServer, lib: str, call: str, observed: dict[str, Any]) -> dict[str, Any]:
-    if call == "error":  # no response id: this child's one request for the failing model
-        (entry,) = [
-            e for e in server.requests if e["body"]["model"] == FAIL_MODEL and e["headers"].get(CHILD_HEADER) == lib
-        ]
+    if call == "error":  # no response id: this child's request for the failing model during the reported call
+        (entry,) = [e for e in server.requests if e["body"]["model"] == FAIL_MODEL
+                    and e["headers"].get(CHILD_HEADER) == lib and within_call(e, observed)]  # fmt: skip
         return entry
     return server.by_response_id(observed["response_id"])
 

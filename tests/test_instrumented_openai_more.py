@@ -25,6 +25,7 @@ from instrumented.fake_openai import (
     FakeOpenAIServer,
 )
 from instrumented.harness import ChildRun, LibSpec, run_children
+from instrumented.truth import check_timing, checked_rows, within_call
 
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.pipeline import ingest_paths
@@ -54,7 +55,8 @@ def stored(runs: tuple[FakeOpenAIServer, dict[str, ChildRun]],
     for lib, run in runs[1].items():
         con = open_db(tmp_path_factory.mktemp(f"db-{lib}") / "t.duckdb")
         ingest_paths(con, [run.capture])
-        rows = con.sql("SELECT * FROM llm_calls ORDER BY start_time").to_arrow_table().to_pylist()
+        rows = checked_rows(con.sql("SELECT * FROM llm_calls ORDER BY start_time").to_arrow_table().to_pylist(),
+                            run.observed)  # fmt: skip
         con.close()
         assert len(rows) == len(CALLS), f"{lib}: {len(rows)} rows for 3 calls"
         out[lib] = dict(zip(CALLS, rows, strict=True))
@@ -73,8 +75,8 @@ def test_one_row_per_call(lib: str, call: str, stored: dict[str, Any], runs: tup
     server, run = runs[0], runs[1][lib]
     row, observed = stored[lib][call], run.call(call)
     if call == "error":
-        (entry,) = [e for e in server.requests
-                    if e["body"]["model"] == FAIL_MODEL and e["headers"].get(CHILD_HEADER) == lib]  # fmt: skip
+        (entry,) = [e for e in server.requests if e["body"]["model"] == FAIL_MODEL
+                    and e["headers"].get(CHILD_HEADER) == lib and within_call(e, observed)]  # fmt: skip
         assert row["status"] == "error" and row["input_tokens"] is None and row["response_model"] is None
         assert row["ttft_ms"] is None
     else:
@@ -94,6 +96,7 @@ def test_one_row_per_call(lib: str, call: str, stored: dict[str, Any], runs: tup
     assert observed["start_ns"] <= start + CLOCK_SLACK_MS * 1e6 and start <= entry["received_ns"]
     assert end >= entry["last_byte_ns"] - CLOCK_SLACK_MS * 1e6
     assert row["duration_ms"] <= observed["total_ms"] + CLOCK_SLACK_MS
+    check_timing(row, observed, ttft=call == "stream" and lib == "langfuse_openai")
     if call == "stream":  # end >= the last byte above: the stream's end, not the headers' (Logfire's request span)
         if lib == "langfuse_openai":  # completion_start_time: the first chunk
             first_sent_ms = (entry["first_byte_ns"] - start) / 1e6

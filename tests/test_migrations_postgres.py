@@ -16,7 +16,7 @@ from spanprism.api.storage import connect as db
 
 pytestmark = pytest.mark.postgres
 
-DATA_TABLES = {"llm_calls", "llm_call_spans", "ingest_batches", "quarantine", "series", "series_rollups",
+DATA_TABLES = {"llm_calls", "llm_call_spans", "span_links", "ingest_batches", "quarantine", "series", "series_rollups",
                "rollup_dimensions", "rollup_batches"}  # fmt: skip
 
 

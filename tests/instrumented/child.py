@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -25,6 +26,10 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+if __package__ in (None, ""):  # run as a script (the harness does): make ``instrumented`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from instrumented.truth import DISCARDED, WARM_UP_MODEL, Probe, hold, undisturbed, unexported
 
 READY = "SPANPRISM_READY"
 RESULT = "SPANPRISM_RESULT "
@@ -55,6 +60,18 @@ def _logfire(provider: Any) -> None:
     logfire.instrument_openai()
 
 
+def init_openlit(provider: TracerProvider) -> None:
+    """OpenLIT reuses the global SDK tracer provider (``setup_tracing`` set it); no metrics, no GPU poller."""
+    import openlit
+
+    openlit.init(service_name=provider.resource.attributes.get("service.name", "default"), disable_metrics=True,
+                 collect_gpu_stats=False)  # fmt: skip
+
+
+def _openlit(provider: TracerProvider) -> None:
+    init_openlit(provider)
+
+
 def _langfuse(provider: Any) -> None:
     import langfuse.openai  # noqa: F401  (patches the openai module on import: its drop-in integration)
 
@@ -79,7 +96,7 @@ def setup_logfire(cfg: dict[str, Any]) -> FlushVia:
 
     exporter = OTLPSpanExporter(endpoint=cfg["otlp_endpoint"], timeout=10)
     logfire.configure(send_to_logfire=False, console=False, service_name=cfg["service_name"],
-                      additional_span_processors=[BatchSpanProcessor(exporter)], metrics=False)  # fmt: skip
+                      additional_span_processors=[hold(BatchSpanProcessor(exporter))], metrics=False)  # fmt: skip
     return FlushVia(logfire.force_flush, logfire.shutdown)
 
 
@@ -92,6 +109,9 @@ def setup_langfuse(cfg: dict[str, Any]) -> FlushVia:
     os.environ["OTEL_SERVICE_NAME"] = cfg["service_name"]
     host = cfg["otlp_endpoint"].rsplit("/v1/traces", 1)[0]
     client = Langfuse(public_key="pk-lf-spanprism", secret_key="sk-lf-spanprism", host=host, flush_at=100)
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "add_span_processor"):  # Langfuse's own SDK provider: note span boundaries (truth.Probe)
+        provider.add_span_processor(Probe())
     return FlushVia(client.flush, client.shutdown)
 
 
@@ -113,6 +133,7 @@ INSTRUMENTORS: dict[str, Callable[[TracerProvider], None]] = {
     "openllmetry": _openllmetry,
     "logfire_openai": _logfire,
     "langfuse_openai": _langfuse,
+    "openlit_openai": _openlit,
 }
 
 
@@ -121,7 +142,7 @@ def setup_tracing(cfg: dict[str, Any]) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": cfg["service_name"]}))
     compression = Compression.Gzip if cfg.get("gzip") else Compression.NoCompression
     exporter = OTLPSpanExporter(endpoint=cfg["otlp_endpoint"], compression=compression, timeout=10)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.add_span_processor(hold(BatchSpanProcessor(exporter)))  # type: ignore[arg-type]
     trace.set_tracer_provider(provider)
     return provider
 
@@ -156,6 +177,7 @@ def call_stream(client: Any, model: str) -> dict[str, Any]:
         stream=True,
         stream_options={"include_usage": True},
     )
+    returned = time.perf_counter()  # the response headers are in: the client hands the stream over
     chunks: list[Any] = []
     seen: list[float] = []  # when each chunk reached the caller
     for chunk in stream:
@@ -174,6 +196,7 @@ def call_stream(client: Any, model: str) -> dict[str, Any]:
         "start_ns": start_ns,
         "total_ms": total * 1e3,
         "ttft_ms": chunk_ms[0][0],
+        "headers_ms": (returned - start) * 1e3,
         "chunk_ms": chunk_ms,
         "chunks": len(chunks),
         "finish_reason": finish,
@@ -234,17 +257,21 @@ def main(argv: list[str]) -> int:
         timeout=30,
         default_headers={CHILD_HEADER: cfg["lib"]},  # lets the server's log tell the children apart
     )
+    # The library's own first-call costs (lazy imports, caches) are paid by instrumented calls of a warm-up model.
+    unexported(lambda: call_non_stream(client, WARM_UP_MODEL))
+    unexported(lambda: call_stream(client, WARM_UP_MODEL))
     print(READY, flush=True)
     sys.stdin.readline()
     calls = [
-        call_non_stream(client, cfg["model"]),
-        call_stream(client, cfg["model"]),
-        call_failing(client, cfg["fail_model"]),
+        undisturbed(lambda: call_non_stream(client, cfg["model"])),
+        undisturbed(lambda: call_stream(client, cfg["model"])),
+        undisturbed(lambda: call_failing(client, cfg["fail_model"])),
     ]
     client.close()
     flushed = provider.force_flush(timeout_millis=10_000)
     provider.shutdown()
-    print(RESULT + json.dumps({"lib": cfg["lib"], "flushed": flushed, "calls": calls}), flush=True)
+    result = {"lib": cfg["lib"], "flushed": flushed, "calls": calls, "discarded": DISCARDED}
+    print(RESULT + json.dumps(result), flush=True)
     return 0
 
 

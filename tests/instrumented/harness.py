@@ -29,16 +29,27 @@ RUN_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class LibSpec:
-    """One instrumentation run: the module that must be importable, extra environment, OTLP compression."""
+    """One instrumentation run: the module that must be importable, extra environment, OTLP compression, and the
+    interpreter of the child (``python``: another venv's, for a library whose pins clash with the project's)."""
 
     lib: str
     module: str
     env: dict[str, str] = field(default_factory=dict)
     gzip: bool = False
     script: Path = CHILD_SCRIPT
+    python: Path | None = None
 
     def importable(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        if self.python is None:
+            return importlib.util.find_spec(self.module) is not None
+        if not self.python.exists():
+            return False
+        probe = [
+            str(self.python),
+            "-c",
+            f"import importlib.util as u, sys; sys.exit(u.find_spec({self.module!r}) is None)",
+        ]
+        return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
 
 
 LIBS: tuple[LibSpec, ...] = (
@@ -94,7 +105,7 @@ class _Child:
         self.stderr_path = stderr_path
         with stderr_path.open("w") as stderr:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, str(spec.script), json.dumps(cfg)],
+                [str(spec.python or sys.executable), str(spec.script), json.dumps(cfg)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

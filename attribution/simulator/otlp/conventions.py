@@ -11,7 +11,8 @@ attributes, events, status — following CONVENTIONS.md §1–§4 and §8, traps
 * ``openllmetry`` (≥0.5) / ``openllmetry_legacy`` (≤0.4): one chunk event per output token, full base URL in
   ``gen_ai.openai.api_base``; both generations count Anthropic input tokens inclusive of cache.
 * ``openlit``: TTFT/TBT attributes — for non-streaming calls TTFT = duration and TBT = 0 (its real trap); its
-  Anthropic instrumentation also reports raw, cache-exclusive input tokens (openlit ``anthropic/utils.py``).
+  Anthropic instrumentation also reports raw, cache-exclusive input tokens (openlit ``anthropic/utils.py``) and, on
+  streams, headers → first event as TTFT (~0.4 ms; normalize does not read it).
 * ``langfuse``: Langfuse SDK generation span: ISO ``completion_start_time`` (sometimes JSON double-encoded, as
   older SDKs did), raw provider usage JSON in ``langfuse.observation.usage_details``, no provider, no endpoint.
 * ``vllm``: the server-side ``llm_request`` span with ``gen_ai.latency.*`` seconds, no model, no status.
