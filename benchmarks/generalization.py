@@ -273,6 +273,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="ingest worker processes")
     parser.add_argument("--classifier", type=Path, help="classifier artifact (default: the shipped one)")
     parser.add_argument("--misses", action="store_true", help="list missed causes that moved p95 ≥ 15 %%")
+    parser.add_argument("--rotate", action="store_true",
+                        help="each seed runs on one preset, the presets taking turns (12 seeds, 5 presets → 12 runs)")  # fmt: skip
     parser.add_argument("--keep-db", action="store_true", help="keep each run's attributed DuckDB (FOLDER/e2e.duckdb)")
     args = parser.parse_args()
     if args.held_out:
@@ -283,15 +285,18 @@ def main() -> None:
             parser.error(f"unknown or held-out presets {unknown}; dev presets: {', '.join(DEV_PRESETS)}")
         presets = list(args.presets)
     seeds = parse_seeds(args.seeds)
+    if args.rotate:
+        plan = [(presets[i % len(presets)], seed) for i, seed in enumerate(seeds)]
+    else:
+        plan = [(preset, seed) for preset in presets for seed in seeds]
     runs = []
-    for preset in presets:
-        for seed in seeds:
-            run = run_one(preset, seed, args.out, args.workers, args.classifier, args.keep_db)
-            print_run(run)
-            if args.misses:
-                print_misses(run)
-            runs.append(run)
-    groups = {p: [r for r in runs if r.preset == p] for p in presets}
+    for preset, seed in plan:
+        run = run_one(preset, seed, args.out, args.workers, args.classifier, args.keep_db)
+        print_run(run)
+        if args.misses:
+            print_misses(run)
+        runs.append(run)
+    groups = {p: [r for r in runs if r.preset == p] for p in presets if any(r.preset == p for r in runs)}
     users = [r for r in runs if r.preset != HIGHER]
     report: dict[str, Any] = {"seeds": seeds, "presets": {p: figures(g) for p, g in groups.items()}}
     if len(groups) > 1 and users:
