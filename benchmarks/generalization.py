@@ -274,7 +274,7 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, help="classifier artifact (default: the shipped one)")
     parser.add_argument("--misses", action="store_true", help="list missed causes that moved p95 ≥ 15 %%")
     parser.add_argument("--rotate", action="store_true",
-                        help="each seed runs on one preset, the presets taking turns (12 seeds, 5 presets → 12 runs)")  # fmt: skip
+                        help="each seed on one preset, the presets taking turns")  # fmt: skip
     parser.add_argument("--keep-db", action="store_true", help="keep each run's attributed DuckDB (FOLDER/e2e.duckdb)")
     args = parser.parse_args()
     if args.held_out:
