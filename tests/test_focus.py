@@ -87,3 +87,20 @@ def test_growth_overrides_a_provider_label_only_when_the_tokens_explain_the_slow
     label, rows = own_traffic_label("routing_change", d, sizes, beyond_tokens=beyond)
     assert label == expected
     assert rows and rows[0]["tokens"] == "output"  # the growth is in the evidence either way
+
+
+def test_a_burst_inside_a_window_that_moved_as_a_whole_is_not_the_focus() -> None:
+    """The series' own prompts grew over the whole window (raw TTFT up everywhere, the token-adjusted residual
+    not); 15 slow calls within 10 minutes inside it are not the change, so the window stays whole."""
+    base = calls(150, 31, hours=24, user=1500, hit_rate=0.2)
+    epi = pa.concat_tables([
+        calls(60, 32, t0_h=26, hours=8, user=6000, hit_rate=0.2),
+        calls(15, 33, t0_h=34, hours=1 / 6, user=6000, hit_rate=0.2, latency_scale=2.5),
+        calls(60, 34, t0_h=34.5, hours=8, user=6000, hit_rate=0.2),
+    ])  # fmt: skip
+    b, e = window_of(base), window_of(epi)
+    residuals = token_residuals(b, e, "ttft_p95_ms")
+    assert focus(residuals, e) is None
+    att = load_default().attribute(base, epi, metric="ttft_p95_ms")
+    assert not [row for row in att.evidence if row["signal"] == "focus_window"]
+    assert att.label == "prefill_growth", att.probabilities

@@ -17,7 +17,8 @@ number of calls). It replaces the window only when it is significant for the num
 change the best segment of ``n`` unit-variance increments with drift ``−(k − m)`` exceeds ``h`` with probability at
 most about ``n·exp(−2(k − m)h)``, so ``h = ln(n/α) / 2(k − m)`` keeps a false narrowing below ``α`` whatever the
 window's length. Without a significant run (own-traffic growth, a change the
-whole window shares) the window stays as detection placed it.
+whole window shares) the window stays as detection placed it; so it does when the calls outside the run moved too (raw
+ln latency significantly above the baseline): the run is then a burst inside a wider change, not the change.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ CLIP = 3.0
 #: Fewest calls a focused run must hold (fewer cannot be decomposed) and fewest baseline calls to fit the residual.
 MIN_RUN_CALLS = 10
 MIN_BASELINE_CALLS = 30
+#: One-sided z above which the calls outside the run moved too (their raw latency), so the window stays whole.
+OUTSIDE_Z = 2.33
 #: A run that keeps at least this share of the window's calls is the window: nothing to narrow.
 KEEP_ALL_SHARE = 0.9
 
@@ -101,6 +104,7 @@ class TokenResiduals:
     z: np.ndarray
     scale: float  # ln units per unit of z
     n_baseline: int
+    raw: np.ndarray | None = None  # the same standardization of ln latency *not* adjusted for tokens
 
     @property
     def baseline_var(self) -> float:
@@ -142,7 +146,16 @@ def token_residuals(base: CallWindow, epi: CallWindow, metric: str) -> TokenResi
     sd = max(float(np.std(np.clip((rb - center) / scale, -CLIP, CLIP))), 0.3)
     with np.errstate(divide="ignore", invalid="ignore"):
         ze = (np.log(ve) - _design(epi) @ coef - center) / scale
-    return TokenResiduals(np.where(np.isfinite(ze), np.clip(ze, -CLIP, CLIP) / sd, np.nan), scale * sd, yb.size)
+        raw_center = float(np.median(yb))
+        raw_scale = max(1.4826 * float(np.median(np.abs(yb - raw_center))), 1e-3)
+        raw_sd = max(float(np.std(np.clip((yb - raw_center) / raw_scale, -CLIP, CLIP))), 0.3)
+        zr = (np.log(ve) - raw_center) / raw_scale
+    return TokenResiduals(
+        np.where(np.isfinite(ze), np.clip(ze, -CLIP, CLIP) / sd, np.nan),
+        scale * sd,
+        yb.size,
+        np.where(np.isfinite(zr), np.clip(zr, -CLIP, CLIP) / raw_sd, np.nan),
+    )
 
 
 def _best_run(z: np.ndarray, k: float) -> tuple[int, int, float]:
@@ -177,4 +190,20 @@ def focus(residuals: TokenResiduals | None, epi: CallWindow) -> Focus | None:
     calls = int(np.count_nonzero(scored[first : last + 1]))
     if stat < h or calls < MIN_RUN_CALLS or last - first + 1 >= KEEP_ALL_SHARE * epi.n:
         return None
+    if _outside_moved(residuals, first, last):
+        return None
     return Focus(first, last, stat, h, calls, n)
+
+
+def _outside_moved(residuals: TokenResiduals, first: int, last: int) -> bool:
+    """Did the calls outside the run move too (raw ln latency, tokens included, significantly above the baseline)?
+    Then the window's change is not the run's alone — e.g. the series' own prompts grew over the whole window and
+    the run is a burst of slow calls inside it — and narrowing would explain the wrong calls."""
+    if residuals.raw is None:
+        return False
+    outside = np.concatenate([residuals.raw[:first], residuals.raw[last + 1 :]])
+    outside = outside[np.isfinite(outside)]
+    if outside.size < MIN_RUN_CALLS:
+        return False
+    z = float(np.mean(outside)) / float(np.sqrt(1.0 / outside.size + residuals.baseline_var))
+    return z >= OUTSIDE_Z
