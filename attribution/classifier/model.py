@@ -30,7 +30,13 @@ from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.exemplars import pick_exemplars, with_details
 from spanprism.attribution.classifier.features import FEATURE_NAMES, EpisodeContext, episode_features, feature_vector
 from spanprism.attribution.classifier.fit import fit_logistic
-from spanprism.attribution.classifier.own_traffic import growth_confidence, own_traffic_label, token_sizes
+from spanprism.attribution.classifier.focus import focus, token_residuals
+from spanprism.attribution.classifier.own_traffic import (
+    beyond_tokens,
+    growth_confidence,
+    own_traffic_label,
+    token_sizes,
+)
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.vocabulary import LABELS
@@ -175,21 +181,32 @@ class Attributor:
         metric: str = "e2e_p95_ms",
         context: EpisodeContext | None = None,
         seed: int = 0,
+        narrow: bool = True,
     ) -> Attribution:
         """Decompose, featurize, classify (growth of the series' own token sizes overrides a mechanism that carries
         less, see :mod:`.own_traffic`); then the reason, evidence rows and exemplar traces.
 
-        Each window's rows become one :class:`CallWindow`, which every step reads."""
+        Each window's rows become one :class:`CallWindow`, which every step reads. An episode window wider than its
+        change is first narrowed to the run of calls that carries it (:mod:`.focus`, said in the evidence)."""
         base, epi = window_of(baseline_calls), window_of(episode_calls)
+        focus_rows: list[dict[str, object]] = []
+        residuals = token_residuals(base, epi, metric)
+        focused = focus(residuals, epi) if narrow else None
+        rows = slice(None)
+        if focused is not None:
+            focus_rows.append(focused.evidence(float(epi.start_s[focused.first]), float(epi.start_s[focused.last])))
+            rows = slice(focused.first, focused.last + 1)
+            epi = epi.take(np.arange(focused.first, focused.last + 1))
+        beyond = beyond_tokens(residuals, rows)
         decomposition = decompose(base, epi, metric=metric, seed=seed)
         feats = episode_features(decomposition, base, epi, context)
         label, confidence, probs = self.classify(feats)
         # The series' own longer prompts/outputs are a cause of their own, never a provider mechanism.
-        grown_label, growth_rows = own_traffic_label(label, decomposition, token_sizes(base, epi))
+        grown_label, growth_rows = own_traffic_label(label, decomposition, token_sizes(base, epi), beyond_tokens=beyond)
         if grown_label != label:
             label, confidence = grown_label, growth_confidence(probs, grown_label, decomposition)
         reason = pick_reason(label, feats)
-        evidence = [dict(row) for row in decomposition.evidence] + growth_rows
+        evidence = [dict(row) for row in decomposition.evidence] + growth_rows + focus_rows
         evidence += [
             {"signal": f"feature:{k}", "baseline": None, "observed": round(v, 6)}
             for k, v in feats.items()

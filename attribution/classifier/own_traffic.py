@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spanprism.attribution.calls_window import CallWindow
+from spanprism.attribution.classifier.focus import TokenResiduals
 from spanprism.attribution.decomposition.decompose import Decomposition
 
 #: Relative rise of a median token size that is growth of the series' own traffic (issue 11's 25 %).
@@ -34,6 +35,9 @@ OWN_GROWTH = 0.25
 OWN_GROWTH_MIN = 0.10
 #: Share of the change the grown size's group must carry below :data:`OWN_GROWTH`.
 CARRIES_SHARE = 0.5
+#: Unexplained slowdown (relative) beyond the token sizes, and its one-sided z, above which tokens do not explain it.
+BEYOND_TOKENS = 0.10
+BEYOND_Z = 2.33
 #: The provider-side mechanisms: growth becomes the label only when it carries more milliseconds than each of them.
 _MECHANISMS = ("batch_contention", "routing_change", "cache_eviction")
 #: Token sizes → the label their growth is.
@@ -100,17 +104,32 @@ def grown(d: Decomposition, sizes: list[TokenGrowth]) -> list[TokenGrowth]:
     return out
 
 
-def own_traffic_label(label: str, d: Decomposition, sizes: list[TokenGrowth]) -> tuple[str, list[dict[str, object]]]:
+def beyond_tokens(residuals: TokenResiduals | None, rows: slice | np.ndarray | None = None) -> bool:
+    """Is the episode slower than its own prompt and output sizes explain? The mean token-adjusted ln-latency residual
+    (:mod:`.focus`) of the episode calls ``rows`` is at least ln(1 + :data:`BEYOND_TOKENS`) *and* significant at
+    :data:`BEYOND_Z` (a one-sided z on the unit-variance residuals: its power grows with the calls)."""
+    if residuals is None:
+        return False
+    shift, z, n = residuals.shift(rows)
+    return n > 0 and shift >= np.log1p(BEYOND_TOKENS) and z >= BEYOND_Z
+
+
+def own_traffic_label(
+    label: str, d: Decomposition, sizes: list[TokenGrowth], *, beyond_tokens: bool = False
+) -> tuple[str, list[dict[str, object]]]:
     """(label, evidence rows): the growth label when the series' own tokens carry the change, else ``label``.
 
-    The evidence rows name every grown size whatever the label (a reader sees the growth next to a contention
-    that outweighed it)."""
+    ``beyond_tokens``: the calls are slower than their own token sizes explain (:func:`beyond_tokens`); a provider
+    mechanism the classifier named then stands, whatever milliseconds the growth carries. The evidence rows name every
+    grown size whatever the label (a reader sees the growth next to a contention that outweighed it)."""
     grew = grown(d, sizes)
     if not grew:
         return label, []
     rows = [g.evidence(_carried(d, g.label)) for g in grew]
     if any(g.label == label for g in grew):
         return label, rows  # the classifier already named a size that grew
+    if beyond_tokens and label in _MECHANISMS:
+        return label, rows  # the tokens do not explain the slowdown: the provider-side reading stands
     best = max(grew, key=lambda g: (_carried(d, g.label), g.change))
     if max(_carried(d, m) for m in _MECHANISMS) >= _carried(d, best.label):
         return label, rows  # a real per-token slowdown (or route move, eviction) carries at least as much
