@@ -19,6 +19,7 @@ from spanprism.api.routers import alerts, baselines, calls, health, jobs, keys, 
 from spanprism.api.routers import ingest as ingest_routes
 from spanprism.api.services.lifecycle import Service, ServiceFactory
 from spanprism.api.settings import Settings
+from spanprism.api.storage.calls_engine import calls_engine
 from spanprism.api.storage.database import Database
 from spanprism.api.web import mount as mount_pages
 from spanprism.attribution.store.panels import open_regressions_by_label
@@ -58,6 +59,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with calls_engine(settings.clickhouse_url):  # llm_calls in ClickHouse when configured, for every service
+            async with _serving(app):
+                yield
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         db = database or Database(settings.db, state_url=settings.state_url)
         app.state.db = db
         started: list[Service] = []

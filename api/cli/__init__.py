@@ -17,6 +17,7 @@ from spanprism.api.cli import serve as cli_serve
 from spanprism.api.cli import sim as cli_sim
 from spanprism.api.cli.backend import BackendError
 from spanprism.api.settings import Settings
+from spanprism.api.storage.calls_engine import calls_engine
 from spanprism.api.storage.connect import DatabaseLockedError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"db": args.db} if args.db else {}
     try:
         settings = Settings(**overrides)
-        return args.handler(args, settings)
+        with calls_engine(settings.clickhouse_url):
+            return args.handler(args, settings)
     except (DatabaseLockedError, BackendError) as exc:  # the file is not ours, or the server refused or is gone
         print(f"error: {exc}", file=sys.stderr)
         return 1
