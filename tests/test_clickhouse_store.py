@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from spanprism.api.cli import main
+from spanprism.attribution.store import panels
 from spanprism.models import clickhouse
 from spanprism.models.schema import LLM_CALLS_SCHEMA
 
@@ -109,3 +110,23 @@ def test_reads_go_to_clickhouse(world):
     assert _rows(world["ch"], "SELECT count(*) FROM ingest_batches")[0][0] > 0
     start = world["store"].rows("SELECT min(start_time) FROM llm_calls FINAL")[0][0]
     assert start.replace(tzinfo=UTC) >= datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def test_panel_queries_over_calls_run_in_clickhouse(world):
+    """A quantile panel at a step no rollup grain has is aggregated from the calls: the same points either way."""
+    key = _rows(world["duck"], "SELECT series_key FROM series ORDER BY series_key LIMIT 1")[0][0]
+    since, until = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+    points = {}
+    for name in ("duck", "ch"):
+        con = duckdb.connect(str(world[name]), read_only=True)
+        previous = clickhouse.bind(world["store"] if name == "ch" else None)
+        try:
+            series = panels.get_series(con, key)
+            points[name] = [panels.metric_points(con, series, metric, step_s=900, since=since, until=until,
+                                                 params=None) for metric in ("e2e_p95_ms", "ttft_p50_ms")]  # fmt: skip
+        finally:
+            clickhouse.bind(previous)
+            con.close()
+    assert len(points["duck"][0]) > 100
+    for duck, ch in zip(points["duck"], points["ch"], strict=True):
+        _same_rows([tuple(p.values()) for p in duck], [tuple(p.values()) for p in ch])
