@@ -161,3 +161,19 @@ def serve_clickhouse(data_dir: str) -> Iterator[ClickHouseServer]:
         httpd.shutdown()
         httpd.server_close()
         engine.session.close()
+
+
+def main() -> None:
+    """``python tests/support/clickhouse.py DATA_DIR``: serve until killed; prints the URL on stdout (benchmarks run
+    the engine in a process of its own, as a real server would be)."""
+    import sys
+    import time
+
+    with serve_clickhouse(sys.argv[1]) as server:
+        print(server.url, flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
