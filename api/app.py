@@ -34,10 +34,11 @@ def _service_factories() -> list[ServiceFactory]:
     from spanprism.api.alerts.worker import alert_worker
     from spanprism.api.services.ingest import ingest_service
     from spanprism.api.services.scheduler import job_runner_service, scheduler_service
+    from spanprism.api.services.source import source_service
 
     # The attribution runner (app.state.job_runner) before its scheduler; both before the alerts that consume it.
     # The OTLP ingest writer first: it is stopped last, after the jobs that read what it stores.
-    return [ingest_service, job_runner_service, scheduler_service, alert_worker]
+    return [ingest_service, source_service, job_runner_service, scheduler_service, alert_worker]
 
 
 def _open_by_label(app: FastAPI) -> dict[str, float]:

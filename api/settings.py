@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         description="Late-arrival window of `spanprism source`: each pass re-reads this many seconds before its "
         "watermark, so spans the Collector writes late are still picked up (re-reads change nothing).",
     )
+    clickhouse_source_every_s: float = Field(
+        0,
+        ge=0,
+        description="When > 0 (and `clickhouse_url` is set), `serve` follows `clickhouse_source_table` every this "
+        "many seconds, as `spanprism source --every` would; 0 = off.",
+    )
     tenant_attribute: str | None = Field(
         None, description="Span/resource attribute whose value becomes `tenant` (and splits series), e.g. `user.id`."
     )

@@ -16,7 +16,11 @@ import time
 import duckdb
 import pyarrow as pa
 import pytest
+from conftest import ADMIN_KEY, live_server
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
 from support.normalize_fixtures import FIXTURES, load_spans
+from support.otlp_spans import genai_spans
 
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
@@ -151,3 +155,32 @@ def test_a_killed_source_loses_and_duplicates_nothing(export, clickhouse_url, tm
         assert main(["--db", str(tmp_path / "k.duckdb"), "source", "--slice-s", "120"]) == 0
     assert _stored(store) == export["calls"]
     assert store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0] == len(export["calls"])
+
+
+def _wait_for(check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_serve_receives_into_clickhouse_and_follows_otel_traces(clickhouse_url, tmp_path):
+    """``serve`` with ClickHouse: the OTLP receiver's calls land there, and the follower reads ``otel_traces``."""
+    store = _fill(clickhouse_url, [])
+    followed = load_spans("openinference")
+    expected = normalize(followed).table.num_rows
+    with live_server(tmp_path, clickhouse_url=clickhouse_url, clickhouse_source_every_s=0.2) as live:
+        exporter = OTLPSpanExporter(endpoint=f"{live.url}/v1/traces", headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                                    timeout=10)  # fmt: skip
+        try:
+            assert exporter.export(genai_spans(7, seed=3, model="m-ch")) == SpanExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        count = "SELECT count() FROM llm_calls FINAL WHERE request_model = {m}"
+        _wait_for(lambda: store.rows(count.format(m="'m-ch'"))[0][0] == 7)
+        store.insert("otel_traces", exporter_rows(followed))
+        _wait_for(lambda: store.rows("SELECT count() FROM llm_calls FINAL")[0][0] == 7 + expected)
+        with live.app.state.db.read() as cur:
+            assert cur.execute("SELECT count(*) FROM llm_calls").fetchall()[0][0] == 0  # nothing in the file
+            sources = {r[0] for r in cur.execute("SELECT source FROM ingest_batches").fetchall()}
+        assert "clickhouse:otel_traces" in sources
