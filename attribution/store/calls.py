@@ -19,7 +19,7 @@ SQL) and keeps using ``con`` only for what stays in DuckDB (``rollup_batches``, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -30,6 +30,9 @@ from spanprism.attribution.store import clickhouse_calls as ch
 from spanprism.models.clickhouse import bound
 from spanprism.models.schema import LLM_CALLS_SCHEMA
 
+#: How far before the last rollup refresh a ClickHouse write may be and still not be rolled up (a refresh that ran
+#: long, writers' clocks apart).
+UNROLLED_MARGIN = timedelta(hours=6)
 #: The rows the rollup SELECTs aggregate: the calls that started in [$lo, $hi).
 CALLS_IN_RANGE = "llm_calls WHERE start_time >= $lo AND start_time < $hi"
 
@@ -154,8 +157,13 @@ def unrolled_batches(con: duckdb.DuckDBPyConnection) -> list[tuple[str, datetime
 
     Calls without a batch count as batch ``''``."""
     if (store := bound()) is not None:
-        rolled = {b for (b,) in con.execute("SELECT ingest_batch FROM rollup_batches").fetchall()}
-        return [row for row in ch.batch_spans(store) if row[0] not in rolled]
+        # Only rows written since the last refresh (less a margin for a long refresh and clock skew) can belong
+        # to a batch not rolled up yet: ClickHouse scans the recent versions, not the whole table.
+        last = con.execute("SELECT max(rolled_up_at) FROM rollup_batches").fetchall()[0][0]
+        cutoff = None if last is None else last - UNROLLED_MARGIN
+        rolled = {b for (b,) in con.execute("SELECT ingest_batch FROM rollup_batches WHERE rolled_up_at >= ?",
+                                            [cutoff]).fetchall()} if cutoff is not None else set()  # fmt: skip
+        return [row for row in ch.batch_spans(store, written_since=cutoff) if row[0] not in rolled]
     return con.execute(
         """SELECT coalesce(ingest_batch, '') AS batch, min(start_time), max(start_time) FROM llm_calls
            WHERE coalesce(ingest_batch, '') NOT IN (SELECT ingest_batch FROM rollup_batches)

@@ -137,11 +137,14 @@ def calls_by_id(store: ClickHouseStore, pairs: Sequence[tuple[str, str]], column
     return names, [row for row in rows if (row[0], row[1]) in wanted]
 
 
-def batch_spans(store: ClickHouseStore) -> list[tuple[str, datetime, datetime]]:
-    """Every ingest batch holding calls, with their calls' time span, oldest first (``''`` for no batch)."""
+def batch_spans(store: ClickHouseStore, *, written_since: datetime | None) -> list[tuple[str, datetime, datetime]]:
+    """The ingest batches written since ``written_since`` (all when None), with their calls' time span, oldest
+    first (``''`` for no batch). Without FINAL: tombstones are left out, and a row another replaced belongs to a
+    batch rolled up before."""
+    since = "" if written_since is None else f" AND _version >= {int(as_utc(written_since).timestamp() * 1e9)}"
     return [tuple(r) for r in store.rows(
-        f"SELECT ifNull(ingest_batch, '') AS batch, min(start_time), max(start_time) FROM {CALLS}"
-        " GROUP BY batch ORDER BY 2")]  # type: ignore[misc]  # fmt: skip
+        "SELECT ifNull(ingest_batch, '') AS batch, min(start_time), max(start_time) FROM llm_calls"
+        f" WHERE _deleted = 0{since} GROUP BY batch ORDER BY 2")]  # type: ignore[misc]  # fmt: skip
 
 
 def latest_calls(store: ClickHouseStore, *, service: str | None, limit: int) -> tuple[list[str], list[tuple]]:
