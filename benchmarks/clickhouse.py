@@ -122,7 +122,7 @@ def run_engine(name: str, calls: pa.Table, extra: pa.Table, args: argparse.Names
         t_roll, refresh = _timed(lambda: refresh_rollups(con))
         t_ingest_h, _ = _timed(lambda: [store_batches(con, [b]) for b in units(extra, args.batch_rows)])
         t_roll_h, refresh_h = _timed(lambda: refresh_rollups(con))
-        t_detect, summary = _timed(lambda: run_attribution(con))
+        t_detect, summary = (0.0, None) if args.skip_detect else _timed(lambda: run_attribution(con))
         rollup_rows = con.execute("SELECT count(*) FROM series_rollups").fetchall()[0][0]
         digest = con.execute("SELECT sum(n_calls), sum(e2e_p95_ms), sum(ttft_p50_ms) FROM series_rollups").fetchall()[0]
     finally:
@@ -131,7 +131,8 @@ def run_engine(name: str, calls: pa.Table, extra: pa.Table, args: argparse.Names
     return {"engine": name, "ingest_s": t_ingest, "rows": calls.num_rows, "rollups_s": t_roll,
             "rollup_rows": rollup_rows, "series": refresh.series, "ingest_1h_s": t_ingest_h, "rows_1h": extra.num_rows,
             "rollups_1h_s": t_roll_h, "windows_1h": len(refresh_h.windows), "detect_s": t_detect,
-            "regressions": summary.regressions_open + summary.regressions_resolved, "digest": digest}  # fmt: skip
+            "regressions": summary.regressions_open + summary.regressions_resolved if summary else None,
+            "digest": digest}  # fmt: skip
 
 
 def main() -> None:
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--clickhouse-url", help="a real ClickHouse (an empty database); default: chDB over HTTP")
+    parser.add_argument("--skip-detect", action="store_true", help="leave out the detect row (benchmarks/attribute.py)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     calls = generate(args.series, args.days, args.calls_per_hour, args.seed)

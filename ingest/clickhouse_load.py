@@ -50,19 +50,42 @@ def _quoted(values: Sequence[str]) -> str:
     return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
 
 
+#: Up to this many stored rows in a unit's search window, their ids are read and matched here; above it, the unit's
+#: ids are sent to ClickHouse as literal lists instead (a 100k-row unit: ≈3.4 MB of SQL to parse).
+SCAN_LIMIT = 300_000
+
+
+def _present(store: ClickHouseStore, new: pa.Table, window: str) -> tuple[list[str], list[str]]:
+    """The unit's trace ids and response ids that stored calls or members in ``window`` share."""
+    traces = pc.unique(new.column("trace_id"))
+    responses = pc.drop_null(pc.unique(new.column("response_id")))
+    count = "SELECT (SELECT count() FROM llm_calls WHERE {w}) + (SELECT count() FROM llm_call_spans WHERE {w})"
+    if store.rows(count.format(w=f"_deleted = 0 AND {window}"))[0][0] > SCAN_LIMIT:
+        return traces.to_pylist(), responses.to_pylist()
+    calls = store.query_arrow(f"SELECT trace_id, response_id FROM llm_calls WHERE _deleted = 0 AND {window}")
+    members = store.query_arrow(f"SELECT trace_id, call_trace_id FROM llm_call_spans WHERE _deleted = 0 AND {window}")
+    stored_traces = pa.chunked_array([*calls.column("trace_id").chunks, *members.column("trace_id").chunks,
+                                      *members.column("call_trace_id").chunks], pa.string())  # fmt: skip
+    shared = traces.filter(pc.is_in(traces, value_set=pc.unique(stored_traces)))
+    answered = responses.filter(pc.is_in(responses, value_set=pc.unique(calls.column("response_id"))))
+    return shared.to_pylist(), answered.to_pylist()
+
+
 def _stored(store: ClickHouseStore, new: pa.Table) -> tuple[pa.Table, pa.Table]:
     """The stored calls and members that the new rows may fold with (see the module docstring)."""
     lo, hi = pc.min_max(new.column("start_time")).values()
     pad = SEARCH_WINDOW_US
     window = (f"start_time BETWEEN fromUnixTimestamp64Micro({lo.value - pad}, 'UTC')"
               f" AND fromUnixTimestamp64Micro({hi.value + pad}, 'UTC')")  # fmt: skip
-    traces = _quoted(pc.unique(new.column("trace_id")).to_pylist())
-    responses = [r for r in pc.unique(new.column("response_id")).to_pylist() if r is not None]
-    calls_where = f"trace_id IN ({traces})" + (f" OR response_id IN ({_quoted(responses)})" if responses else "")
+    traces, responses = _present(store, new, window)
+    if not traces and not responses:  # nothing stored shares an id with the unit: only the unit folds with itself
+        return LLM_CALLS_SCHEMA.empty_table(), _SPANS_SCHEMA.empty_table()
+    by_trace = f"trace_id IN ({_quoted(traces)})" if traces else "0"
+    calls_where = by_trace + (f" OR response_id IN ({_quoted(responses)})" if responses else "")
     calls = store.query_arrow(f"SELECT {_CALL_COLS} FROM llm_calls FINAL WHERE {window} AND ({calls_where})")
     members = store.query_arrow(
         f"SELECT {_SPAN_COLS} FROM llm_call_spans FINAL WHERE {window}"
-        f" AND (trace_id IN ({traces}) OR call_trace_id IN ({traces}))"
+        f" AND ({by_trace} OR {by_trace.replace('trace_id', 'call_trace_id')})"
     )
     return calls.cast(LLM_CALLS_SCHEMA), members.cast(_SPANS_SCHEMA)
 
@@ -79,6 +102,8 @@ def _keys(table: pa.Table, *names: str) -> list[tuple]:
 
 def _retired(before: pa.Table, after: pa.Table, *names: str) -> pa.Table:
     """Rows of ``before`` whose key is no longer among ``after`` exactly as it was (rewritten or removed)."""
+    if not before.num_rows:  # the usual unit: nothing stored shares its ids
+        return before
     kept = set(_keys(after, *names))
     mask = [k not in kept for k in _keys(before, *names)]
     return before.filter(pa.array(mask, pa.bool_())) if before.num_rows else before

@@ -53,7 +53,8 @@ def llm_calls_ddl(table: str = "llm_calls") -> str:
     return f"""CREATE TABLE IF NOT EXISTS {table} (
   {cols},
   `{VERSION}` UInt64,
-  `{DELETED}` UInt8
+  `{DELETED}` UInt8,
+  INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1
 ) ENGINE = ReplacingMergeTree({VERSION}, {DELETED})
 PARTITION BY toDate(start_time)
 ORDER BY ({order})
