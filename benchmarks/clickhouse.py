@@ -42,10 +42,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from spanprism.api.cli import main as cli
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.store.rollups import refresh_rollups
+from spanprism.ingest import otel_traces
 from spanprism.ingest.load import store_batches
+from spanprism.ingest.pipeline import ingest_paths
 from spanprism.ingest.records import Batch
 from spanprism.models import clickhouse
 from spanprism.models.schema import conform
@@ -135,6 +138,35 @@ def run_engine(name: str, calls: pa.Table, extra: pa.Table, args: argparse.Names
             "digest": digest}  # fmt: skip
 
 
+def run_source(args: argparse.Namespace, work: Path, url: str) -> dict[str, Any]:
+    """``source`` mode against the file ingest of the same spans: a simulated export (every convention of the
+    simulator) ingested from its files into DuckDB, and put in ``otel_traces`` (exporter layout) then followed."""
+    sim = work / "sim"
+    assert cli(["--db", str(work / "sim.duckdb"), "simulate", "--out", str(sim), "--seed", "3", "--days",
+                str(args.source_days), "--series", "8", "--conventions",
+                "otel_semconv,openllmetry,openlit,openinference,langfuse,vllm"]) == 0  # fmt: skip
+    spans = otel_traces.spans_of_files([str(sim)])
+    con = open_db(work / "files.duckdb")
+    try:
+        t_file, summary = _timed(lambda: ingest_paths(con, [str(sim)], workers=1))
+    finally:
+        con.close()
+    store = clickhouse.connect(url)
+    store.command(otel_traces.otel_traces_ddl())
+    for start in range(0, len(spans), 50_000):
+        store.insert("otel_traces", otel_traces.exporter_rows(spans[start : start + 50_000]))
+    con = open_db(work / "source.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        t_source, run = _timed(lambda: otel_traces.follow(con, store, slice_s=3600))
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    return {"spans": len(spans), "calls_file": summary.calls_stored, "calls_source": run.calls_stored,
+            "file_ingest_s": t_file, "source_s": t_source, "candidates_read": run.spans_read}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=1000)
@@ -143,6 +175,12 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--clickhouse-url", help="a real ClickHouse (an empty database); default: chDB over HTTP")
+    parser.add_argument(
+        "--source-days",
+        type=float,
+        default=0,
+        help="also time `source` mode on a simulated export of this many days (8 series)",
+    )
     parser.add_argument("--skip-detect", action="store_true", help="leave out the detect row (benchmarks/attribute.py)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
@@ -150,7 +188,8 @@ def main() -> None:
     extra = generate(args.series, 1 / 24, args.calls_per_hour, args.seed + 1, offset_h=args.days * 24)
     print(f"{args.series} series × {args.days:g} days, {calls.num_rows:,} calls (+{extra.num_rows:,} in the next hour);"
           f" load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)  # fmt: skip
-    results = []
+    results: list[dict[str, Any]] = []
+    source = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results.append(run_engine("duckdb", calls, extra, args, work, None))
@@ -159,8 +198,16 @@ def main() -> None:
             store = clickhouse.connect(url)
             results.append(run_engine("clickhouse", calls, extra, args, work, store))
             store.close()
-        print(json.dumps(results[-1], default=str), flush=True)
+            print(json.dumps(results[-1], default=str), flush=True)
+            source = run_source(args, work, url) if args.source_days else None
     _report(results, args)
+    if source:
+        file_rate, source_rate = source["spans"] / source["file_ingest_s"], source["spans"] / source["source_s"]
+        print(f"\nsource mode, {source['spans']:,} spans ({source['candidates_read']:,} candidates read):"
+              f" file ingest into DuckDB {source['file_ingest_s']:.1f} s ({file_rate:,.0f} spans/s,"
+              f" {source['calls_file']:,} calls); otel_traces into ClickHouse {source['source_s']:.1f} s"
+              f" ({source_rate:,.0f} spans/s, {source['calls_source']:,} calls)")  # fmt: skip
+        results.append({"engine": "source", **source})
     if args.out:
         Path(args.out).write_text(json.dumps(results, default=str, indent=2))
 
