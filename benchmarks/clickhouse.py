@@ -144,7 +144,7 @@ def run_source(args: argparse.Namespace, work: Path, url: str) -> dict[str, Any]
     sim = work / "sim"
     assert cli(["--db", str(work / "sim.duckdb"), "simulate", "--out", str(sim), "--seed", "3", "--days",
                 str(args.source_days), "--series", "8", "--conventions",
-                "otel_semconv,openllmetry,openlit,openinference,langfuse,vllm"]) == 0  # fmt: skip
+                "otel_semconv,openllmetry,openlit,openinference,langfuse"]) == 0  # fmt: skip
     spans = otel_traces.spans_of_files([str(sim)])
     con = open_db(work / "files.duckdb")
     try:
