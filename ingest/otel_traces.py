@@ -17,6 +17,7 @@ restarts from the last stored slice: nothing is lost (the slice is read again) a
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,15 +114,13 @@ def candidate_filter() -> str:
 def _revived(pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
     """Map values as the normalizer reads them: the exporter writes array and map values as JSON text, which is
     parsed back (a header list ``["apim-1"]`` is a list again); scalars stay strings (coercion reads those)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs or ():
-        if value[:1] in ("[", "{") and value[-1:] in ("]", "}"):
-            try:
+    if not pairs:
+        return {}
+    out = dict(pairs)
+    for key, value in pairs:
+        if value.startswith(("[", "{")) and value.endswith(("]", "}")):
+            with contextlib.suppress(orjson.JSONDecodeError):  # text that only looks like JSON stays text
                 out[key] = orjson.loads(value)
-                continue
-            except orjson.JSONDecodeError:
-                pass
-        out[key] = value
     return out
 
 
@@ -137,7 +136,7 @@ def span_records(rows: pa.Table, source: str) -> list[SpanRecord]:
         if row["ServiceName"] and "service.name" not in resource:
             resource["service.name"] = row["ServiceName"]
         events: list[SpanEvent] = [
-            {"name": name, "time_ns": int(ns), "attributes": _revived(attrs)}
+            {"name": name, "time_ns": ns, "attributes": _revived(attrs) if attrs else {}}
             for ns, name, attrs in zip(row["event_ns"], row["event_name"], row["event_attributes"], strict=True)
         ]
         spans.append({
