@@ -10,6 +10,11 @@ response id with the new rows, within the fold's search window of their start ti
   same sorting key, an older version than any row that replaces it);
 * members likewise in ``llm_call_spans``.
 
+Chains through non-LLM spans: ``span_links`` stays in the local DuckDB file (bookkeeping the fold reads, written by
+``ingest/load.py`` with the batch rows). The scratch gets the stored links of the traces involved, within the same
+window, and the unit's new links go to the fold as on DuckDB; the window and the traces looked up in ClickHouse
+cover the new links too, so a unit of links alone can still join two stored calls.
+
 A span stored before has the same trace id and start time, so it is always among the rows read back: it counts as
 a duplicate and is not inserted again (and were it inserted, ``ReplacingMergeTree`` would keep one row). A span of
 a multi-span call whose twin sits in another trace and was stored by an earlier unit (an SDK span and an
@@ -19,6 +24,7 @@ instrumentation span in different traces, or a stream log) is folded only when b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import duckdb
 import pyarrow as pa
@@ -27,7 +33,7 @@ import pyarrow.compute as pc
 from spanprism.ingest.fold import fold_calls
 from spanprism.ingest.identity import SEARCH_WINDOW_US
 from spanprism.models.clickhouse import DELETED, VERSION, ClickHouseStore, new_version
-from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA
+from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA, SPAN_LINKS_SCHEMA
 
 _DUCK_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER",
                pa.bool_(): "BOOLEAN"}  # fmt: skip
@@ -71,6 +77,30 @@ def _present(store: ClickHouseStore, new: pa.Table, window: str) -> tuple[list[s
     return shared.to_pylist(), answered.to_pylist()
 
 
+def _probe(tables: list[pa.Table], links: pa.Table | None) -> pa.Table:
+    """What is looked up in ClickHouse: the trace ids, response ids and start times of the new rows and links."""
+    names = ["trace_id", "response_id", "start_time"]
+    parts = [t.select(names) for t in tables if t.num_rows]
+    if links is not None and links.num_rows:
+        columns = [links.column("trace_id"), pa.nulls(links.num_rows, pa.string()), links.column("start_time")]
+        parts.append(pa.Table.from_arrays(columns, schema=pa.schema([LLM_CALLS_SCHEMA.field(n) for n in names])))
+    return pa.concat_tables(parts)
+
+
+def _stored_links(local: duckdb.DuckDBPyConnection, traces: pa.Array, new: pa.Table) -> pa.Table:
+    """The local ``span_links`` of ``traces`` within the fold's window of ``new`` (ingest/fold.py reads no more)."""
+    lo, hi = pc.min_max(new.column("start_time")).values()
+    pad = timedelta(microseconds=SEARCH_WINDOW_US)
+    cur = local.cursor()
+    try:
+        cur.register("_spanprism_traces", pa.table({"t": traces}))
+        sql = ("SELECT l.* FROM span_links l JOIN _spanprism_traces p ON l.trace_id = p.t"
+               " WHERE l.start_time BETWEEN ? AND ?")  # fmt: skip
+        return cur.sql(sql, params=[lo.as_py() - pad, hi.as_py() + pad]).to_arrow_table().cast(SPAN_LINKS_SCHEMA)
+    finally:
+        cur.close()
+
+
 def _stored(store: ClickHouseStore, new: pa.Table) -> tuple[pa.Table, pa.Table]:
     """The stored calls and members that the new rows may fold with (see the module docstring)."""
     lo, hi = pc.min_max(new.column("start_time")).values()
@@ -112,25 +142,33 @@ def _retired(before: pa.Table, after: pa.Table, *names: str) -> pa.Table:
 Counts = tuple[list[int], list[int], list[int]]
 
 
-def write_calls(store: ClickHouseStore, tables: list[pa.Table], batch_ids: list[str]) -> Counts:
-    """Fold and insert the unit's calls (one table per batch, ``batch_ids``); per batch: (stored, duplicates,
-    merged), as the DuckDB path counts them."""
+def write_calls(store: ClickHouseStore, tables: list[pa.Table], batch_ids: list[str], links: pa.Table | None = None,
+                local: duckdb.DuckDBPyConnection | None = None) -> Counts:  # fmt: skip
+    """Fold and insert the unit's calls (one table per batch, ``batch_ids``), following the unit's new non-LLM
+    ``links`` and those stored in ``local``'s ``span_links`` (not written here: the loader does); per batch:
+    (stored, duplicates, merged), as the DuckDB path counts them."""
     sizes = [t.num_rows for t in tables]
-    if not sum(sizes):
+    if not sum(sizes) and (links is None or not links.num_rows):
         return [0] * len(tables), [0] * len(tables), [0] * len(tables)
-    new = pa.concat_tables([t for t in tables if t.num_rows])
+    new = _probe(tables, links)
     old_calls, old_members = _stored(store, new)
+    old_links = SPAN_LINKS_SCHEMA.empty_table()
+    if local is not None:
+        traces = pa.chunked_array([*new.column("trace_id").chunks, *old_calls.column("trace_id").chunks,
+                                   *old_members.column("trace_id").chunks], pa.string())  # fmt: skip
+        old_links = _stored_links(local, pc.unique(traces), new)
     scratch = duckdb.connect()
     try:
         scratch.execute(_duck_ddl("llm_calls", LLM_CALLS_SCHEMA))
         scratch.execute(_duck_ddl("llm_call_spans", _SPANS_SCHEMA))
-        for name, rows in (("llm_calls", old_calls), ("llm_call_spans", old_members)):
+        scratch.execute(_duck_ddl("span_links", SPAN_LINKS_SCHEMA))
+        for name, rows in (("llm_calls", old_calls), ("llm_call_spans", old_members), ("span_links", old_links)):
             if rows.num_rows:
                 scratch.register("_spanprism_old", rows)
                 scratch.execute(f"INSERT OR IGNORE INTO {name} SELECT * FROM _spanprism_old")
                 scratch.unregister("_spanprism_old")
         scratch.execute("BEGIN TRANSACTION")
-        folded = fold_calls(scratch, tables, batch_ids)
+        folded = fold_calls(scratch, tables, batch_ids, links)
         stored = []
         for table in folded.tables:
             if table.num_rows:

@@ -6,7 +6,7 @@ no-op (the ``(trace_id, span_id)`` primary key). The parent links of non-LLM spa
 spans go to ``span_links`` in the same transaction (ingest/fold.py follows them). :func:`store_batches` writes
 several batches in ONE transaction (the OTLP receiver's group commit) with per-batch counts. With a ClickHouse store
 bound (``models/clickhouse.py``) the calls go there instead (``ingest/clickhouse_load.py``); this file keeps the
-batch rows and the quarantine.
+batch rows, the quarantine and ``span_links`` (bookkeeping the fold reads).
 
 Inserts are plain ``INSERT`` first: ``INSERT OR IGNORE`` was measured 3.5x slower on a 10M-row table, and
 duplicates are rare. Only when the plain insert hits a key conflict is the whole unit rolled back and
@@ -157,10 +157,14 @@ def store_batches(
     store = clickhouse.bound()
     if store is not None:  # calls to ClickHouse first; the batch rows (and ``also``) then commit in DuckDB
         now = datetime.now(UTC)
-        stored, duplicates, merged = clickhouse_load.write_calls(store, tables, [c.batch_id for c in counts])
+        links = concat_links([b.links for b in batches])
+        stored, duplicates, merged = clickhouse_load.write_calls(store, tables, [c.batch_id for c in counts], links,
+                                                                 con)  # fmt: skip
         for c, s, d, m in zip(counts, stored, duplicates, merged, strict=True):
             c.calls_stored, c.duplicates, c.merged = s, d, m
         with transaction(con) as cur:
+            if links is not None:  # kept locally: the next units' scratch folds read them (ingest/clickhouse_load.py)
+                _insert(cur, "span_links", links, ignore=True)
             _write_bookkeeping(cur, batches, counts, now)
             if also:
                 also(cur)

@@ -215,7 +215,8 @@ def follow(con: duckdb.DuckDBPyConnection, store: ClickHouseStore, *, table: str
         spans = span_records(rows, source)
         norm = normalize(spans, tenant_attribute=tenant_attribute, limits=limits)
         batch = Batch(source=source, calls=norm.table, quarantined=norm.quarantined, spans_seen=len(spans),
-                      non_llm_skipped=norm.non_llm_skipped, conventions=dict(norm.conventions))  # fmt: skip
+                      non_llm_skipped=norm.non_llm_skipped, conventions=dict(norm.conventions),
+                      links=norm.links)  # fmt: skip
         run.counts.append(store_batch(con, batch))
         if mark is None or end > mark:  # never move back: a re-read of the late window leaves the mark where it was
             _save_watermark(store, table, end)

@@ -16,6 +16,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from support.chains import chain_sides
+from support.fold_spans import otlp_line
 
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
@@ -23,6 +25,7 @@ from spanprism.attribution.simulator.shifts import SeriesSpec, generate_calls
 from spanprism.attribution.store import panels
 from spanprism.attribution.store.rollups import refresh_rollups
 from spanprism.ingest.load import store_batches
+from spanprism.ingest.pipeline import ingest_paths
 from spanprism.ingest.records import Batch
 from spanprism.models import clickhouse
 from spanprism.models.schema import LLM_CALLS_SCHEMA
@@ -163,3 +166,44 @@ def test_incremental_refresh_with_late_data_matches_duckdb(clickhouse_url, tmp_p
     store.close()
     assert len(results["duck"]) > 500
     _same_rows(results["duck"], results["ch"])
+
+
+@pytest.mark.parametrize("order", [("outer", "links", "sdk"), ("sdk", "outer", "links")], ids="-".join)
+def test_chains_through_non_llm_spans_fold_on_clickhouse(order, clickhouse_url, tmp_path):
+    """tests/test_fold_chains.py on the ClickHouse path: the OpenInference spans, the non-LLM spans between them and
+    the SDK spans, as three files in two orders (the links last: they alone join two stored calls), then all again.
+    ClickHouse holds what DuckDB holds after ingesting everything at once: one row per call, the same members."""
+    outer, links, sdk = chain_sides()
+    files = {}
+    for name, spans in (("outer", outer), ("links", links), ("sdk", sdk), ("all", [*sdk, *links, *outer])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_bytes(b"".join(otlp_line(s) + b"\n" for s in spans))
+    con = open_db(tmp_path / "duck.duckdb")
+    ingest_paths(con, [files["all"]])
+    columns = ", ".join(n for n in LLM_CALLS_SCHEMA.names if n != "ingest_batch")
+    member_sql = "SELECT trace_id, span_id, call_trace_id, call_span_id FROM llm_call_spans{} ORDER BY ALL"
+    calls_sql = f"SELECT {columns} FROM llm_calls{{}} ORDER BY trace_id, span_id"
+    expected = con.execute(calls_sql.format("")).fetchall(), con.execute(member_sql.format("")).fetchall()
+    con.close()
+    assert len(expected[0]) == 3 and len(expected[1]) == 6
+
+    store = clickhouse.connect(clickhouse_url)
+    con = open_db(tmp_path / "ch.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        first = [ingest_paths(con, [files[name]]) for name in order]
+        again = [ingest_paths(con, [files[name]]) for name in order]
+        schema = pa.schema([LLM_CALLS_SCHEMA.field(c) for c in columns.split(", ")])
+        calls = store.query_arrow(calls_sql.format(" FINAL")).cast(schema).to_pylist()
+        members = store.rows(member_sql.format(" FINAL WHERE _deleted = 0"))
+        local = con.execute("SELECT count(*) FROM llm_calls").fetchone()[0], con.execute(
+            "SELECT count(*) FROM span_links").fetchone()[0]  # fmt: skip
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    assert sum(s.calls_stored for s in first) == 3 and sum(s.merged for s in first) == 3
+    assert sum(s.calls_stored for s in again) == 0 and sum(s.merged for s in again) == 0
+    _same_rows(expected[0], [tuple(r.values()) for r in calls])
+    assert members == expected[1]
+    assert local == (0, 4 + 3)  # the calls went to ClickHouse; the links stay in the local file
