@@ -19,6 +19,7 @@ from spanprism.api.routers import alerts, baselines, calls, health, jobs, keys, 
 from spanprism.api.routers import ingest as ingest_routes
 from spanprism.api.services.lifecycle import Service, ServiceFactory
 from spanprism.api.settings import Settings
+from spanprism.api.storage.calls_engine import calls_engine
 from spanprism.api.storage.database import Database
 from spanprism.api.web import mount as mount_pages
 from spanprism.attribution.store.panels import open_regressions_by_label
@@ -33,10 +34,11 @@ def _service_factories() -> list[ServiceFactory]:
     from spanprism.api.alerts.worker import alert_worker
     from spanprism.api.services.ingest import ingest_service
     from spanprism.api.services.scheduler import job_runner_service, scheduler_service
+    from spanprism.api.services.source import source_service
 
     # The attribution runner (app.state.job_runner) before its scheduler; both before the alerts that consume it.
     # The OTLP ingest writer first: it is stopped last, after the jobs that read what it stores.
-    return [ingest_service, job_runner_service, scheduler_service, alert_worker]
+    return [ingest_service, source_service, job_runner_service, scheduler_service, alert_worker]
 
 
 def _open_by_label(app: FastAPI) -> dict[str, float]:
@@ -58,6 +60,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with calls_engine(settings.clickhouse_url):  # llm_calls in ClickHouse when configured, for every service
+            async with _serving(app):
+                yield
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         db = database or Database(settings.db, state_url=settings.state_url)
         app.state.db = db
         started: list[Service] = []

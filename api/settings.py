@@ -26,6 +26,28 @@ class Settings(BaseSettings):
         description="PostgreSQL URL (`postgresql+psycopg://user:pass@host/db`) for the service state several "
         "`serve` replicas share (API keys, job runs, alert destinations, rules and outbox); unset = the DuckDB file.",
     )
+    clickhouse_url: str | None = Field(
+        None,
+        description="ClickHouse HTTP URL (`http://user:pass@host:8123/database`) that holds `llm_calls` instead of the "
+        "DuckDB file (ingest writes Arrow batches there, rollups are computed there); unset = the DuckDB file.",
+    )
+    clickhouse_source_table: str = Field(
+        "otel_traces",
+        description="The Collector clickhouseexporter's span table that `spanprism source` follows (in the "
+        "`clickhouse_url` database, or `database.table`).",
+    )
+    clickhouse_source_late_s: int = Field(
+        600,
+        ge=0,
+        description="Late-arrival window of `spanprism source`: each pass re-reads this many seconds before its "
+        "watermark, so spans the Collector writes late are still picked up (re-reads change nothing).",
+    )
+    clickhouse_source_every_s: float = Field(
+        0,
+        ge=0,
+        description="When > 0 (and `clickhouse_url` is set), `serve` follows `clickhouse_source_table` every this "
+        "many seconds, as `spanprism source --every` would; 0 = off.",
+    )
     tenant_attribute: str | None = Field(
         None, description="Span/resource attribute whose value becomes `tenant` (and splits series), e.g. `user.id`."
     )

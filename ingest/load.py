@@ -4,7 +4,9 @@ A batch is one bounded chunk of an input (or one OTLP/HTTP request). It lands wh
 calls, the quarantined records and the ``ingest_batches`` row commit together. Re-ingesting a span is a
 no-op (the ``(trace_id, span_id)`` primary key). The parent links of non-LLM spans that may lie between two LLM
 spans go to ``span_links`` in the same transaction (ingest/fold.py follows them). :func:`store_batches` writes
-several batches in ONE transaction (the OTLP receiver's group commit) with per-batch counts.
+several batches in ONE transaction (the OTLP receiver's group commit) with per-batch counts. With a ClickHouse store
+bound (``models/clickhouse.py``) the calls go there instead (``ingest/clickhouse_load.py``); this file keeps the
+batch rows, the quarantine and ``span_links`` (bookkeeping the fold reads).
 
 Inserts are plain ``INSERT`` first: ``INSERT OR IGNORE`` was measured 3.5x slower on a 10M-row table, and
 duplicates are rare. Only when the plain insert hits a key conflict is the whole unit rolled back and
@@ -22,8 +24,10 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from spanprism.ingest import clickhouse_load
 from spanprism.ingest.fold import fold_calls
 from spanprism.ingest.records import Batch, Quarantined, concat_links
+from spanprism.models import clickhouse
 from spanprism.models.schema import LLM_CALLS_SCHEMA, conform
 from spanprism.models.transaction import transaction
 
@@ -97,7 +101,12 @@ def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[Batch], tables: lis
            counts: list[BatchCounts], *, ignore: bool) -> None:  # fmt: skip
     """Every row of ``batches`` inside the caller's transaction; fills ``calls_stored``/``duplicates``."""
     now = datetime.now(UTC)
-    links = concat_links([b.links for b in batches])
+    _write_calls(cur, tables, counts, concat_links([b.links for b in batches]), ignore=ignore)
+    _write_bookkeeping(cur, batches, counts, now)
+
+
+def _write_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], counts: list[BatchCounts],
+                 links: pa.Table | None, *, ignore: bool) -> None:  # fmt: skip
     folded = fold_calls(cur, tables, [c.batch_id for c in counts], links)
     tables = folded.tables
     if ignore:  # one statement per batch, so each batch learns which of its rows were already stored
@@ -115,6 +124,10 @@ def _write(cur: duckdb.DuckDBPyConnection, batches: Sequence[Batch], tables: lis
         c.merged = folded.merged[b]
     if links is not None:  # the non-LLM spans' parent links, for chains completed by later spans (ingest/fold.py)
         _insert(cur, "span_links", links, ignore=ignore)
+
+
+def _write_bookkeeping(cur: duckdb.DuckDBPyConnection, batches: Sequence[Batch], counts: list[BatchCounts],
+                       now: datetime) -> None:  # fmt: skip
     bad = [(c.batch_id, q) for b, c in zip(batches, counts, strict=True) for q in b.quarantined]
     if bad:
         _insert(cur, "quarantine", _quarantine_table(bad, now))
@@ -141,6 +154,21 @@ def store_batches(
                           non_llm_skipped=b.non_llm_skipped, quarantined=len(b.quarantined),
                           conventions=dict(b.conventions)) for b in batches]  # fmt: skip
     tables = [_with_batch_id(b.calls, c.batch_id) for b, c in zip(batches, counts, strict=True)]
+    store = clickhouse.bound()
+    if store is not None:  # calls to ClickHouse first; the batch rows (and ``also``) then commit in DuckDB
+        now = datetime.now(UTC)
+        links = concat_links([b.links for b in batches])
+        stored, duplicates, merged = clickhouse_load.write_calls(store, tables, [c.batch_id for c in counts], links,
+                                                                 con)  # fmt: skip
+        for c, s, d, m in zip(counts, stored, duplicates, merged, strict=True):
+            c.calls_stored, c.duplicates, c.merged = s, d, m
+        with transaction(con) as cur:
+            if links is not None:  # kept locally: the next units' scratch folds read them (ingest/clickhouse_load.py)
+                _insert(cur, "span_links", links, ignore=True)
+            _write_bookkeeping(cur, batches, counts, now)
+            if also:
+                also(cur)
+        return counts
     try:
         with transaction(con) as cur:
             _write(cur, batches, tables, counts, ignore=False)

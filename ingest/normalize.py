@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from spanprism.ingest import conventions as cv
-from spanprism.ingest.coerce import Rejected, as_str, first_str
+from spanprism.ingest.coerce import Rejected, as_str, first_str, seconds
 from spanprism.ingest.endpoints import DEPLOYMENT_HEADER, URL_KEYS, deployment, endpoint, region
 from spanprism.ingest.identity import STREAM_LOG_PREFIX
 from spanprism.ingest.limits import Limits, bound_rows
@@ -131,8 +131,11 @@ def _logfire_stream_start(span: SpanRecord) -> int | None:
     pair it with the request span that ended at the response headers (ingest/identity.py)."""
     if not span["scope"].startswith("logfire.") or not span["name"].startswith(STREAM_LOG_PREFIX):
         return None
-    took = span["attributes"].get("duration")
-    if not isinstance(took, int | float) or isinstance(took, bool) or not 0 <= took < 86400:
+    try:  # a number, or its text (the ClickHouse exporter stores every attribute value as a string)
+        took = seconds("duration", span["attributes"].get("duration"))
+    except Rejected:
+        return None
+    if not took < 86400:
         return None
     return span["end_ns"] - round(took * 1e9)
 

@@ -46,6 +46,27 @@ def postgres_url(postgres_server: object) -> str:
     return postgres_server.url()  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One chDB-over-HTTP endpoint for the whole run (≈0.6 s to start); skipped without chDB unless CI requires it."""
+    from support.clickhouse import REQUIRE_ENV, serve_clickhouse
+
+    try:
+        import chdb  # noqa: F401
+    except ImportError:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"chdb is not installed but {REQUIRE_ENV} is set (pip install -e '.[test]')")
+        pytest.skip(f"chdb is not installed (pip install -e '.[test]'); CI sets {REQUIRE_ENV}")
+    with serve_clickhouse(str(tmp_path_factory.mktemp("chdb"))) as server:
+        yield server
+
+
+@pytest.fixture
+def clickhouse_url(clickhouse_server: object) -> str:
+    """A ``SPANPRISM_CLICKHOUSE_URL`` of a fresh, empty database on the shared endpoint (one per test)."""
+    return clickhouse_server.new_database()  # type: ignore[attr-defined]
+
+
 @dataclass
 class Live:
     """A running server: its base URL, settings, and a client authenticated as admin."""

@@ -17,6 +17,7 @@ from spanprism.api.cli import serve as cli_serve
 from spanprism.api.cli import sim as cli_sim
 from spanprism.api.cli.backend import BackendError
 from spanprism.api.settings import Settings
+from spanprism.api.storage.calls_engine import calls_engine
 from spanprism.api.storage.connect import DatabaseLockedError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "summary", cli_data.cmd_summary, "Per-series TTFT, ITL and cache summary of stored calls.",
              "spanprism summary")  # fmt: skip
 
+    p = _add(sub, "source", cli_data.cmd_source,
+             "Follow the Collector's ClickHouse otel_traces table into llm_calls (needs SPANPRISM_CLICKHOUSE_URL).",
+             "SPANPRISM_CLICKHOUSE_URL=http://ch:8123/otel spanprism source --every 60")  # fmt: skip
+    p.add_argument("--every", type=float, help="seconds between passes (default: one pass, then exit)")
+    p.add_argument("--slice-s", type=int, default=300, help="seconds of spans read and stored at a time (default 300)")
+    p.add_argument("--max-slices", type=int, help="stop a pass after this many slices (the next pass goes on)")
+    p.add_argument("--json", action="store_true", help="print the pass summary as JSON")
+
     cli_attribution.register(sub, _add)
     cli_jobs.register(sub, _add)
     cli_sim.register(sub, _add)
@@ -78,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"db": args.db} if args.db else {}
     try:
         settings = Settings(**overrides)
-        return args.handler(args, settings)
+        with calls_engine(settings.clickhouse_url):
+            return args.handler(args, settings)
     except (DatabaseLockedError, BackendError) as exc:  # the file is not ours, or the server refused or is gone
         print(f"error: {exc}", file=sys.stderr)
         return 1

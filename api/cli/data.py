@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -19,7 +20,9 @@ from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
 from spanprism.attribution.store import calls as stored_calls
+from spanprism.ingest import otel_traces
 from spanprism.ingest.pipeline import IngestSummary, expand_sources
+from spanprism.models.clickhouse import bound
 
 console = Console(stderr=True)
 # Piped output is not truncated to 80 columns: tables are read by people and by grep alike.
@@ -83,6 +86,32 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     limit = max(1, min(args.limit, 1000))
     _print_query(settings, "latest LLM calls", partial(stored_calls.latest_calls, service=args.service, limit=limit))
     return 0
+
+
+def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
+    """``spanprism source``: read new spans of the Collector's ``otel_traces`` into ``llm_calls`` (ClickHouse)."""
+    store = bound()
+    if store is None:
+        console.print("[red]error:[/red] `spanprism source` reads ClickHouse: set SPANPRISM_CLICKHOUSE_URL")
+        return 2
+    con = db.open_db(settings.db)
+    try:
+        while True:
+            run = otel_traces.follow(con, store, table=settings.clickhouse_source_table,
+                                     late_s=settings.clickhouse_source_late_s, slice_s=args.slice_s,
+                                     max_slices=args.max_slices, tenant_attribute=settings.tenant_attribute,
+                                     limits=settings.ingest_limits())  # fmt: skip
+            summary = {"slices": run.slices, "spans_read": run.spans_read, "calls_stored": run.calls_stored,
+                       "duplicates": run.duplicates, "watermark_ns": run.watermark_ns}  # fmt: skip
+            if args.json:
+                out.print_json(data=summary)
+            else:
+                out.print(", ".join(f"{k} {v}" for k, v in summary.items()))
+            if not args.every:
+                return 0
+            time.sleep(args.every)
+    finally:
+        con.close()
 
 
 def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,9 +20,11 @@ import numpy as np
 import orjson
 
 from spanprism.attribution.baselines import create_baseline
+from spanprism.attribution.store import clickhouse_calls as ch
 from spanprism.attribution.store.calls import calls_by_id, series_page
 from spanprism.attribution.store.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT, list_regressions
-from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select
+from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select, rollup_statistics
+from spanprism.models.clickhouse import bound
 from spanprism.models.schema import ROUTE_COLUMNS
 from spanprism.models.tables import ROLLUP_METRICS
 from spanprism.models.times import iso_z as iso  # panels.iso: the routers' and pages' name
@@ -248,6 +250,16 @@ def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metri
     names = _call_columns(series)
     cfg = RollupConfig(grains=config.grains, series_columns=tuple(names),
                        cache_min_input_tokens=config.cache_min_input_tokens)  # fmt: skip
+    if (store := bound()) is not None:  # the same statistics, aggregated in ClickHouse; only the buckets come back
+        statistics = rollup_statistics(cfg, ch.render_statistic)
+        rows = ch.rollup_rows(store, tuple(names), statistics, step_s, since, until, where=ch.series_predicate(names))
+        con.register("_spanprism_panel", rows)
+        try:
+            return con.execute(
+                f"SELECT b, {_SELECT_EXPR.get(metric, metric)}, n_calls FROM _spanprism_panel ORDER BY b"
+            ).fetchall()
+        finally:
+            con.unregister("_spanprism_panel")
     where = " AND ".join(f"k_{c} IS NOT DISTINCT FROM ${c}" for c in names)
     return con.execute(
         f"SELECT b, {_SELECT_EXPR.get(metric, metric)}, n_calls FROM ({rollup_select(cfg, step_s)})"

@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from spanprism.attribution.store import clickhouse_calls as ch
 from spanprism.attribution.store.calls import CALLS_IN_RANGE, data_span, unrolled_batches
+from spanprism.models.clickhouse import ClickHouseStore, bound
 from spanprism.models.schema import LLM_CALL_COLUMNS, ROUTE_COLUMNS, SERIES_COLUMNS
 from spanprism.models.times import as_utc
 
@@ -89,38 +91,73 @@ def _keyed(config: RollupConfig) -> str:
     return series_key_sql([f"k_{c}" for c in config.series_columns])
 
 
+#: Every bucket statistic, defined once: (output name, kind, column, condition, quantile levels). The kinds are
+#: rendered per engine by :func:`_render` (DuckDB here, ClickHouse in ``clickhouse_calls.py`` through
+#: :func:`rollup_statistics`), so both compute the same thing: ``quantile_cont`` and ClickHouse's
+#: ``quantilesExactInclusive`` are the same linear interpolation between closest ranks.
+_OK = "coalesce(status, 'ok') <> 'error'"
+_TOKENS = ("input_tokens", "uncached_input_tokens", "cache_read_tokens", "output_tokens")
+
+
+def _statistics(config: RollupConfig) -> list[tuple[str, str, str | None, str | None, tuple[float, ...]]]:
+    eligible = f"input_tokens >= {int(config.cache_min_input_tokens)} AND cache_read_tokens IS NOT NULL"
+    return [
+        ("n_calls", "count", None, None, ()),
+        ("n_errors", "count", None, "status = 'error'", ()),
+        ("n_ttft", "count", "ttft_ms", _OK, ()),
+        ("n_itl", "count", "itl_ms", _OK, ()),
+        ("n_queue", "count", "queue_ms", _OK, ()),
+        ("n_cache_reported", "count", "cache_read_tokens", None, ()),
+        ("n_cache_eligible", "count", None, eligible, ()),
+        ("q_e2e", "quantiles", "duration_ms", _OK, (0.5, 0.95, 0.99)),
+        ("e2e_gmean_ms", "gmean", "duration_ms", _OK, ()),
+        ("q_ttft", "quantiles", "ttft_ms", _OK, (0.5, 0.95)),
+        ("ttft_gmean_ms", "gmean", "ttft_ms", _OK, ()),
+        ("q_itl", "quantiles", "itl_ms", _OK, (0.5, 0.95)),
+        ("itl_gmean_ms", "gmean", "itl_ms", _OK, ()),
+        ("queue_p95_ms", "quantile", "queue_ms", _OK, (0.95,)),
+        *((f"q_{c}", "quantiles", c, None, (0.5, 0.95)) for c in _TOKENS),
+        # Token-weighted: cache-read tokens over the whole prompts of the calls that report cache reads.
+        ("cache_read_ratio", "sum_ratio", "cache_read_tokens/input_tokens", "cache_read_tokens IS NOT NULL", ()),
+        ("cache_hit_rate", "count_ratio", None, f"{eligible} AND cache_read_tokens > 0|{eligible}", ()),
+    ]
+
+
+def _render_duckdb(kind: str, column: str | None, where: str | None, levels: tuple[float, ...]) -> str:
+    f = f" FILTER (WHERE {where})" if where else ""
+    if kind == "count":
+        return f"count({column or '*'}){f}"
+    if kind == "quantiles":
+        return f"quantile_cont({column}, {list(levels)}){f}"
+    if kind == "quantile":
+        return f"quantile_cont({column}, {levels[0]}){f}"
+    if kind == "gmean":  # geometric mean; a 0 ms value is floored at 1 µs so one bad value cannot zero it
+        return f"exp(avg(ln(greatest({column}, 1e-3))){f})"
+    if kind == "sum_ratio":
+        num, den = (column or "").split("/")
+        return f"sum({num}){f} / nullif(sum({den}){f}, 0)"
+    if kind == "count_ratio":
+        num, den = (where or "").split("|")
+        return f"count(*) FILTER (WHERE {num}) / nullif(count(*) FILTER (WHERE {den}), 0)"
+    raise ValueError(kind)
+
+
+def rollup_statistics(config: RollupConfig, render) -> str:  # type: ignore[no-untyped-def]
+    """The bucket statistics as one SELECT list, each rendered by ``render(kind, column, condition, levels)``."""
+    return ",\n      ".join(f"{render(kind, col, where, levels)} AS {name}"
+                             for name, kind, col, where, levels in _statistics(config))  # fmt: skip
+
+
 def rollup_select(config: RollupConfig, grain: int) -> str:
     """The SELECT that aggregates ``llm_calls`` into rollup rows at ``grain`` seconds (the panels API reuses it)."""
-    ok = "coalesce(status, 'ok') <> 'error'"
-    q = "quantile_cont"
-    eligible = f"input_tokens >= {int(config.cache_min_input_tokens)} AND cache_read_tokens IS NOT NULL"
-    tokens = ", ".join(
-        f"{q}({c}, [0.5, 0.95]) AS q_{c}"
-        for c in ("input_tokens", "uncached_input_tokens", "cache_read_tokens", "output_tokens")
-    )
     return f"""
     SELECT {_series_cols(config)}, {grain} AS grain_s, {bucket_sql(grain)} AS b,
-      count(*) AS n_calls, count(*) FILTER (WHERE status = 'error') AS n_errors,
-      count(ttft_ms) FILTER (WHERE {ok}) AS n_ttft, count(itl_ms) FILTER (WHERE {ok}) AS n_itl,
-      count(queue_ms) FILTER (WHERE {ok}) AS n_queue,
-      count(cache_read_tokens) AS n_cache_reported, count(*) FILTER (WHERE {eligible}) AS n_cache_eligible,
-      {q}(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE {ok}) AS q_e2e,
-      exp(avg(ln(greatest(duration_ms, 1e-3))) FILTER (WHERE {ok})) AS e2e_gmean_ms,
-      {q}(ttft_ms, [0.5, 0.95]) FILTER (WHERE {ok}) AS q_ttft,
-      exp(avg(ln(greatest(ttft_ms, 1e-3))) FILTER (WHERE {ok})) AS ttft_gmean_ms,
-      {q}(itl_ms, [0.5, 0.95]) FILTER (WHERE {ok}) AS q_itl,
-      exp(avg(ln(greatest(itl_ms, 1e-3))) FILTER (WHERE {ok})) AS itl_gmean_ms,
-      {q}(queue_ms, 0.95) FILTER (WHERE {ok}) AS queue_p95_ms,
-      {tokens},
-      sum(cache_read_tokens) FILTER (WHERE cache_read_tokens IS NOT NULL)
-        / nullif(sum(input_tokens) FILTER (WHERE cache_read_tokens IS NOT NULL), 0) AS cache_read_ratio,
-      count(*) FILTER (WHERE {eligible} AND cache_read_tokens > 0)
-        / nullif(count(*) FILTER (WHERE {eligible}), 0) AS cache_hit_rate
+      {rollup_statistics(config, _render_duckdb)}
     FROM {CALLS_IN_RANGE}
     GROUP BY ALL"""
 
 
-def _rollup_insert(config: RollupConfig, grain: int) -> str:
+def _rollup_insert(config: RollupConfig, grain: int, source: str | None = None) -> str:
     # Written in time order (a hash aggregate emits buckets in any order): every read of a panel, the regression
     # page or detection is a time range, and DuckDB skips the row groups whose bucket_start zone map misses it.
     # A 24 h panel of a 14-day backfill read 4 of 5 row groups without this.
@@ -135,34 +172,44 @@ def _rollup_insert(config: RollupConfig, grain: int) -> str:
       n_cache_reported, n_cache_eligible,
       q_e2e[1], q_e2e[2], q_e2e[3], e2e_gmean_ms, q_ttft[1], q_ttft[2], ttft_gmean_ms,
       q_itl[1], q_itl[2], itl_gmean_ms, queue_p95_ms, {", ".join(tok)}, cache_read_ratio, cache_hit_rate
-    FROM ({rollup_select(config, grain)})
+    FROM ({source or rollup_select(config, grain)})
     ORDER BY b"""
 
 
-def _dimensions_insert(config: RollupConfig) -> str:
+def route_counts_select(config: RollupConfig) -> str:
+    """Calls per series, base-grain bucket and route combination in [$lo, $hi) (the first stage of the mix)."""
+    routes = ", ".join(f"coalesce(CAST({c} AS VARCHAR), '') AS {c}" for c in ROUTE_COLUMNS)
+    return (f"SELECT {_series_cols(config)}, {bucket_sql(config.base_grain)} AS b, {routes}, count(*) AS n"
+            f" FROM {CALLS_IN_RANGE} GROUP BY ALL")  # fmt: skip
+
+
+def _dimensions_insert(config: RollupConfig, source: str | None = None) -> str:
     # Two stages: count each route combination first (few per bucket), then unpivot that small result.
     grain = config.base_grain
-    routes = ", ".join(f"coalesce(CAST({c} AS VARCHAR), '') AS {c}" for c in ROUTE_COLUMNS)
     key_cols = ", ".join(f"k_{c}" for c in config.series_columns)
     return f"""
     INSERT INTO rollup_dimensions
     SELECT series_key, {grain}, b, dimension, value, sum(n)
     FROM (UNPIVOT (SELECT {_keyed(config)} AS series_key, * EXCLUDE ({key_cols})
-                   FROM (SELECT {_series_cols(config)}, {bucket_sql(grain)} AS b, {routes}, count(*) AS n
-                         FROM {CALLS_IN_RANGE} GROUP BY ALL))
+                   FROM ({source or route_counts_select(config)}))
           ON {", ".join(ROUTE_COLUMNS)} INTO NAME dimension VALUE value)
     GROUP BY ALL
     ORDER BY b"""
 
 
-def _series_upsert(config: RollupConfig) -> str:
-    names = ", ".join(f"k_{c}" if c in config.series_columns else "CAST(NULL AS VARCHAR)" for c in SERIES_NAME_COLUMNS)
+def series_span_select(config: RollupConfig) -> str:
+    """Per series, its first and last base-grain bucket among the calls in [$lo, $hi)."""
     grain = config.base_grain
+    return (f"SELECT {_series_cols(config)}, min({bucket_sql(grain)}) AS lo, max({bucket_sql(grain)}) AS hi"
+            f" FROM {CALLS_IN_RANGE} GROUP BY ALL")  # fmt: skip
+
+
+def _series_upsert(config: RollupConfig, source: str | None = None) -> str:
+    names = ", ".join(f"k_{c}" if c in config.series_columns else "CAST(NULL AS VARCHAR)" for c in SERIES_NAME_COLUMNS)
     return f"""
     INSERT INTO series
     SELECT {_keyed(config)}, {names}, lo, hi
-    FROM (SELECT {_series_cols(config)}, min({bucket_sql(grain)}) AS lo, max({bucket_sql(grain)}) AS hi
-          FROM {CALLS_IN_RANGE} GROUP BY ALL)
+    FROM ({source or series_span_select(config)})
     ON CONFLICT (series_key) DO UPDATE SET
       first_bucket = least(series.first_bucket, excluded.first_bucket),
       last_bucket = greatest(series.last_bucket, excluded.last_bucket)"""
@@ -176,7 +223,12 @@ def register_series(con: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, 
     than after the next scheduled pass. The rollup pass runs the same upsert, so nothing is counted twice.
     """
     config = config or RollupConfig()
-    con.execute(_series_upsert(config), dict(zip(("lo", "hi"), _aligned(lo, hi, config.base_grain), strict=True)))
+    params = dict(zip(("lo", "hi"), _aligned(lo, hi, config.base_grain), strict=True))
+    if (store := bound()) is not None:
+        rows = ch.series_spans(store, config.series_columns, config.base_grain, params["lo"], params["hi"])
+        _from_rows(con, _series_upsert(config, _PUSHED), rows, params)
+    else:
+        con.execute(_series_upsert(config), params)
 
 
 def _aligned(lo: datetime, hi: datetime, grain: int) -> tuple[datetime, datetime]:
@@ -200,21 +252,49 @@ def pending_batches(con: duckdb.DuckDBPyConnection) -> list[tuple[str, datetime,
     return [(b, as_utc(lo), as_utc(hi)) for b, lo, hi in unrolled_batches(con)]
 
 
+#: The DuckDB-side FROM of rows aggregated in ClickHouse (registered Arrow), for the same INSERT statements.
+_PUSHED = "SELECT * FROM _spanprism_pushed"
+
+
+def _from_rows(con: duckdb.DuckDBPyConnection, sql: str, rows: object, params: dict[str, object]) -> None:
+    con.register("_spanprism_pushed", rows)
+    con.execute(sql, params)
+    con.unregister("_spanprism_pushed")
+
+
 def _recompute(con: duckdb.DuckDBPyConnection, config: RollupConfig, lo: datetime, hi: datetime) -> int:
-    """Replace every bucket (all grains) overlapping [lo, hi]; returns the rollup rows written."""
+    """Replace every bucket (all grains) overlapping [lo, hi]; returns the rollup rows written.
+
+    On ClickHouse the aggregation runs there (``FINAL``, exact quantiles) and only its rows come back; the same
+    INSERTs then key and store them here, so the series keys and the stored columns cannot differ by engine."""
+    store = bound()
     written = 0
     for grain in config.grains:
         params = dict(zip(("lo", "hi"), _aligned(lo, hi, grain), strict=True))
         where = "grain_s = $g AND bucket_start >= $lo AND bucket_start < $hi"
         con.execute(f"DELETE FROM series_rollups WHERE {where}", {**params, "g": grain})
-        con.execute(_rollup_insert(config, grain), params)
+        if store is None:
+            con.execute(_rollup_insert(config, grain), params)
+        else:
+            _from_rows(con, _rollup_insert(config, grain, _PUSHED), _pushed_rollups(store, config, grain, params), {})
         count = con.execute(f"SELECT count(*) FROM series_rollups WHERE {where}", {**params, "g": grain}).fetchall()
         written += count[0][0]
         if grain == config.base_grain:
             con.execute(f"DELETE FROM rollup_dimensions WHERE {where}", {**params, "g": grain})
-            con.execute(_dimensions_insert(config), params)
-            con.execute(_series_upsert(config), params)
+            if store is None:
+                con.execute(_dimensions_insert(config), params)
+                con.execute(_series_upsert(config), params)
+            else:
+                mix = ch.route_counts(store, config.series_columns, ROUTE_COLUMNS, grain, params["lo"], params["hi"])
+                _from_rows(con, _dimensions_insert(config, _PUSHED), mix, {})
+                spans = ch.series_spans(store, config.series_columns, grain, params["lo"], params["hi"])
+                _from_rows(con, _series_upsert(config, _PUSHED), spans, {})
     return written
+
+
+def _pushed_rollups(store: ClickHouseStore, config: RollupConfig, grain: int, params: dict[str, datetime]) -> object:
+    statistics = rollup_statistics(config, ch.render_statistic)
+    return ch.rollup_rows(store, config.series_columns, statistics, grain, params["lo"], params["hi"])
 
 
 def refresh_rollups(
