@@ -180,7 +180,13 @@ def test_serve_receives_into_clickhouse_and_follows_otel_traces(clickhouse_url, 
         _wait_for(lambda: store.rows(count.format(m="'m-ch'"))[0][0] == 7)
         store.insert("otel_traces", exporter_rows(followed))
         _wait_for(lambda: store.rows("SELECT count() FROM llm_calls FINAL")[0][0] == 7 + expected)
-        with live.app.state.db.read() as cur:
-            assert cur.execute("SELECT count(*) FROM llm_calls").fetchall()[0][0] == 0  # nothing in the file
-            sources = {r[0] for r in cur.execute("SELECT source FROM ingest_batches").fetchall()}
-        assert "clickhouse:otel_traces" in sources
+
+        def local(sql: str) -> list[tuple]:
+            with live.app.state.db.read() as cur:
+                return cur.execute(sql).fetchall()
+
+        # The calls land in ClickHouse first, then the follower's batch row in the local file: wait for both.
+        _wait_for(lambda: ("clickhouse:otel_traces",) in local("SELECT DISTINCT source FROM ingest_batches"))
+        assert local("SELECT count(*) FROM llm_calls")[0][0] == 0  # nothing in the file
+        # New series are listed from ClickHouse's calls ahead of the next rollup pass (the receiver's own series).
+        _wait_for(lambda: local("SELECT count(*) FROM series WHERE request_model = 'm-ch'")[0][0] >= 1)

@@ -226,7 +226,7 @@ def register_series(con: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, 
     params = dict(zip(("lo", "hi"), _aligned(lo, hi, config.base_grain), strict=True))
     if (store := bound()) is not None:
         rows = ch.series_spans(store, config.series_columns, config.base_grain, params["lo"], params["hi"])
-        _from_rows(con, _series_upsert(config, _PUSHED), rows, params)
+        _from_rows(con, _series_upsert(config, _PUSHED), rows, {})  # the window was applied in ClickHouse
     else:
         con.execute(_series_upsert(config), params)
 
