@@ -37,39 +37,14 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' OTLP JSON encoder of captured spans, shared with them
+from support.fold_spans import resource_spans  # noqa: E402
+
 FIXTURES = ROOT / "tests" / "fixtures" / "normalize"
 SDK_SCOPE = "com.anthropic.sdk.python"
 #: kind of call → share of the calls.
 MIX = {"openinference_sdk": 0.35, "openllmetry_sdk": 0.25, "chain": 0.10, "sdk_alone": 0.30}
 SPANS_PER_LINE = 50
-
-
-def _value(v: Any) -> dict[str, Any]:
-    if isinstance(v, bool):
-        return {"boolValue": v}
-    if isinstance(v, int):
-        return {"intValue": str(v)}
-    if isinstance(v, float):
-        return {"doubleValue": v}
-    if isinstance(v, list):
-        return {"arrayValue": {"values": [_value(x) for x in v]}}
-    return {"stringValue": str(v)}
-
-
-def _resource_spans(span: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "traceId": span["trace_id"], "spanId": span["span_id"], "name": span["name"], "kind": span["kind"],
-        "startTimeUnixNano": str(span["start_ns"]), "endTimeUnixNano": str(span["end_ns"]),
-        "attributes": [{"key": k, "value": _value(v)} for k, v in span["attributes"].items()],
-        "events": [{"name": e["name"], "timeUnixNano": str(e["time_ns"]),
-                    "attributes": [{"key": k, "value": _value(v)} for k, v in e["attributes"].items()]}
-                   for e in span["events"]],
-        "status": {"code": span["status_code"]},
-    }  # fmt: skip
-    if span["parent_span_id"]:
-        body["parentSpanId"] = span["parent_span_id"]
-    resource = {"attributes": [{"key": k, "value": _value(v)} for k, v in span["resource"].items()]}
-    return {"resource": resource, "scopeSpans": [{"scope": {"name": span["scope"]}, "spans": [body]}]}
 
 
 def _templates() -> dict[str, list[list[dict[str, Any]]]]:
@@ -143,7 +118,7 @@ def _write(path: Path, spans: Iterator[dict[str, Any]]) -> int:
     with path.open("wb") as fh:
         line: list[dict[str, Any]] = []
         for span in spans:
-            line.append(_resource_spans(span))
+            line.append(resource_spans(span))
             count += 1
             if len(line) == SPANS_PER_LINE:
                 fh.write(orjson.dumps({"resourceSpans": line}) + b"\n")

@@ -21,7 +21,7 @@ flows from one ``numpy.random.SeedSequence(seed)``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -122,15 +122,8 @@ class SimulationConfig:
     @property
     def habits(self) -> HabitConfig:
         """The habit switches of this config."""
-        return HabitConfig(
-            idle_nights=self.idle_nights,
-            idle_weekends=self.idle_weekends,
-            bursts_per_day=self.bursts_per_day,
-            late_start_share=self.late_start_share,
-            late_history_days=self.late_history_days,
-            size_drift=self.size_drift,
-            size_steps_per_week=self.size_steps_per_week,
-        )
+        # Same-named fields: a habit added to HabitConfig is carried over once it is a field here too.
+        return HabitConfig(**{f.name: getattr(self, f.name) for f in fields(HabitConfig)})
 
     @property
     def epoch_s(self) -> float:

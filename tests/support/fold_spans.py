@@ -30,8 +30,8 @@ def _event(e: dict[str, Any]) -> dict[str, Any]:
     return {"name": e["name"], "timeUnixNano": str(e["time_ns"]), "attributes": _attrs(e["attributes"])}
 
 
-def otlp_line(span: dict[str, Any]) -> bytes:
-    """One SpanRecord-shaped dict as one OTLP JSON export request line."""
+def resource_spans(span: dict[str, Any]) -> dict[str, Any]:
+    """One SpanRecord-shaped dict as one OTLP JSON ``ResourceSpans`` (its resource, scope and the span)."""
     body = {
         "traceId": span["trace_id"],
         "spanId": span["span_id"],
@@ -45,6 +45,10 @@ def otlp_line(span: dict[str, Any]) -> bytes:
     }
     if span["parent_span_id"]:
         body["parentSpanId"] = span["parent_span_id"]
-    request = {"resourceSpans": [{"resource": {"attributes": _attrs(span["resource"])},
-                                  "scopeSpans": [{"scope": {"name": span["scope"]}, "spans": [body]}]}]}  # fmt: skip
-    return orjson.dumps(request)
+    return {"resource": {"attributes": _attrs(span["resource"])},
+            "scopeSpans": [{"scope": {"name": span["scope"]}, "spans": [body]}]}  # fmt: skip
+
+
+def otlp_line(span: dict[str, Any]) -> bytes:
+    """One SpanRecord-shaped dict as one OTLP JSON export request line."""
+    return orjson.dumps({"resourceSpans": [resource_spans(span)]})
