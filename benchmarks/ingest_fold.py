@@ -36,9 +36,9 @@ from typing import Any
 
 import orjson
 
+from spanprism.attribution.simulator.otlp.encoding import resource_spans
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' OTLP JSON encoder of captured spans, shared with them
-from support.fold_spans import resource_spans  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "normalize"
 SDK_SCOPE = "com.anthropic.sdk.python"

@@ -49,6 +49,29 @@ def kv_list(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"key": k, "value": any_value(v)} for k, v in attrs.items() if v is not None]
 
 
+def resource_spans(span: Mapping[str, Any]) -> dict[str, Any]:
+    """One SpanRecord-shaped dict (``trace_id``, ``attributes``, ``events``…) as one OTLP JSON ``ResourceSpans``.
+
+    The inverse of the decoder's record for one span: benchmarks and tests clone captured spans through it.
+    """
+    body: dict[str, Any] = {
+        "traceId": span["trace_id"],
+        "spanId": span["span_id"],
+        "name": span["name"],
+        "kind": span["kind"],
+        "startTimeUnixNano": str(span["start_ns"]),
+        "endTimeUnixNano": str(span["end_ns"]),
+        "attributes": kv_list(span["attributes"]),
+        "events": [{"name": e["name"], "timeUnixNano": str(e["time_ns"]), "attributes": kv_list(e["attributes"])}
+                   for e in span["events"]],
+        "status": {"code": span["status_code"]},
+    }  # fmt: skip
+    if span["parent_span_id"]:
+        body["parentSpanId"] = span["parent_span_id"]
+    return {"resource": {"attributes": kv_list(span["resource"])},
+            "scopeSpans": [{"scope": {"name": span["scope"]}, "spans": [body]}]}  # fmt: skip
+
+
 def to_ns(value: Any) -> int:
     """Unix nanoseconds of a row timestamp: aware/naive (= UTC) datetime, pandas Timestamp, or int µs."""
     if isinstance(value, datetime):
