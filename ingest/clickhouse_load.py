@@ -15,10 +15,14 @@ Chains through non-LLM spans: ``span_links`` stays in the local DuckDB file (boo
 window, and the unit's new links go to the fold as on DuckDB; the window and the traces looked up in ClickHouse
 cover the new links too, so a unit of links alone can still join two stored calls.
 
+The weak rules (``ingest/identity.py``) pair spans that share no id: an SDK span and an instrumentation span without
+a response id (a failed call: OpenLLMetry puts them in two traces), Logfire's request span and its stream log. For
+those the stored rows of the unit's (service, request model) pairs are read back too, within the rule's own time
+window of the unit's candidates (SDK spans, rows without a response id, stream logs), so the second emitter's
+span folds into the first one's stored call whichever arrives first (``tests/test_clickhouse_fold.py``).
+
 A span stored before has the same trace id and start time, so it is always among the rows read back: it counts as
-a duplicate and is not inserted again (and were it inserted, ``ReplacingMergeTree`` would keep one row). A span of
-a multi-span call whose twin sits in another trace and was stored by an earlier unit (an SDK span and an
-instrumentation span in different traces, or a stream log) is folded only when both arrive in one write unit.
+a duplicate and is not inserted again (and were it inserted, ``ReplacingMergeTree`` would keep one row).
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanprism.ingest.fold import fold_calls
-from spanprism.ingest.identity import SEARCH_WINDOW_US
+from spanprism.ingest.identity import (
+    SDK_CONVENTION,
+    SEARCH_WINDOW_US,
+    STREAM_LEAD_US,
+    STREAM_LOG_PREFIX,
+    TWIN_LEAD_US,
+)
 from spanprism.models.clickhouse import DELETED, VERSION, ClickHouseStore, new_version
 from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA, SPAN_LINKS_SCHEMA
 
@@ -77,13 +87,17 @@ def _present(store: ClickHouseStore, new: pa.Table, window: str) -> tuple[list[s
     return shared.to_pylist(), answered.to_pylist()
 
 
+_PROBE = ["trace_id", "response_id", "start_time", "service", "request_model", "source_convention", "span_name"]
+
+
 def _probe(tables: list[pa.Table], links: pa.Table | None) -> pa.Table:
     """What is looked up in ClickHouse: the trace ids, response ids and start times of the new rows and links."""
-    names = ["trace_id", "response_id", "start_time"]
-    parts = [t.select(names) for t in tables if t.num_rows]
+    parts = [t.select(_PROBE) for t in tables if t.num_rows]
     if links is not None and links.num_rows:
-        columns = [links.column("trace_id"), pa.nulls(links.num_rows, pa.string()), links.column("start_time")]
-        parts.append(pa.Table.from_arrays(columns, schema=pa.schema([LLM_CALLS_SCHEMA.field(n) for n in names])))
+        schema = pa.schema([LLM_CALLS_SCHEMA.field(n) for n in _PROBE])
+        columns = [links.column(n) if n in ("trace_id", "start_time")
+                   else pa.nulls(links.num_rows, schema.field(n).type) for n in _PROBE]  # fmt: skip
+        parts.append(pa.Table.from_arrays(columns, schema=schema))
     return pa.concat_tables(parts)
 
 
@@ -101,6 +115,46 @@ def _stored_links(local: duckdb.DuckDBPyConnection, traces: pa.Array, new: pa.Ta
         cur.close()
 
 
+def _micros(table: pa.Table, lead_us: int, lag_us: int) -> str | None:
+    """``start_time BETWEEN …`` covering ``table``'s start times widened by ``lead_us`` before, ``lag_us`` after."""
+    if not table.num_rows:
+        return None
+    lo, hi = pc.min_max(table.column("start_time")).values()
+    return (f"start_time BETWEEN fromUnixTimestamp64Micro({lo.value - lead_us}, 'UTC')"
+            f" AND fromUnixTimestamp64Micro({hi.value + lag_us}, 'UTC')")  # fmt: skip
+
+
+def _weak_partners(store: ClickHouseStore, new: pa.Table) -> pa.Table:
+    """Stored calls a weak rule (SDK twin, stream log) may pair with the unit's rows: same (service, request model)
+    and within the rule's window of the unit's candidates. Empty when the unit holds no candidate."""
+    calls = new.filter(pc.is_valid(new.column("request_model")))  # links carry no call fields
+    if not calls.num_rows:
+        return LLM_CALLS_SCHEMA.empty_table()
+    convention, response = calls.column("source_convention"), calls.column("response_id")
+    is_log = pc.fill_null(pc.starts_with(calls.column("span_name"), STREAM_LOG_PREFIX), False)
+    is_sdk = pc.fill_null(pc.equal(convention, SDK_CONVENTION), False)
+    unanswered = pc.and_(pc.and_(pc.invert(is_sdk), pc.invert(is_log)), pc.is_null(response))
+    sdk, log, bare = calls.filter(is_sdk), calls.filter(is_log), calls.filter(unanswered)
+    log_sql = f"startsWith(span_name, '{STREAM_LOG_PREFIX}')"
+    wanted = []
+    # The mirror of each weak rule (ingest/fold.py's _pair_sql), seen from either side of the pair.
+    if (when := _micros(sdk, TWIN_LEAD_US, 0)) is not None:  # a new SDK span: the span wrapping it, stored
+        wanted.append(f"(source_convention != '{SDK_CONVENTION}' AND response_id IS NULL AND {when})")
+    if (when := _micros(bare, 0, TWIN_LEAD_US)) is not None:  # a new wrapping span: the SDK span it wraps
+        wanted.append(f"(source_convention = '{SDK_CONVENTION}' AND {when})")
+    if (when := _micros(calls.filter(pc.invert(is_log)), 0, STREAM_LEAD_US)) is not None:  # its stream log
+        wanted.append(f"({log_sql} AND {when})")
+    if (when := _micros(log, STREAM_LEAD_US, 0)) is not None:  # a new stream log: its request span
+        wanted.append(f"(NOT {log_sql} AND {when})")
+    if not wanted:
+        return LLM_CALLS_SCHEMA.empty_table()
+    pairs = sorted({(s or "", m) for s, m in zip(calls.column("service").to_pylist(),
+                                                 calls.column("request_model").to_pylist(), strict=True)})  # fmt: skip
+    same = " OR ".join(f"(ifNull(service, '') = {_quoted([s])} AND request_model = {_quoted([m])})" for s, m in pairs)
+    sql = f"SELECT {_CALL_COLS} FROM llm_calls FINAL WHERE ({same}) AND ({' OR '.join(wanted)})"
+    return store.query_arrow(sql).cast(LLM_CALLS_SCHEMA)
+
+
 def _stored(store: ClickHouseStore, new: pa.Table) -> tuple[pa.Table, pa.Table]:
     """The stored calls and members that the new rows may fold with (see the module docstring)."""
     lo, hi = pc.min_max(new.column("start_time")).values()
@@ -108,11 +162,22 @@ def _stored(store: ClickHouseStore, new: pa.Table) -> tuple[pa.Table, pa.Table]:
     window = (f"start_time BETWEEN fromUnixTimestamp64Micro({lo.value - pad}, 'UTC')"
               f" AND fromUnixTimestamp64Micro({hi.value + pad}, 'UTC')")  # fmt: skip
     traces, responses = _present(store, new, window)
+    weak = _weak_partners(store, new)
+    if weak.num_rows:
+        traces = sorted(set(traces) | set(weak.column("trace_id").to_pylist()))
     if not traces and not responses:  # nothing stored shares an id with the unit: only the unit folds with itself
         return LLM_CALLS_SCHEMA.empty_table(), _SPANS_SCHEMA.empty_table()
     by_trace = f"trace_id IN ({_quoted(traces)})" if traces else "0"
     calls_where = by_trace + (f" OR response_id IN ({_quoted(responses)})" if responses else "")
     calls = store.query_arrow(f"SELECT {_CALL_COLS} FROM llm_calls FINAL WHERE {window} AND ({calls_where})")
+    if weak.num_rows:  # a weak partner outside the search window of the unit's own start times
+        calls = pa.concat_tables([calls.cast(LLM_CALLS_SCHEMA), weak.cast(LLM_CALLS_SCHEMA)])
+        seen: set[tuple[str, str]] = set()
+        keep = []
+        for key in _keys(calls, "trace_id", "span_id"):
+            keep.append(key not in seen)
+            seen.add(key)
+        calls = calls.filter(pa.array(keep, pa.bool_()))
     members = store.query_arrow(
         f"SELECT {_SPAN_COLS} FROM llm_call_spans FINAL WHERE {window}"
         f" AND ({by_trace} OR {by_trace.replace('trace_id', 'call_trace_id')})"

@@ -1,0 +1,73 @@
+"""tests/test_fold.py on the ClickHouse path: the two emitters' spans of each captured call, as two files ingested
+in both orders (then again), fold into the rows DuckDB stores when it ingests everything at once.
+
+The cases are the real captures of tests/fixtures/normalize: the SDK span under OpenInference's (same trace),
+OpenLLMetry's span and the SDK's in two traces sharing only the response id, Logfire's request span and its
+stream log, pydantic-ai's chat span around the SDK's. Each file is its own write unit, so the second file's spans
+must find their partners among the rows already in ClickHouse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+from support.fold_spans import otlp_line
+
+from spanprism.api.storage.connect import open_db
+from spanprism.ingest.pipeline import ingest_paths
+from spanprism.models import clickhouse
+from spanprism.models.schema import LLM_CALLS_SCHEMA
+
+pytestmark = [pytest.mark.clickhouse]
+
+FIXTURES = Path(__file__).parent / "fixtures" / "normalize"
+SDK_SCOPE = "com.anthropic.sdk.python"
+CASES = ("anthropic_openinference", "anthropic_openllmetry", "logfire_anthropic", "pydantic_ai")
+_COLUMNS = [n for n in LLM_CALLS_SCHEMA.names if n != "ingest_batch"]
+_CALLS_SQL = f"SELECT {', '.join(_COLUMNS)} FROM llm_calls{{}} ORDER BY trace_id, span_id"
+_MEMBERS_SQL = "SELECT trace_id, span_id, call_trace_id, call_span_id FROM llm_call_spans{} ORDER BY ALL"
+
+
+def _side(span: dict[str, Any]) -> bool:
+    """The second emitter of a call: the SDK's own span, or Logfire's stream log."""
+    return span["scope"] == SDK_SCOPE or span["name"].startswith("streaming response from")
+
+
+def _write(path: Path, spans: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(otlp_line(s) + b"\n" for s in spans))
+    return path
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("second_first", [False, True], ids=["emitter-first", "second-emitter-first"])
+def test_one_row_per_call_across_write_units(name: str, second_first: bool, clickhouse_url: str,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    spans = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
+    first = _write(tmp_path / "a.jsonl", [s for s in spans if not _side(s)])
+    second = _write(tmp_path / "b.jsonl", [s for s in spans if _side(s)])
+    con = open_db(tmp_path / "ref.duckdb")
+    together = ingest_paths(con, [_write(tmp_path / "all.jsonl", spans)])
+    expected = con.execute(_CALLS_SQL.format("")).fetchall(), con.execute(_MEMBERS_SQL.format("")).fetchall()
+    con.close()
+
+    order = (second, first) if second_first else (first, second)
+    store = clickhouse.connect(clickhouse_url)
+    con = open_db(tmp_path / "ch.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        summaries = [ingest_paths(con, [path]) for path in (*order, *order)]
+        schema = pa.schema([LLM_CALLS_SCHEMA.field(c) for c in _COLUMNS])
+        calls = store.query_arrow(_CALLS_SQL.format(" FINAL WHERE _deleted = 0")).cast(schema).to_pylist()
+        members = store.rows(_MEMBERS_SQL.format(" FINAL WHERE _deleted = 0"))
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    assert sum(s.calls_stored for s in summaries) == together.calls_stored
+    assert sum(s.merged for s in summaries) == together.merged
+    assert [tuple(r.values()) for r in calls] == expected[0]
+    assert members == expected[1]
