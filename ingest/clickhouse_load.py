@@ -27,7 +27,6 @@ a duplicate and is not inserted again (and were it inserted, ``ReplacingMergeTre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import timedelta
 
 import duckdb
@@ -42,7 +41,7 @@ from spanprism.ingest.identity import (
     STREAM_LOG_PREFIX,
     TWIN_LEAD_US,
 )
-from spanprism.models.clickhouse import DELETED, VERSION, ClickHouseStore, new_version
+from spanprism.models.clickhouse import DELETED, VERSION, ClickHouseStore, lits, new_version
 from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA, SPAN_LINKS_SCHEMA
 
 _DUCK_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.int32(): "INTEGER",
@@ -60,10 +59,6 @@ def _duck_ddl(table: str, schema: pa.Schema) -> str:
         f"{f.name} {'TIMESTAMPTZ' if pa.types.is_timestamp(f.type) else _DUCK_TYPES[f.type]}" for f in schema
     )
     return f"CREATE TABLE {table} ({cols}, PRIMARY KEY (trace_id, span_id))"
-
-
-def _quoted(values: Sequence[str]) -> str:
-    return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
 
 
 #: Up to this many stored rows in a unit's search window, their ids are read and matched here; above it, the unit's
@@ -150,7 +145,7 @@ def _weak_partners(store: ClickHouseStore, new: pa.Table) -> pa.Table:
         return LLM_CALLS_SCHEMA.empty_table()
     pairs = sorted({(s or "", m) for s, m in zip(calls.column("service").to_pylist(),
                                                  calls.column("request_model").to_pylist(), strict=True)})  # fmt: skip
-    same = " OR ".join(f"(ifNull(service, '') = {_quoted([s])} AND request_model = {_quoted([m])})" for s, m in pairs)
+    same = " OR ".join(f"(ifNull(service, '') = {lits([s])} AND request_model = {lits([m])})" for s, m in pairs)
     sql = f"SELECT {_CALL_COLS} FROM llm_calls FINAL WHERE ({same}) AND ({' OR '.join(wanted)})"
     return store.query_arrow(sql).cast(LLM_CALLS_SCHEMA)
 
@@ -167,8 +162,8 @@ def _stored(store: ClickHouseStore, new: pa.Table) -> tuple[pa.Table, pa.Table]:
         traces = sorted(set(traces) | set(weak.column("trace_id").to_pylist()))
     if not traces and not responses:  # nothing stored shares an id with the unit: only the unit folds with itself
         return LLM_CALLS_SCHEMA.empty_table(), _SPANS_SCHEMA.empty_table()
-    by_trace = f"trace_id IN ({_quoted(traces)})" if traces else "0"
-    calls_where = by_trace + (f" OR response_id IN ({_quoted(responses)})" if responses else "")
+    by_trace = f"trace_id IN ({lits(traces)})" if traces else "0"
+    calls_where = by_trace + (f" OR response_id IN ({lits(responses)})" if responses else "")
     calls = store.query_arrow(f"SELECT {_CALL_COLS} FROM llm_calls FINAL WHERE {window} AND ({calls_where})")
     if weak.num_rows:  # a weak partner outside the search window of the unit's own start times
         calls = pa.concat_tables([calls.cast(LLM_CALLS_SCHEMA), weak.cast(LLM_CALLS_SCHEMA)])

@@ -7,6 +7,8 @@ back into the :class:`~spanprism.ingest.records.SpanRecord` an OTLP decoder woul
 strings there, as the exporter writes them; the normalizer's coercion reads every honest spelling), normalizes them
 with the same Python normalizer as every other input (every convention, TTFT from the span events) and stores them
 through the one writer (``ingest/load.py``), which on a bound ClickHouse store folds, deduplicates and inserts.
+Calls chained through non-LLM spans (an LLM span, an app step, an HTTP client span, the SDK's LLM span) are
+followed too: :func:`read_links` reads just the parent links of the non-LLM spans in the traces that need them.
 
 Progress is a watermark per source table (``spanprism_source_watermarks``, in ClickHouse beside the data), moved
 only after a slice is stored. Each pass starts ``late_s`` before it, so spans the Collector writes late are still
@@ -28,11 +30,12 @@ import orjson
 import pyarrow as pa
 
 from spanprism.ingest.conventions import USAGE_PRESENCE_KEYS
+from spanprism.ingest.identity import SEARCH_WINDOW_US
 from spanprism.ingest.limits import Limits
 from spanprism.ingest.load import BatchCounts, store_batch
 from spanprism.ingest.normalize import normalize
 from spanprism.ingest.records import Batch, SpanEvent, SpanRecord
-from spanprism.models.clickhouse import ClickHouseStore, new_version
+from spanprism.models.clickhouse import ClickHouseStore, lits, new_version
 
 # The exporter's table, copied from open-telemetry/opentelemetry-collector-contrib
 # exporter/clickhouseexporter/internal/sqltemplates/traces_table.sql (commit 2bf6b9e1f8c8716ab54eaac1635e56b4d0649900),
@@ -160,6 +163,39 @@ def read_slice(store: ClickHouseStore, table: str, lo_ns: int, hi_ns: int) -> pa
     )
 
 
+def read_links(store: ClickHouseStore, table: str, rows: pa.Table, lo_ns: int, hi_ns: int) -> list[SpanRecord]:
+    """The non-LLM spans that may sit between two LLM spans of one call (a framework step, an HTTP client span), as
+    bare span records: only their ids, parent, kind and times are read, and the normalizer keeps only their parent
+    links (``span_links``), as it does for the same spans in a file.
+
+    Looked up only in the traces where a candidate span of the slice (``rows``) has a parent that is not a candidate
+    of the slice, within the fold's search window around the slice: the chain's other LLM span may be stored by an
+    earlier slice or pass, and the fold finds it there."""
+    if not rows.num_rows:
+        return []
+    candidates = set(rows.column("SpanId").to_pylist())
+    traces = sorted({t for t, parent in zip(rows.column("TraceId").to_pylist(), rows.column("ParentSpanId").to_pylist(),
+                                            strict=True) if parent and parent not in candidates})  # fmt: skip
+    if not traces:
+        return []
+    pad = SEARCH_WINDOW_US * 1000
+    found = store.query_arrow(
+        f"SELECT TraceId, SpanId, ParentSpanId, SpanKind, toUnixTimestamp64Nano(Timestamp) AS start_ns, Duration"
+        f" FROM {table} WHERE TraceId IN ({lits(traces)})"
+        f" AND Timestamp >= fromUnixTimestamp64Nano({int(lo_ns) - pad}, 'UTC')"
+        f" AND Timestamp < fromUnixTimestamp64Nano({int(hi_ns) + pad}, 'UTC')"
+        f" AND ParentSpanId != '' AND SpanKind IN ('Unspecified', 'Internal', 'Client') AND NOT {candidate_filter()}"
+    )
+    return [
+        {"trace_id": row["TraceId"].lower(), "span_id": row["SpanId"].lower(),
+         "parent_span_id": row["ParentSpanId"].lower(), "name": "", "kind": _KINDS.get(row["SpanKind"], 0),
+         "start_ns": int(row["start_ns"]), "end_ns": int(row["start_ns"]) + int(row["Duration"]), "attributes": {},
+         "resource": {}, "scope": "", "events": [], "status_code": 0, "status_message": "", "source": source,
+         "location": f"trace {row['TraceId']} span {row['SpanId']}", "raw": _raw(row)}
+        for row in found.to_pylist() for source in (f"clickhouse:{table}",)
+    ]  # fmt: skip
+
+
 def watermark(store: ClickHouseStore, table: str) -> int | None:
     """The stored watermark of ``table`` (ns since the epoch): every span before it that had arrived is stored."""
     store.command(_WATERMARKS_DDL)
@@ -212,7 +248,7 @@ def follow(con: duckdb.DuckDBPyConnection, store: ClickHouseStore, *, table: str
     while lo < hi and (max_slices is None or run.slices < max_slices):
         end = min(lo + step, hi)
         rows = read_slice(store, table, lo, end)
-        spans = span_records(rows, source)
+        spans = span_records(rows, source) + read_links(store, table, rows, lo, end)
         norm = normalize(spans, tenant_attribute=tenant_attribute, limits=limits)
         batch = Batch(source=source, calls=norm.table, quarantined=norm.quarantined, spans_seen=len(spans),
                       non_llm_skipped=norm.non_llm_skipped, conventions=dict(norm.conventions),

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
 from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA, SERIES_COLUMNS
+from spanprism.models.times import as_utc
 
 #: Bookkeeping columns of both ClickHouse tables (never part of the canonical record).
 VERSION, DELETED = "_version", "_deleted"
@@ -71,6 +74,27 @@ def llm_call_spans_ddl(table: str = "llm_call_spans") -> str:
 ) ENGINE = ReplacingMergeTree({VERSION}, {DELETED})
 PARTITION BY toDate(start_time)
 ORDER BY (trace_id, span_id, call_trace_id, call_span_id)"""
+
+
+def lit(value: Any) -> str:
+    """A ClickHouse literal of a Python value (str, int, float, bool, None, datetime)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        ts = as_utc(value)
+        micros = int(ts.timestamp()) * 1_000_000 + ts.microsecond
+        return f"fromUnixTimestamp64Micro({micros}, 'UTC')"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def lits(values: Iterable[Any]) -> str:
+    """A comma-separated list of literals (for ``IN (…)``)."""
+    return ", ".join(lit(v) for v in values)
 
 
 def new_version() -> int:

@@ -19,6 +19,8 @@ import pytest
 from conftest import ADMIN_KEY, live_server
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
+from support.chains import chain_sides
+from support.fold_spans import otlp_line
 from support.normalize_fixtures import FIXTURES, load_spans
 from support.otlp_spans import genai_spans
 
@@ -33,6 +35,7 @@ from spanprism.ingest.otel_traces import (
     span_records,
     spans_of_files,
 )
+from spanprism.ingest.pipeline import ingest_paths
 from spanprism.models import clickhouse
 from spanprism.models.schema import LLM_CALLS_SCHEMA
 
@@ -126,6 +129,43 @@ def test_a_stopped_pass_goes_on_where_it_stopped(export, clickhouse_url, tmp_pat
         con.close()
     assert _stored(store) == export["calls"]
     assert store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0] == len(export["calls"])
+
+
+@pytest.mark.parametrize("links_later", [False, True], ids=["together", "links-a-pass-later"])
+def test_source_follows_chains_through_non_llm_spans(links_later, clickhouse_url, tmp_path):
+    """OpenInference spans and SDK spans joined only through non-LLM spans (an app step, an HTTP client span) in
+    ``otel_traces`` fold as the file ingest folds them: 3 calls of 2 spans each. With the non-LLM spans exported a
+    pass later (inside the late window), the second pass joins the calls the first one stored apart."""
+    outer, links, sdk = chain_sides()
+    both = tmp_path / "all.jsonl"
+    both.write_bytes(b"".join(otlp_line(s) + b"\n" for s in [*outer, *links, *sdk]))
+    con = open_db(tmp_path / "files.duckdb")
+    ingest_paths(con, [both])
+    expected = con.sql(f"SELECT {_COLS} FROM llm_calls ORDER BY trace_id, span_id").fetchall()
+    members_sql = "SELECT trace_id, span_id, call_trace_id, call_span_id FROM llm_call_spans{} ORDER BY ALL"
+    expected_members = con.sql(members_sql.format("")).fetchall()
+    con.close()
+    assert len(expected) == 3 and len(expected_members) == 6
+
+    store = clickhouse.connect(clickhouse_url)
+    store.command(otel_traces_ddl())
+    store.insert("otel_traces", exporter_rows([*outer, *sdk] if links_later else [*outer, *links, *sdk]))
+    con = open_db(tmp_path / "source.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        first = follow(con, store, slice_s=60)
+        if links_later:
+            assert first.calls_stored > 3  # without the links, timing alone cannot join every pair
+            store.insert("otel_traces", exporter_rows(links))
+            follow(con, store, slice_s=60)
+        stored = _stored(store)
+        members = store.rows(members_sql.format(" FINAL WHERE _deleted = 0"))
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    assert stored == expected
+    assert members == expected_members
 
 
 def test_a_killed_source_loses_and_duplicates_nothing(export, clickhouse_url, tmp_path):

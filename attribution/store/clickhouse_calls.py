@@ -19,31 +19,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from spanprism.models.clickhouse import ClickHouseStore
+from spanprism.models.clickhouse import ClickHouseStore, lit, lits
 from spanprism.models.times import as_utc
 
 CALLS = "llm_calls FINAL"
-
-
-def lit(value: Any) -> str:
-    """A ClickHouse literal of a Python value (str, int, float, bool, None, datetime)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        ts = as_utc(value)
-        micros = int(ts.timestamp()) * 1_000_000 + ts.microsecond
-        return f"fromUnixTimestamp64Micro({micros}, 'UTC')"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def lits(values: Iterable[Any]) -> str:
-    """A comma-separated list of literals (for ``IN (…)``)."""
-    return ", ".join(lit(v) for v in values)
 
 
 def _match(column: str, value: Any) -> str:
