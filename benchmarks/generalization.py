@@ -18,15 +18,17 @@ always-on workload and is pooled on its own):
 Simulated folders and ingested databases are cached under ``--out`` (one folder per preset and seed, rebuilt if
 the preset's config changed), so a second run only re-runs attribution.
 
-Seeds 1–20 are for development. Seeds 301–312 are reserved for the one never-seen run (the README numbers)::
+Seeds 1–20 are for development. Seeds 401–412 are reserved for the one never-seen run (the README numbers; 301–312
+served before and are seen now)::
 
-    .venv/bin/python benchmarks/generalization.py --seeds 301..312 --json /tmp/generalization-never-seen.json
+    .venv/bin/python benchmarks/generalization.py --seeds 401..412 --json /tmp/generalization-never-seen.json
 
 which is also what the defaults do. A development run::
 
     .venv/bin/python benchmarks/generalization.py --presets sparse mixed --seeds 1 2 --misses
 
-The held-out family (``presets.HELD_OUT``) runs only with ``--held-out`` (alone), once, at the end.
+The held-out family (``presets.HELD_OUT``) runs only with ``--held-out`` (alone), once, at the end; a family
+scored before (``presets.SCORED_HELD_OUT``) is re-run with ``--held-out NAME``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ from spanprism.attribution.evaluation.pooled import (  # noqa: E402
     pool,
 )
 from spanprism.attribution.evaluation.scoring import OwnSizeScore, Score, moved_pct, score, score_own_size  # noqa: E402
-from spanprism.attribution.simulator.presets import DEV_PRESETS, HELD_OUT, NEVER_SEEN_SEEDS, PRESETS  # noqa: E402
+from spanprism.attribution.simulator.presets import (  # noqa: E402
+    DEV_PRESETS,
+    HELD_OUT,
+    NEVER_SEEN_SEEDS,
+    PRESETS,
+    SCORED_HELD_OUT,
+)
 from spanprism.attribution.simulator.simulate import SimulationConfig  # noqa: E402
 from spanprism.attribution.vocabulary import LABELS  # noqa: E402
 
@@ -266,8 +274,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=list(DEV_PRESETS), help=f"default: {' '.join(DEV_PRESETS)}")
     parser.add_argument("--seeds", nargs="+", default=[f"{NEVER_SEEN_SEEDS[0]}..{NEVER_SEEN_SEEDS[-1]}"],
-                        help="seeds and inclusive ranges (1 2 5..8); default: the never-seen 301..312")  # fmt: skip
-    parser.add_argument("--held-out", action="store_true", help=f"run the held-out family {HELD_OUT!r} (only it)")
+                        help=f"seeds and inclusive ranges (1 2 5..8); default: the never-seen "
+                             f"{NEVER_SEEN_SEEDS[0]}..{NEVER_SEEN_SEEDS[-1]}")  # fmt: skip
+    parser.add_argument("--held-out", nargs="?", const=HELD_OUT, choices=[HELD_OUT, *SCORED_HELD_OUT],
+                        help=f"run the held-out family {HELD_OUT!r} (only it), or one scored before")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--out", type=Path, default=Path("/tmp/spanprism-generalization"), help="cache folder")
     parser.add_argument("--workers", type=int, default=2, help="ingest worker processes")
@@ -278,7 +288,7 @@ def main() -> None:
     parser.add_argument("--keep-db", action="store_true", help="keep each run's attributed DuckDB (FOLDER/e2e.duckdb)")
     args = parser.parse_args()
     if args.held_out:
-        presets = [HELD_OUT]
+        presets = [args.held_out]
     else:
         unknown = sorted(set(args.presets) - set(DEV_PRESETS))
         if unknown:

@@ -139,7 +139,8 @@ def test_presets_are_deterministic_per_seed_and_hold_out_one_family():
     assert min(rates) >= 2 and max(rates) <= 30
     assert presets.HELD_OUT not in presets.DEV_PRESETS
     assert presets.PRESETS[presets.HELD_OUT].held_out
-    assert [n for n, p in presets.PRESETS.items() if p.held_out] == [presets.HELD_OUT]
+    assert [n for n, p in presets.PRESETS.items() if p.held_out] == [*presets.SCORED_HELD_OUT, presets.HELD_OUT]
+    assert not set(presets.SEEN_SEEDS) & set(presets.NEVER_SEEN_SEEDS)
     assert {"sparse", "bursty", "short_history", "drifting", "mixed", "higher_traffic"} <= set(presets.DEV_PRESETS)
     assert not set(presets.NEVER_SEEN_SEEDS) & set(presets.DEV_SEEDS)
     for name in presets.DEV_PRESETS:
