@@ -36,6 +36,7 @@ from starlette.requests import Request
 
 from spanprism.api.deps import require
 from spanprism.api.routers.series import list_stamp
+from spanprism.api.storage.database import Database
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -144,7 +145,7 @@ class HotReads:
         await self._answer(entry, scope, send)
 
     async def _through_route(self, scope: Scope, receive: Receive, send: Send, key: tuple[str, bytes],
-                             stamp: tuple[Any, ...], database: Any) -> Entry | None:  # fmt: skip
+                             stamp: tuple[Any, ...], database: Database) -> Entry | None:  # fmt: skip
         """Run the route, buffering its answer; keep it when 200 and the stamp held (None: already passed on)."""
         start: Message | None = None
         chunks: list[bytes] = []
@@ -159,7 +160,8 @@ class HotReads:
                 await send(message)
 
         await self.app(scope, receive, capture)  # an exception propagates before anything was sent: a plain 500
-        assert start is not None, "the route answered without starting a response"
+        if start is None:  # nothing to pass on (the app ended without answering)
+            return None
         body = b"".join(chunks)
         if start["status"] != 200 or list_stamp(database) != stamp:
             await send(start)
