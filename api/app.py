@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from spanprism.api.hot_reads import HotReads
 from spanprism.api.metrics import Metrics
 from spanprism.api.routers import alerts, baselines, calls, health, jobs, keys, otlp, quarantine, regressions, series
 from spanprism.api.routers import ingest as ingest_routes
@@ -105,4 +106,5 @@ def create_app(
         app.include_router(read_router, prefix=API_PREFIX)
     app.include_router(alerts.router, prefix=API_PREFIX)
     mount_pages(app)  # the web pages: /, /series/…, /regressions/…, /quarantine, /login
+    app.add_middleware(HotReads)  # repeated dashboard lists skip routing and dependency solving (api/hot_reads.py)
     return app

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     ingest_queue_spans: int = Field(
         200_000, description="Spans waiting to be written before the OTLP receiver answers 503 with Retry-After."
     )
+    hot_reads: bool = Field(
+        True,
+        description="Answer repeated `GET /api/v1/series` and `/api/v1/regressions` from the route's pre-encoded "
+        "answer (same auth, ETag/304, gzip) until the data behind it changes; false sends every request through the "
+        "route.",
+    )
     max_page_size: int = Field(1000, description="Largest `limit` a list endpoint accepts.")
     max_range_days: int = Field(93, description="Longest time range (days) one read request may ask for.")
     public_url: str | None = Field(

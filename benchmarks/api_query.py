@@ -130,7 +130,7 @@ local paths = {%s}
 local i = 0
 request = function()
   i = i %% #paths + 1
-  return wrk.format("GET", paths[i], {["authorization"] = "Bearer %s"})
+  return wrk.format("GET", paths[i], {["authorization"] = "Bearer %s"%s})
 end
 done = function(summary, latency, requests)
   io.write(string.format("WRK %%d %%d %%.1f %%.1f %%.1f\\n", summary.requests, summary.errors.status,
@@ -139,13 +139,16 @@ end
 """
 
 
-def measure_wrk(clients: int, paths: list[str], url: str, seconds: int) -> tuple[int, int, float, float, float] | None:
+def measure_wrk(clients: int, paths: list[str], url: str, seconds: int, headers: dict[str, str] | None = None,
+                ) -> tuple[int, int, float, float, float] | None:  # fmt: skip
     """``wrk`` (a C load generator: the client costs almost no CPU) cycling through ``paths`` for ``seconds`` with
-    ``clients`` connections → (requests, non-2xx, p50 ms, p95 ms, max ms); None when wrk is not installed."""
+    ``clients`` connections, sending ``headers`` besides the key → (requests, non-2xx, p50 ms, p95 ms, max ms); None
+    when wrk is not installed."""
     if shutil.which("wrk") is None:
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_WRK_SCRIPT % (", ".join(f'"{p}"' for p in paths), KEY))
+        extra = "".join(f', ["{k}"] = "{v}"' for k, v in (headers or {}).items())
+        f.write(_WRK_SCRIPT % (", ".join(f'"{p}"' for p in paths), KEY, extra))
     out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "-s", f.name, url],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     Path(f.name).unlink()

@@ -7,17 +7,21 @@ Target (issue 15): ``GET /api/v1/series`` p95 ≤ 50 ms at 50 concurrent readers
 2. Starts ``spanprism serve`` on 127.0.0.1 on the copy (every background service but the scheduler, so no
    attribution pass moves the read caches mid-row), and one poster process sending 500-span OTLP protobuf bodies
    (``api_ingest.py``'s OTel-SDK bodies, fresh ids each) back to back for the whole run.
-3. For each row, ``--clients`` reader threads (each its own keep-alive httpx connection, as in ``api_query.py``)
-   send ``--requests`` GETs; p50/p95/max latency, the spans/s the server stored meanwhile (``/metrics``), and the
-   server process's CPU time per request (with ingest running it includes the writer's share): on a shared
-   machine latency measures the queue for the cores, the CPU column what each answer costs.
-4. Then the same rows again from ``wrk`` (a C client, ``apt-get install wrk``) with ``--clients`` connections for
-   ``--wrk-seconds`` each, ingest still running: the Python readers cost about as much CPU per request as the server
-   does, so on 2 cores they take half the machine; wrk's readers cost almost nothing, as browsers elsewhere would.
+3. For each row, ``wrk`` (a C client, ``apt-get install wrk``) with ``--clients`` connections for ``--wrk-seconds``,
+   ingest running: p50/p95/max latency, the spans/s the server stored meanwhile (``/metrics``), the server process's
+   CPU time per request (with ingest running it includes the writer's share: on a shared machine latency measures
+   the queue for the cores, the CPU column what each answer costs) and the load average. wrk's readers cost almost
+   nothing, as browsers elsewhere would (Python readers cost about as much CPU per request as the server does, so on
+   2 cores they take half the machine; ``--python-readers`` adds that table for the first server).
+4. The rows run once per server in ``--paths`` (default ``route,hot``), ``--rounds`` times alternating (default 2):
+   ``route`` is ``SPANPRISM_HOT_READS=false`` (every request through FastAPI's route, as before the thin path of
+   ``api/hot_reads.py``), ``hot`` the default server. Each server starts afresh on the same copy, so one run shows
+   the two side by side under the same load, and alternating shows how much the load drifted meanwhile.
 
 | row | request |
 |---|---|
 | `series` | `GET /series?limit=100&until=<end of data>`: the list every dashboard opens first |
+| `series_gzip` | the same with a browser's `Accept-Encoding: gzip, deflate, br, zstd` (the thin path answers gzip) |
 | `series_now` | `GET /series?limit=100` (as of now: a browser's default) |
 | `series_cold` | `GET /series?limit=100&until=…` with a different `until` each time (never a cache hit) |
 | `regressions` | `GET /regressions?limit=100` |
@@ -25,6 +29,7 @@ Target (issue 15): ``GET /api/v1/series`` p95 ≤ 50 ms at 50 concurrent readers
 
     .venv/bin/python benchmarks/api_query_ingest.py                 # ~10M calls; reuses api_query.py's DB
     .venv/bin/python benchmarks/api_query_ingest.py --no-ingest     # the same rows without the poster
+    .venv/bin/python benchmarks/api_query_ingest.py --paths hot --rounds 1 --rows series,series_now
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import httpx
@@ -49,31 +55,40 @@ from timing import measure_gets, row
 from spanprism.api.server import free_port, wait_healthy
 
 ZULU = "%Y-%m-%dT%H:%M:%SZ"
+#: What a browser (and httpx, Grafana) sends: the ``_gzip`` rows ask as they do; the other rows ask like wrk (identity).
+BROWSER = {"accept-encoding": "gzip, deflate, br, zstd"}
+FIRST_BODY = 1 << 20  # copy numbers apart from anything api_ingest.py posts
 
 
 def post_forever(url: str, spans: int, ready: multiprocessing.synchronize.Event,
-                 stop: multiprocessing.synchronize.Event) -> None:  # fmt: skip
+                 stop: multiprocessing.synchronize.Event, next_body: Synchronized[int]) -> None:  # fmt: skip
     """One OTLP client: post fresh-id bodies back to back until ``stop`` (runs in its own process); ``ready`` is set
-    once the first body is stored (it also starts the server's decode worker processes)."""
+    once the first body is stored (it also starts the server's decode worker processes). ``next_body`` carries the
+    copy number on from one server to the next on the same file: a copy posted again would be a duplicate, not
+    stored."""
     base = template(spans, seed=11)
     headers = {"authorization": f"Bearer {KEY}", "content-type": PROTO}
     with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
-        n = 1 << 20  # ids apart from anything api_ingest.py posts
+        n = next_body.value
         while not stop.is_set():
-            reply = client.post("/v1/traces", content=numbered(base, n, shift=n - (1 << 20)))
+            reply = client.post("/v1/traces", content=numbered(base, n, shift=n - FIRST_BODY))
             if reply.status_code == 503:
                 time.sleep(0.05)
                 continue
             reply.raise_for_status()
             ready.set()
             n += 1
+            next_body.value = n
 
 
 @contextmanager
-def serving(db: Path, log: Path) -> Iterator[tuple[str, int]]:
-    """``spanprism serve`` on ``db`` (the scheduler off: rows must not straddle an attribution pass)."""
+def serving(db: Path, log: Path, *, hot: bool = True) -> Iterator[tuple[str, int]]:
+    """``spanprism serve`` on ``db`` (the scheduler off: rows must not straddle an attribution pass); ``hot=False``
+    turns the thin path of the dashboard lists off (``SPANPRISM_HOT_READS``), so every request goes through the
+    route as before it existed."""
     port = free_port()
-    env = {**os.environ, "SPANPRISM_ADMIN_KEY": KEY, "SPANPRISM_SCHEDULER_ENABLED": "false"}
+    env = {**os.environ, "SPANPRISM_ADMIN_KEY": KEY, "SPANPRISM_SCHEDULER_ENABLED": "false",
+           "SPANPRISM_HOT_READS": "true" if hot else "false"}  # fmt: skip
     cmd = [str(Path(sys.executable).parent / "spanprism"), "--db", str(db), "serve", "--port", str(port),
            "--log-level", "warning"]  # fmt: skip
     with log.open("wb") as out:
@@ -95,14 +110,14 @@ def cpu_s(pid: int) -> float:
 
 
 @contextmanager
-def posting(url: str, spans: int, enabled: bool) -> Iterator[None]:
+def posting(url: str, spans: int, enabled: bool, next_body: Synchronized[int]) -> Iterator[None]:
     """The poster process for the duration of the block (nothing when not ``enabled``)."""
     if not enabled:
         yield
         return
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=post_forever, args=(url, spans, ready, stop), daemon=True)
+    proc = ctx.Process(target=post_forever, args=(url, spans, ready, stop, next_body), daemon=True)
     proc.start()
     try:
         if not ready.wait(600):
@@ -131,11 +146,42 @@ def cases(client: httpx.Client, days: int) -> dict[str, Callable[[int], str]]:
 
     return {
         "series": lambda i: f"/api/v1/series?limit=100&until={end.strftime(ZULU)}",
+        "series_gzip": lambda i: f"/api/v1/series?limit=100&until={end.strftime(ZULU)}",
         "series_now": lambda i: "/api/v1/series?limit=100",
         "series_cold": lambda i: f"/api/v1/series?limit=100&until={(end - timedelta(seconds=7 * i)).strftime(ZULU)}",
         "regressions": lambda i: "/api/v1/regressions?limit=100",
         "panel_24h": panel,
     }
+
+
+def python_readers(url: str, pid: int, made: dict[str, Callable[[int], str]], args: argparse.Namespace) -> None:
+    """Each row from ``--clients`` Python reader threads: latency, spans/s stored, server CPU per request."""
+    print("| request | clients | n | p50 ms | p95 ms | max ms | spans/s stored | server CPU ms/request |\n"
+          + "|---" * 8 + "|")  # fmt: skip
+    for name, make in made.items():
+        before, t0, cpu0 = stored(url), time.perf_counter(), cpu_s(pid)
+        lat = measure_gets(url, make, clients=args.clients, requests=args.requests,
+                           client_kwargs={"headers": {"authorization": f"Bearer {KEY}"}})  # fmt: skip
+        cpu = (cpu_s(pid) - cpu0) * 1000 / len(lat)
+        rate = (stored(url) - before) / (time.perf_counter() - t0)
+        print(f"{row(name, args.clients, latencies=lat)} {rate:,.0f} | {cpu:.1f} |", flush=True)
+
+
+def wrk_rows(path: str, url: str, pid: int, made: dict[str, Callable[[int], str]], args: argparse.Namespace) -> bool:
+    """Each row from ``wrk`` (``--clients`` connections, ``--wrk-seconds``); False when wrk is not installed."""
+    for name, make in made.items():
+        before, t0, cpu0 = stored(url), time.perf_counter(), cpu_s(pid)
+        headers = BROWSER if name.endswith("_gzip") else None
+        got = measure_wrk(args.clients, [make(i) for i in range(args.requests)], url, args.wrk_seconds, headers)
+        if got is None:
+            print("| (wrk not installed: apt-get install wrk) | | | | | | | | | |")
+            return False
+        cpu = (cpu_s(pid) - cpu0) * 1000 / max(got[0], 1)
+        rate = (stored(url) - before) / (time.perf_counter() - t0)
+        cells = [path, name, str(got[0]), str(got[1]), *(f"{v:.1f}" for v in got[2:]), f"{rate:,.0f}", f"{cpu:.2f}",
+                 f"{os.getloadavg()[0]:.1f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |", flush=True)
+    return True
 
 
 def main() -> None:
@@ -148,49 +194,46 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/spanprism-bench-api")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds per row of the wrk pass")
     parser.add_argument("--no-ingest", action="store_true", help="no OTLP poster (the reads alone)")
+    parser.add_argument("--paths", default="route,hot",
+                        help="servers to compare, in order: route (SPANPRISM_HOT_READS=false: every request through "
+                        "FastAPI's route, as before the thin path) and hot (the default server)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=2, help="times the --paths sequence runs (alternating)")
+    parser.add_argument("--rows", default="series,series_gzip,series_now,series_cold,regressions,panel_24h",
+                        help="rows of the wrk pass (comma-separated)")  # fmt: skip
+    parser.add_argument("--python-readers", action="store_true",
+                        help="also run each row from Python reader threads (first server only)")  # fmt: skip
     args = parser.parse_args()
     cached = Path(args.out) / f"api_{args.series}x{args.days}.duckdb"
     rows = build(cached, args.series, args.days)
     work = Path(args.out) / "during_ingest.duckdb"
     shutil.copyfile(cached, work)  # the posted spans land in a copy: the cached file keeps its row count
+    wanted = args.rows.split(",")
+    next_body = multiprocessing.get_context("spawn").Value("q", FIRST_BODY)
+    print(f"\n{rows:,} calls stored, {args.clients} readers, "
+          f"{'no ingest' if args.no_ingest else 'one OTLP client posting'}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; wrk {args.clients} connections, {args.wrk_seconds} s "
+          "a row; each path's server started afresh on the same copy\n")  # fmt: skip
+    header = ("| path | request | requests | non-2xx | p50 ms | p95 ms | max ms | spans/s stored "
+              "| server CPU ms/request | load avg |\n" + "|---" * 10 + "|")  # fmt: skip
     try:
-        with serving(work, Path(args.out) / "during_ingest.log") as (url, pid):
-            with httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
-                made = cases(c, args.days)
-            with posting(url, args.spans_per_body, not args.no_ingest):
-                print(f"\n{rows:,} calls stored, {args.clients} readers, {args.requests} requests per row, "
-                      f"{'no ingest' if args.no_ingest else 'one OTLP client posting'}; load average "
-                      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")  # fmt: skip
-                print("| request | clients | n | p50 ms | p95 ms | max ms | spans/s stored | server CPU ms/request |\n"
-                      + "|---" * 8 + "|")  # fmt: skip
-                for name, make in made.items():
-                    before, t0, cpu0 = stored(url), time.perf_counter(), cpu_s(pid)
-                    lat = measure_gets(
-                        url,
-                        make,
-                        clients=args.clients,
-                        requests=args.requests,
-                        client_kwargs={"headers": {"authorization": f"Bearer {KEY}"}},
-                    )
-                    cpu = (cpu_s(pid) - cpu0) * 1000 / len(lat)
-                    rate = (stored(url) - before) / (time.perf_counter() - t0)
-                    print(f"{row(name, args.clients, latencies=lat)} {rate:,.0f} | {cpu:.1f} |", flush=True)
-                # The Python reader threads above share the 2 cores with the server and the poster (their own CPU
-                # per request is of the server's order); wrk, a C client, shows what the server answers while
-                # ingest runs when the readers cost almost nothing, as browsers on other machines would.
-                print(f"\nwrk, {args.clients} connections, {args.wrk_seconds} s per row, ingest running\n")
-                print(
-                    "| request | requests | non-2xx | p50 ms | p95 ms | max ms | spans/s stored |\n" + "|---" * 7 + "|"
-                )
-                for name, make in made.items():
-                    before, t0 = stored(url), time.perf_counter()
-                    got = measure_wrk(args.clients, [make(i) for i in range(args.requests)], url, args.wrk_seconds)
-                    if got is None:
-                        print("| (wrk not installed: apt-get install wrk) | | | | | | |")
-                        break
-                    rate = (stored(url) - before) / (time.perf_counter() - t0)
-                    cells = [name, str(got[0]), str(got[1]), *(f"{v:.1f}" for v in got[2:]), f"{rate:,.0f}"]
-                    print("| " + " | ".join(cells) + " |", flush=True)
+        printed = False
+        for n in range(args.rounds):
+            for path in args.paths.split(","):
+                with serving(work, Path(args.out) / "during_ingest.log", hot=path == "hot") as (url, pid):
+                    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+                        made = {k: v for k, v in cases(c, args.days).items() if k in wanted}
+                    with posting(url, args.spans_per_body, not args.no_ingest, next_body):
+                        if args.python_readers and n == 0 and not printed:
+                            print(f"Python reader threads, {args.requests} requests a row, path {path}\n")
+                            python_readers(url, pid, made, args)
+                            print()
+                        if not printed:
+                            print(header)
+                            printed = True
+                        # wrk, a C client, costs almost nothing per request, as browsers elsewhere would; the
+                        # Python readers cost about as much CPU per request as the server does.
+                        if not wrk_rows(path, url, pid, made, args):
+                            return
     finally:
         work.unlink(missing_ok=True)
         Path(str(work) + ".wal").unlink(missing_ok=True)

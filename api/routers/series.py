@@ -167,6 +167,13 @@ async def list_series(request: Request, database: DbDep, settings: SettingsDep, 
     return Response(body, media_type="application/json")
 
 
+def list_stamp(database: Database) -> tuple[int, int, datetime]:
+    """What a cached list answer depends on besides its query: the generation (attribution passes rewrite rollups,
+    baselines and regressions), the listing (ingest registered a series) and the series list's "now" (the end of the
+    current base-grain bucket). :mod:`spanprism.api.hot_reads` keeps a pre-encoded answer while this holds."""
+    return database.generation, database.listing, ceil_to_grain(datetime.now(UTC), _CONFIG.base_grain)
+
+
 def ceil_to_grain(at: datetime, grain_s: int) -> datetime:
     """``at`` rounded up to a multiple of ``grain_s`` seconds since the epoch (unchanged when on one)."""
     seconds = -(-at.timestamp() // grain_s) * grain_s
