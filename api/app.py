@@ -46,7 +46,7 @@ def _open_by_label(app: FastAPI) -> dict[str, float]:
     database: Database | None = getattr(app.state, "db", None)
     if database is None:  # scraped before the lifespan opened the file
         return {}
-    with database.read() as cur:
+    with database.state.read() as cur:  # regressions are results: where the state lives
         return open_regressions_by_label(cur)
 
 

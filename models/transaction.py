@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import duckdb
 
+from spanprism.models.state import StateUnit
+
 
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -24,3 +26,8 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         raise
     finally:
         cur.close()
+
+
+def unit_on(con: duckdb.DuckDBPyConnection) -> StateUnit:
+    """Units of work on the DuckDB file itself: the results' store when no state database is configured."""
+    return lambda: transaction(con)

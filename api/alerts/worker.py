@@ -29,7 +29,7 @@ from spanprism.api.alerts.rules import list_rules
 from spanprism.api.metrics import Metrics
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
-from spanprism.attribution.store.records import list_regressions, regression_ids
+from spanprism.attribution.store.records import list_regressions
 from spanprism.models.state import StateCursor
 
 log = logging.getLogger("spanprism.alerts")
@@ -37,15 +37,11 @@ log = logging.getLogger("spanprism.alerts")
 
 def enqueue_pass(db: Database) -> int:
     """Queue triggers/resolves for the stored regressions (reads without the lock, inserts in one transaction)."""
-    stored: set[str] | None = None
-    with db.read() as cur:
+    with db.state.read() as cur:  # the regressions live with the outbox (the DuckDB file, or PostgreSQL)
         records = list_regressions(cur, detail=True, min_change_pct=float("-inf"))
-        if db.state.shared:  # the outbox lives in another database than the regressions
-            stored = regression_ids(cur)
-    with db.state.read() as cur:
         rules = list_rules(cur, enabled_only=True)
     with db.state.write() as cur:  # even with no records: triggered regressions that vanished still need a resolve
-        return outbox.enqueue(cur, records, rules, stored=stored)
+        return outbox.enqueue(cur, records, rules)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from spanprism.api.cli.data import console, out
 from spanprism.api.cli.remote import open_backend
 from spanprism.api.settings import Settings
 from spanprism.api.storage import connect as db
+from spanprism.api.storage.state import PostgresState
 from spanprism.api.wording import explain_text
 from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT
 from spanprism.attribution.evaluation.training import DEFAULT_TRAIN, evaluate_holdout, train
@@ -119,11 +120,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism train [--with-feedback]``: rebuild the classifier deterministically from simulation seeds."""
     extra: list[tuple[dict[str, float], str, str | None]] = []
     if args.with_feedback:
-        con = db.open_db(settings.db)
-        try:
-            extra = feedback_examples(con)
-        finally:
-            con.close()
+        if settings.state_url:  # post-mortem labels are results: where the state lives
+            state = PostgresState(settings.state_url)
+            try:
+                with state.read() as cur:
+                    extra = feedback_examples(cur)
+            finally:
+                state.close()
+        else:
+            con = db.open_db(settings.db)
+            try:
+                extra = feedback_examples(con)
+            finally:
+                con.close()
         out.print(f"folding in {len(extra)} post-mortem labels")
     target = Path(args.out) if args.out else (settings.classifier or DEFAULT_ARTIFACT)
     with console.status("simulating training workloads and fitting the classifier"):

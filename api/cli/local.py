@@ -54,7 +54,8 @@ class LocalBackend(Backend):
             runs.mark_interrupted(cur)  # this process owns the file: any run still "running" is dead
             record = runs.new_run(kind, "cli", since=since, until=until)
             final = runs.execute(cur, record, classifier=self.settings.classifier,
-                                 lookback_days=self.settings.nightly_lookback_days)  # fmt: skip
+                                 lookback_days=self.settings.nightly_lookback_days,
+                                 state=self.db.state.write if self.db.state.shared else None)  # fmt: skip
         return to_jsonable_python(final)
 
     def list_runs(self, *, kind: str | None, status: str | None, limit: int) -> tuple[list[dict[str, Any]], int]:
@@ -64,11 +65,11 @@ class LocalBackend(Backend):
 
     def regressions(self, *, label: str | None, status: str | None, since: datetime | None,
                     until: datetime | None) -> list[dict[str, Any]]:  # fmt: skip
-        with self.db.read() as cur:
+        with self.db.state.read() as cur:
             return list_regressions(cur, label=label, status=status, since=since, until=until)
 
     def regression(self, ref: str) -> dict[str, Any] | None:
-        with self.db.read() as cur:
+        with self.db.state.read() as cur:
             try:
                 return to_jsonable_python(find_regression(cur, ref))
             except LookupError:
@@ -77,16 +78,17 @@ class LocalBackend(Backend):
     def label(self, ref: str, *, label: str, reason: str | None, note: str | None) -> str | None:
         # As POST /regressions/{id}/feedback: features first, outside the write lock; a label without
         # features (too few calls, an artifact that does not load) is still worth keeping.
-        with self.db.read() as cur:
+        with self.db.read() as cur, self.db.state.read() as rc:
             try:
-                regression_id = find_regression(cur, ref)["id"]
+                regression_id = find_regression(rc, ref)["id"]
             except LookupError:
                 return None
             try:
-                features = regression_features(cur, load_default(self.settings.classifier), regression_id)
+                features = regression_features(cur, load_default(self.settings.classifier), regression_id,
+                                               results=rc)  # fmt: skip
             except ValueError:
                 features = None
-        with self.db.write() as cur:
+        with self.db.state.write() as cur:
             record_feedback(cur, regression_id, label=label, reason=reason, note=note, features=features)
         return regression_id
 

@@ -18,7 +18,7 @@ def list_baselines(database: DbDep, page: PagingDep, _: ReadAuth,
                    series_key: Annotated[str | None, Query(max_length=64)] = None,
                    metric: Annotated[str | None, Query(max_length=64)] = None) -> BaselineList:  # fmt: skip
     """Baselines the detector fitted (parameters are in log units: see attribution/baselines)."""
-    with database.read() as cur:
+    with database.state.read() as cur:  # baselines are detection results: where the state lives
         rows, total = panels.list_baselines(cur, series_key=series_key, metric=metric, limit=page.limit,
                                             offset=page.offset)  # fmt: skip
     return BaselineList(data=[BaselinePublic(**r) for r in rows], count=total)

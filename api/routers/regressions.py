@@ -60,7 +60,7 @@ async def index(
     }
 
     def compute() -> dict[str, Any]:
-        with database.read() as cur:
+        with database.state.read() as cur:  # regressions are results: where the state lives
             records = list_regressions(cur, label=label, status=status_, since=lo, until=hi,
                                        series=series_key if series_key is not None else names or None)  # fmt: skip
         if series_key is not None and names:  # both: the key selects, the names must also match
@@ -73,7 +73,7 @@ async def index(
 
 
 def _find(database: Database, prefix: str) -> dict[str, Any]:
-    with database.read() as cur:
+    with database.state.read() as cur:
         try:
             return find_regression(cur, prefix)
         except LookupError as exc:
@@ -100,13 +100,14 @@ def feedback(regression_id: RegressionId, body: FeedbackCreate, request: Request
              _: AdminAuth) -> Any:  # fmt: skip
     """Record the true label (and reason, note) from a post-mortem; ``spanprism train --with-feedback`` learns it."""
     record = _find(database, regression_id)
-    with database.read() as cur:  # features first, outside the write lock: they re-read the episode's calls
+    # Features first, outside the write lock: they re-read the episode's calls.
+    with database.read() as cur, database.state.read() as rc:
         try:
-            features = regression_features(cur, _attributor(request), record["id"])
+            features = regression_features(cur, _attributor(request), record["id"], results=rc)
         except ValueError:  # no features (e.g. TTFT on a window without streaming calls, an artifact that does
             # not load): the label is still worth keeping
             features = None
-    with database.write() as cur:
+    with database.state.write() as cur:
         row = record_feedback(cur, record["id"], label=body.label, reason=body.reason, note=body.note,
                               features=features)  # fmt: skip
     return row

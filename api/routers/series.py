@@ -157,9 +157,9 @@ async def list_series(request: Request, database: DbDep, settings: SettingsDep, 
     filters = {"service": service, "provider": provider, "model": model, "operation": operation}
 
     def compute() -> bytes:
-        with database.read() as cur:
+        with database.read() as cur, database.state.read() as rc:
             rows, total = panels.list_series(cur, filters=filters, limit=page.limit, offset=page.offset)
-            rows = panels.series_health(cur, rows, at=at, config=_CONFIG)
+            rows = panels.series_health(cur, rows, at=at, config=_CONFIG, results=rc)
         return SeriesList(data=[SeriesPublic(**r) for r in rows], count=total).model_dump_json().encode()
 
     key = ("series", database.listing, at, tuple(filters.values()), page.limit, page.offset)
@@ -195,8 +195,9 @@ async def series_metric(request: Request, series_key: SeriesKey, database: DbDep
 
     def compute() -> dict[str, Any]:
         series = _series_or_404(database, series_key)
-        with database.read() as cur:
-            points = panels.metric_points(cur, series, metric, step_s=step_s, since=lo, until=hi, config=_CONFIG)
+        with database.read() as cur, database.state.read() as rc:
+            points = panels.metric_points(cur, series, metric, step_s=step_s, since=lo, until=hi, config=_CONFIG,
+                                          results=rc)  # fmt: skip
         return {"series_key": series_key, "metric": metric, "step_s": step_s, "since": panels.iso(lo),
                 "until": panels.iso(hi), "data": points, "count": len(points)}  # fmt: skip
 

@@ -12,8 +12,11 @@ PostgreSQL database shared by several replicas when ``state_url`` is given.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,10 @@ from spanprism.api.storage import connect as db
 from spanprism.api.storage.state import StateStore, open_state
 from spanprism.models.transaction import transaction
 
+log = logging.getLogger("spanprism.database")
+#: How often a process sharing its state database re-reads whether another process finished a pass (seconds).
+SHARED_GENERATION_S = 2.0
+
 
 class Database:
     """An open, migrated DuckDB file with a read cursor factory and a process-wide write lock."""
@@ -32,7 +39,9 @@ class Database:
         self.path = Path(path)
         self.con = db.open_db(self.path, migrate=migrate)
         self.write_lock = threading.RLock()
-        self.generation = 0
+        self._generation = 0
+        self._shared_mark: tuple = ()
+        self._shared_read_at = -math.inf
         self.listing = 0
         self._closed = False
         try:
@@ -66,9 +75,28 @@ class Database:
             finally:
                 cur.close()
 
+    @property
+    def generation(self) -> int | tuple:
+        """Moves whenever stored results may have changed: this process's passes, and with a shared state database
+        (``state.shared``) the passes any worker or replica finished (read from ``job_runs`` at most every
+        :data:`SHARED_GENERATION_S`, the lag a cached answer may have behind another process's pass)."""
+        if not self.state.shared:
+            return self._generation
+        now = time.monotonic()
+        if now - self._shared_read_at >= SHARED_GENERATION_S:
+            self._shared_read_at = now
+            try:
+                with self.state.read() as cur:
+                    self._shared_mark = tuple(cur.execute(
+                        "SELECT count(*), max(finished_at) FROM job_runs WHERE status IN ('succeeded', 'failed')"
+                    ).fetchall()[0])  # fmt: skip
+            except Exception:  # the state database is away: keep the last mark (answers age, nothing fails)
+                log.warning("could not read the shared results generation", exc_info=True)
+        return (self._generation, *self._shared_mark)
+
     def bump_generation(self) -> None:
         """Tell read caches that stored results changed (call after an attribution pass)."""
-        self.generation += 1
+        self._generation += 1
 
     def bump_listing(self) -> None:
         """Tell the series-list cache that series were added outside a pass (OTLP writer, uploads)."""

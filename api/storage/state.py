@@ -53,6 +53,9 @@ class PgCursor:
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
         return self.conn.exec_driver_sql(to_pyformat(sql), tuple(parameters))
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        return self.conn.exec_driver_sql(to_pyformat(sql), [tuple(r) for r in rows])
+
 
 class StateStore(Protocol):
     """The service state's one door: read and write units of work, and whether other processes share it."""

@@ -18,6 +18,7 @@ from spanprism.attribution.passes.label_pass import find_regression, list_feedba
 from spanprism.attribution.store import panels
 from spanprism.attribution.store.records import list_regressions
 from spanprism.attribution.store.rollups import RollupConfig
+from spanprism.models.state import StateCursor
 
 CONFIG = RollupConfig()
 #: The time-range picker: label → hours.
@@ -69,13 +70,15 @@ def window_ending(cur: duckdb.DuckDBPyConnection, hours: float, until: datetime 
     return Window(until - timedelta(hours=hours), until, step_for(hours), anchored)
 
 
-def overview_rows(cur: duckdb.DuckDBPyConnection, win: Window, limit: int = 200) -> tuple[list[dict[str, Any]], int]:
-    """Every series (first ``limit``) with its health and 24 h sparklines of e2e and TTFT p95."""
+def overview_rows(cur: duckdb.DuckDBPyConnection, win: Window, limit: int = 200, *,
+                  results: StateCursor | None = None) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """Every series (first ``limit``) with its health and 24 h sparklines of e2e and TTFT p95 (``results``: the
+    state cursor the regressions and baselines are read from; None = ``cur``'s file)."""
     rows, total = panels.list_series(cur, filters={}, limit=limit, offset=0)
-    rows = panels.series_health(cur, rows, at=win.until, config=CONFIG)
+    rows = panels.series_health(cur, rows, at=win.until, config=CONFIG, results=results)
     for row in rows:
         row["spark"] = {m: panels.metric_points(cur, row, m, step_s=CONFIG.grains[-1], since=win.since,
-                                                until=win.until, config=CONFIG)
+                                                until=win.until, config=CONFIG, results=results)
                         for m in ("e2e_p95_ms", "ttft_p95_ms")}  # fmt: skip
     return rows, total
 
@@ -95,7 +98,8 @@ def regression_window(record: dict[str, Any]) -> Window:
     return Window(since, until, grain if hours <= 48 else CONFIG.grains[-1])
 
 
-def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win: Window) -> dict[str, Any]:
+def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win: Window, *,
+                    results: StateCursor | None = None) -> dict[str, Any]:  # fmt: skip
     """The metric and its band over the window, the series, and the exemplars' stored ids.
 
     Two reads: the series with the metric's baseline parameters (one query, by the key stored with the
@@ -103,7 +107,7 @@ def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win:
     the labelling pass stores them (older records' exemplar calls are looked up, bounded by the episode so DuckDB
     reads only its row groups).
     """
-    series = panels.regression_series(cur, record["id"])
+    series = panels.regression_series(cur, record["id"], results)
     points: list[dict[str, Any]] = []
     if series is not None:
         points = panels.metric_points(cur, series, record["metric"], step_s=win.step_s, since=win.since,
@@ -118,19 +122,20 @@ def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win:
     return {"series": series, "points": points, "exemplars": exemplars}
 
 
-def regression_page(cur: duckdb.DuckDBPyConnection, ref: str) -> dict[str, Any] | None:
+def regression_page(cur: duckdb.DuckDBPyConnection, ref: str, *,
+                    results: StateCursor | None = None) -> dict[str, Any] | None:  # fmt: skip
     """The record ``ref`` names (``find_regression``: the REST and CLI lookup), its window and :func:`regression_view`;
     None when no single regression matches. All of it changes only with an attribution pass; the post-mortem labels,
     recorded between passes, are not part of it (:func:`feedback`)."""
     try:
-        record = find_regression(cur, ref, feedback=False)
+        record = find_regression(results or cur, ref, feedback=False)
     except LookupError:
         return None
     win = regression_window(record)
-    return {"r": record, "win": win, **regression_view(cur, record, win)}
+    return {"r": record, "win": win, **regression_view(cur, record, win, results=results)}
 
 
-def feedback(cur: duckdb.DuckDBPyConnection, regression_id: str) -> list[dict[str, Any]]:
+def feedback(cur: StateCursor, regression_id: str) -> list[dict[str, Any]]:
     """The post-mortem labels recorded for a regression, oldest first (read on every view of its page)."""
     return list_feedback(cur, regression_id)
 
@@ -145,15 +150,16 @@ SERIES_CHARTS: tuple[tuple[str, str, str | None, str], ...] = (
 )
 
 
-def series_view(cur: duckdb.DuckDBPyConnection, series: dict[str, Any], win: Window) -> dict[str, Any]:
+def series_view(cur: duckdb.DuckDBPyConnection, series: dict[str, Any], win: Window, *,
+                results: StateCursor | None = None) -> dict[str, Any]:  # fmt: skip
     """Every chart of the series page, its route mix and its regressions overlapping the window."""
     charts = []
     for title, metric, low, unit in SERIES_CHARTS:
-        kw = {"step_s": win.step_s, "since": win.since, "until": win.until, "config": CONFIG}
+        kw = {"step_s": win.step_s, "since": win.since, "until": win.until, "config": CONFIG, "results": results}
         points = panels.metric_points(cur, series, metric, **kw)
         extra = panels.metric_points(cur, series, low, **kw) if low else []
         charts.append({"title": title, "metric": metric, "unit": unit, "points": points, "extra": extra})
     routes = panels.route_mix(cur, series["series_key"], step_s=win.step_s, since=win.since, until=win.until,
                               config=CONFIG)  # fmt: skip
-    regressions = list_regressions(cur, series=series["series_key"], since=win.since, until=win.until)
+    regressions = list_regressions(results or cur, series=series["series_key"], since=win.since, until=win.until)
     return {"charts": charts, "routes": routes, "regressions": regressions}

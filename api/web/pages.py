@@ -64,11 +64,11 @@ async def overview(request: Request) -> Response:
     database, settings = request.app.state.db, request.app.state.settings
 
     def read() -> dict[str, Any]:
-        with database.read() as cur:
+        with database.read() as cur, database.state.read() as rc:
             win = data.window_ending(cur, 24, None, datetime.now(UTC))
-            rows, total = data.overview_rows(cur, win)
-            open_by_label = sorted(panels.open_regressions_by_label(cur).items(), key=lambda kv: -kv[1])
-            regressions = list_regressions(cur)[:25]
+            rows, total = data.overview_rows(cur, win, results=rc)
+            open_by_label = sorted(panels.open_regressions_by_label(rc).items(), key=lambda kv: -kv[1])
+            regressions = list_regressions(rc)[:25]
         for row in rows:
             row["spark_e2e"], row["spark_ttft"] = (
                 charts.sparkline(row["spark"][m], label=f"{m} last 24 h", since=win.since_iso, until=win.until_iso)
@@ -145,8 +145,8 @@ async def regression_page(request: Request, regression_id: str, debug: bool = Fa
     database, settings = request.app.state.db, request.app.state.settings
 
     def compute() -> dict[str, Any] | None:
-        with database.read() as cur:
-            found = data.regression_page(cur, regression_id)
+        with database.read() as cur, database.state.read() as rc:
+            found = data.regression_page(cur, regression_id, results=rc)
         if found is None:
             return None
         r, win = found["r"], found["win"]
@@ -168,8 +168,8 @@ async def regression_page(request: Request, regression_id: str, debug: bool = Fa
         return error_page(request, ctx, 404, f"no single regression matches {regression_id!r}")
 
     def feedback() -> list[dict[str, Any]]:
-        with database.read() as cur:
-            return data.feedback(cur, cached["r"]["id"])
+        with database.state.read() as rc:
+            return data.feedback(rc, cached["r"]["id"])
 
     found = {**cached, "r": {**cached["r"], "feedback": await run_in_threadpool(feedback)}}
     r = found["r"]

@@ -11,6 +11,7 @@ episode that continues keeps its id.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,6 +35,8 @@ from spanprism.attribution.store import calls as stored_calls
 from spanprism.attribution.store import state as store
 from spanprism.attribution.store.records import group_regressions
 from spanprism.attribution.store.rollups import SERIES_NAME_COLUMNS, RollupConfig, refresh_rollups
+from spanprism.models.state import StateCursor, StateUnit
+from spanprism.models.transaction import unit_on
 
 
 @dataclass
@@ -62,12 +65,12 @@ def _seconds(value: datetime | None) -> int | None:
 Fitted = list[tuple[str, tuple[str, ...], ParamsBatch]]
 
 
-def _detect(con: duckdb.DuckDBPyConnection, config: DetectionConfig, replay_s: int, end_s: int,
-            summary: AttributeSummary,
-            per_call: tuple[PerCallConfig, tuple[str, ...]]) -> tuple[list[Episode], Fitted]:  # fmt: skip
+def _detect(con: duckdb.DuckDBPyConnection, results: StateCursor, config: DetectionConfig, replay_s: int,
+            end_s: int, summary: AttributeSummary, per_call: tuple[PerCallConfig, tuple[str, ...]],
+            keys: Sequence[str] | None) -> tuple[list[Episode], Fitted]:  # fmt: skip
     load_s = replay_s - config.lookback_days * DAY_S
-    frame, all_keys = store.load_rollups(con, start_s=load_s, end_s=end_s, grains=config.grains)
-    prior = store.load_episodes(con)
+    frame, all_keys = store.load_rollups(con, start_s=load_s, end_s=end_s, grains=config.grains, keys=keys)
+    prior = store.load_episodes(results, keys)
     episodes: list[Episode] = []
     fitted: Fitted = []
     if frame.empty:
@@ -115,11 +118,15 @@ def _only(batch: ParamsBatch, rows: np.ndarray | None) -> ParamsBatch:
 def run_attribution(con: duckdb.DuckDBPyConnection, *, since: datetime | None = None, until: datetime | None = None,
                     config: DetectionConfig | None = None,
                     rollup_config: RollupConfig | None = None,
-                    per_call: PerCallConfig | None = None) -> AttributeSummary:  # fmt: skip
+                    per_call: PerCallConfig | None = None,
+                    results: StateUnit | None = None,
+                    keys: Sequence[str] | None = None) -> AttributeSummary:  # fmt: skip
     """Refresh rollups, fit baselines, detect episodes and store regressions for [since, until).
 
     Series whose hourly buckets are too sparse are also tested call by call (``per_call``; see
-    :mod:`spanprism.attribution.detection.per_call`)."""
+    :mod:`spanprism.attribution.detection.per_call`). ``results`` opens the unit of work where baselines, episodes
+    and regressions live (PostgreSQL with ``SPANPRISM_STATE_URL``); None = the DuckDB file of ``con``. ``keys``
+    detects (and replaces the results of) those series only: a worker's shards; None = every series."""
     config = config or DetectionConfig()
     rollup_config = rollup_config or RollupConfig(grains=config.grains)
     if set(config.grains) - set(rollup_config.grains):
@@ -136,25 +143,20 @@ def run_attribution(con: duckdb.DuckDBPyConnection, *, since: datetime | None = 
     since_s, until_s = _seconds(since), _seconds(until)
     start_s = max(first_s, since_s) if since_s is not None else first_s
     end_s = min(last_s, until_s) if until_s is not None else last_s
-    replay_s = store.replay_start(con, start_s // DAY_S * DAY_S) // DAY_S * DAY_S
-    summary.replay_from = datetime.fromtimestamp(replay_s, UTC)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        store.delete_from(con, replay_s)
+    with (results or unit_on(con))() as rc:  # one transaction: readers never see half a run
+        replay_s = store.replay_start(rc, start_s // DAY_S * DAY_S, keys) // DAY_S * DAY_S
+        summary.replay_from = datetime.fromtimestamp(replay_s, UTC)
+        store.delete_from(rc, replay_s, keys)
         t1 = time.perf_counter()
-        episodes, fitted = _detect(con, config, replay_s, end_s, summary,
-                                   (per_call or PerCallConfig(), rollup_config.series_columns))  # fmt: skip
+        episodes, fitted = _detect(con, rc, config, replay_s, end_s, summary,
+                                   (per_call or PerCallConfig(), rollup_config.series_columns), keys)  # fmt: skip
         summary.timings["baselines_and_detection"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         now = datetime.now(UTC)
         regressions = group_regressions(episodes, store.series_names(con), merge_gap_s=config.merge_gap_s, now=now)
-        store.write_episodes(con, episodes, now)
-        store.write_regressions(con, regressions)
-        summary.baselines_stored = store.write_baselines(con, fitted, now)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        store.write_episodes(rc, episodes, now)
+        store.write_regressions(rc, regressions)
+        summary.baselines_stored = store.write_baselines(rc, fitted, now)
     summary.timings["store"] = time.perf_counter() - t2
     summary.episodes_open = sum(e.end is None for e in episodes)
     summary.episodes_resolved = len(episodes) - summary.episodes_open

@@ -14,6 +14,7 @@ windows, and :func:`~attribution.decomposition.closing.close_on` puts that split
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +29,8 @@ from spanprism.attribution.decomposition.closing import close_on, closes, split_
 from spanprism.attribution.store import calls
 from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT, list_regressions
 from spanprism.attribution.vocabulary import check_reason
-from spanprism.models.transaction import transaction
+from spanprism.models.state import StateCursor, StateUnit, key_in
+from spanprism.models.transaction import unit_on
 
 _SERIES = ("service", "provider", "request_model", "operation")
 _MIN_BASELINE_CALLS = 30
@@ -56,13 +58,14 @@ class _Regression:
     observed: float | None = None
 
 
-def _pending(con: duckdb.DuckDBPyConnection, *, force: bool) -> list[_Regression]:
+def _pending(con: StateCursor, *, force: bool, keys: Sequence[str] | None = None) -> list[_Regression]:
+    only, params = ("", []) if keys is None else key_in(con, "r.series_key", keys)
     rows = con.execute(
         "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
         " r.metric, r.baseline, r.observed, a.regression_id IS NULL OR a.attributed_at < r.updated_at,"
         " a.contributions_ms FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
-        " WHERE r.change_pct >= ? ORDER BY r.start_time, r.id",
-        [MIN_REPORTED_CHANGE_PCT],
+        f" WHERE r.change_pct >= ?{' AND ' + only if only else ''} ORDER BY r.start_time, r.id",
+        [MIN_REPORTED_CHANGE_PCT, *params],
     ).fetchall()
     pending = []
     for r in rows:
@@ -89,7 +92,7 @@ def _series(reg: _Regression) -> dict[str, Any]:
     return series if reg.tenant is None else {**series, "tenant": reg.tenant}
 
 
-def _other_windows(con: duckdb.DuckDBPyConnection, reg: _Regression, until: datetime) -> list[tuple]:
+def _other_windows(con: StateCursor, reg: _Regression, until: datetime) -> list[tuple]:
     rows = con.execute(
         "SELECT start_time, coalesce(end_time, ?) FROM regressions WHERE id <> ? AND service IS NOT DISTINCT FROM ?"
         " AND provider IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
@@ -99,13 +102,13 @@ def _other_windows(con: duckdb.DuckDBPyConnection, reg: _Regression, until: date
     return [(s, e) for s, e in rows]
 
 
-def _context(con: duckdb.DuckDBPyConnection, reg: _Regression, end: datetime) -> EpisodeContext:
+def _context(con: duckdb.DuckDBPyConnection, results: StateCursor, reg: _Regression, end: datetime) -> EpisodeContext:
     """Other series of the same provider with traffic in the window, and how many of them regressed meanwhile."""
     if reg.provider is None:
         return EpisodeContext()
     besides = (reg.series[0], reg.series[2], reg.series[3])
     peers = calls.peer_series_count(con, reg.provider, reg.start, end, besides=besides)
-    regressed = con.execute(
+    regressed = results.execute(
         "SELECT count(DISTINCT series_key) FROM regressions WHERE provider = ? AND id <> ?"
         " AND start_time < ? AND coalesce(end_time, ?) > ?"
         " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
@@ -115,13 +118,14 @@ def _context(con: duckdb.DuckDBPyConnection, reg: _Regression, end: datetime) ->
     return EpisodeContext(peers=peers, peers_regressed=int(min(regressed, peers)))
 
 
-def _windows(con: duckdb.DuckDBPyConnection, reg: _Regression, baseline_hours: float) -> tuple[pa.Table, pa.Table]:
+def _windows(con: duckdb.DuckDBPyConnection, results: StateCursor, reg: _Regression,
+             baseline_hours: float) -> tuple[pa.Table, pa.Table]:  # fmt: skip
     series = _series(reg)
     last = calls.last_call_start(con, series)
     end = reg.end or (last + timedelta(microseconds=1) if last else reg.start)
     episode = calls.series_calls(con, series, reg.start, end)
     # Other regressions of the series are cut out of the baseline: they are not "normal".
-    cut = _other_windows(con, reg, end)
+    cut = _other_windows(results, reg, end)
     baseline = pa.table({})
     for hours in (baseline_hours, baseline_hours * 3):  # sparse series: look further back before giving up
         baseline = calls.series_calls(con, series, reg.start - timedelta(hours=hours), reg.start, cut=cut)
@@ -134,9 +138,9 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _store(con: duckdb.DuckDBPyConnection, reg_id: str, att: Attribution, version: str, n: tuple[int, int]) -> None:
+def _store(unit: StateUnit, reg_id: str, att: Attribution, version: str, n: tuple[int, int]) -> None:
     fields = att.to_record_fields()
-    with transaction(con) as cur:
+    with unit() as cur:
         cur.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [reg_id])
         cur.execute(
             "INSERT INTO regression_attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -149,22 +153,29 @@ def _store(con: duckdb.DuckDBPyConnection, reg_id: str, att: Attribution, versio
 
 
 def regression_features(
-    con: duckdb.DuckDBPyConnection, attributor: Attributor, regression_id: str, *, baseline_hours: float = 24.0
+    con: duckdb.DuckDBPyConnection,
+    attributor: Attributor,
+    regression_id: str,
+    *,
+    baseline_hours: float = 24.0,
+    results: StateCursor | None = None,
 ) -> dict[str, float] | None:
-    """The classifier features of one stored regression (for post-mortem feedback); None without enough data."""
-    regs = [r for r in _pending(con, force=True) if r.id == regression_id]
+    """The classifier features of one stored regression (for post-mortem feedback); None without enough data.
+    ``results``: where the regressions live when not in ``con``'s file (a PostgreSQL state cursor)."""
+    rc = results or con
+    regs = [r for r in _pending(rc, force=True) if r.id == regression_id]
     if not regs:
         return None
     reg = regs[0]
-    baseline, episode = _windows(con, reg, baseline_hours)
+    baseline, episode = _windows(con, rc, reg, baseline_hours)
     if baseline.num_rows < 3 or episode.num_rows < 3:
         return None
     end = reg.end or episode.column("start_time")[-1].as_py()
-    att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, reg, end))
+    att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, rc, reg, end))
     return dict(att.features)
 
 
-def record_feedback(con: duckdb.DuckDBPyConnection, regression_id: str, *, label: str, reason: str | None = None,
+def record_feedback(con: StateCursor, regression_id: str, *, label: str, reason: str | None = None,
                     note: str | None = None, features: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Store the true label (and reason, note) of a regression from a post-mortem; returns the stored row.
 
@@ -181,7 +192,7 @@ def record_feedback(con: duckdb.DuckDBPyConnection, regression_id: str, *, label
     return row
 
 
-def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[dict[str, Any]]:
+def list_feedback(con: StateCursor, regression_id: str) -> list[dict[str, Any]]:
     """Every post-mortem label recorded for one regression, oldest first."""
     rows = con.execute(
         "SELECT id, label, reason, note, created_at FROM regression_feedback WHERE regression_id = ?"
@@ -191,7 +202,7 @@ def list_feedback(con: duckdb.DuckDBPyConnection, regression_id: str) -> list[di
     return [{"id": r[0], "label": r[1], "reason": r[2], "note": r[3], "created_at": r[4]} for r in rows]
 
 
-def find_regression(con: duckdb.DuckDBPyConnection, ref: str, *, feedback: bool = True) -> dict[str, Any]:
+def find_regression(con: StateCursor, ref: str, *, feedback: bool = True) -> dict[str, Any]:
     """The regression whose id is ``ref`` or alone starts with it, with ``metrics`` and its ``feedback``.
 
     Shared by ``GET /regressions/{id}``, the CLI and the web page (which caches the record between attribution
@@ -208,11 +219,11 @@ def find_regression(con: duckdb.DuckDBPyConnection, ref: str, *, feedback: bool 
     raise LookupError(f"id {ref!r} {'is ambiguous' if matches else 'matches no regression'}")
 
 
-def feedback_examples(con: duckdb.DuckDBPyConnection) -> list[tuple[dict[str, float], str, str | None]]:
+def feedback_examples(con: StateCursor) -> list[tuple[dict[str, float], str, str | None]]:
     """Post-mortem labels with their features, newest label per regression, for ``spanprism train --with-feedback``."""
     rows = con.execute(
         "SELECT features, label, reason FROM (SELECT *, row_number() OVER (PARTITION BY regression_id"
-        " ORDER BY created_at DESC) AS k FROM regression_feedback) WHERE k = 1 AND features IS NOT NULL"
+        " ORDER BY created_at DESC) AS k FROM regression_feedback) AS f WHERE k = 1 AND features IS NOT NULL"
         " ORDER BY regression_id"
     ).fetchall()
     return [(orjson.loads(f), label, reason) for f, label, reason in rows]
@@ -225,21 +236,32 @@ def label_regressions(
     force: bool = False,
     baseline_hours: float = 24.0,
     seed: int = 0,
+    results: StateUnit | None = None,
+    keys: Sequence[str] | None = None,
 ) -> LabelSummary:
-    """Attribute every regression that is new or changed since its last attribution (all of them if ``force``)."""
+    """Attribute every regression that is new or changed since its last attribution (all of them if ``force``).
+
+    ``results`` opens units of work where the regressions and attributions live (None = ``con``'s DuckDB file);
+    ``keys`` labels the regressions of those series only (a worker's shards)."""
     summary = LabelSummary()
     version = str(attributor.metadata.get("version", VERSION))
-    for reg in _pending(con, force=force):
-        baseline, episode = _windows(con, reg, baseline_hours)
+    unit = results or unit_on(con)
+    with unit() as rc:
+        pending = _pending(rc, force=force, keys=keys)
+    for reg in pending:
+        with unit() as rc:
+            baseline, episode = _windows(con, rc, reg, baseline_hours)
         if baseline.num_rows < 3 or episode.num_rows < 3:
             summary.skipped_no_data.append(reg.id)
             continue
         end = reg.end or episode.column("start_time")[-1].as_py()
         try:
-            att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, reg, end), seed=seed)
+            with unit() as rc:
+                context = _context(con, rc, reg, end)
+            att = attributor.attribute(baseline, episode, metric=reg.metric, context=context, seed=seed)
         except ValueError as exc:  # e.g. a TTFT metric on a window without streaming calls
             summary.failed[reg.id] = str(exc)
             continue
-        _store(con, reg.id, _close(att, reg), version, (baseline.num_rows, episode.num_rows))
+        _store(unit, reg.id, _close(att, reg), version, (baseline.num_rows, episode.num_rows))
         summary.attributed += 1
     return summary

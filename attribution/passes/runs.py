@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from spanprism.attribution.classifier.model import Attributor, load_default
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.passes.label_pass import label_regressions
 from spanprism.attribution.store import calls
-from spanprism.models.state import StateCursor
+from spanprism.models.state import StateCursor, StateUnit
 from spanprism.models.times import as_utc
 
 log = logging.getLogger("spanprism.runs")
@@ -50,8 +50,6 @@ SKIPPED_KEPT = timedelta(days=7)
 OVERLAP = timedelta(hours=1)
 _COLUMNS = ("id", "kind", "trigger", "status", "queued_at", "started_at", "finished_at", "window_start",
             "window_end", "counts", "error")  # fmt: skip
-#: Opens a committed unit of work on the state store (``db.state.write``).
-StateUnit = Callable[[], AbstractContextManager[StateCursor]]
 _TIMES = ("queued_at", "started_at", "finished_at", "window_start", "window_end")
 
 
@@ -61,11 +59,16 @@ def attribute(
     since: datetime | None,
     until: datetime | None,
     classifier: Attributor | str | Path | None = None,
+    results: StateUnit | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Detection then attribution over ``[since, until)`` (all data when both are None); returns the counts."""
+    """Detection then attribution over ``[since, until)`` (all data when both are None); returns the counts.
+
+    ``results``: units of work where the detection results live (None = ``con``'s DuckDB file); ``keys``: only
+    those series (a worker's shards)."""
     attributor = classifier if isinstance(classifier, Attributor) else load_default(classifier)
-    detected = run_attribution(con, since=since, until=until)
-    labelled = label_regressions(con, attributor)
+    detected = run_attribution(con, since=since, until=until, results=results, keys=keys)
+    labelled = label_regressions(con, attributor, results=results, keys=keys)
     return {
         "series": detected.series,
         "regressions_open": detected.regressions_open,
@@ -228,7 +231,7 @@ def execute(con: duckdb.DuckDBPyConnection, record: dict[str, Any], *,
             now: datetime | None = None, state: StateUnit | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the pass ``record`` asks for and store its outcome; returns the final record (never raises on a pass
     failure: the error is recorded as ``failed``). The caller must hold the only writer (``db.writer()``).
-    ``state`` opens a committed unit of work where ``job_runs`` lives; None = on ``con`` (autocommit)."""
+    ``state`` opens a committed unit of work where ``job_runs`` and the detection results live; None = on ``con``."""
     unit: StateUnit = state or (lambda: nullcontext(con))
     record = {**record, "status": "running", "started_at": now or datetime.now(UTC), "error": None}
     with unit() as cur:
@@ -246,7 +249,7 @@ def execute(con: duckdb.DuckDBPyConnection, record: dict[str, Any], *,
                             [record["started_at"] - SKIPPED_KEPT])  # fmt: skip
         else:
             record.update(window_start=window.start, window_end=window.end)
-            counts = attribute(con, since=window.since, until=window.until, classifier=classifier)
+            counts = attribute(con, since=window.since, until=window.until, classifier=classifier, results=state)
             record.update(status="succeeded", counts={**counts, "covering": window.covering})
     except Exception as exc:  # a failed pass is a recorded outcome; the next pass catches its window up
         log.exception("attribution pass %s failed", record["id"])

@@ -26,6 +26,7 @@ from spanprism.attribution.store.records import ATTRIBUTION_FIELDS, MIN_REPORTED
 from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select, rollup_statistics
 from spanprism.models.clickhouse import bound
 from spanprism.models.schema import ROUTE_COLUMNS
+from spanprism.models.state import StateCursor, key_in
 from spanprism.models.tables import ROLLUP_METRICS
 from spanprism.models.times import iso_z as iso  # panels.iso: the routers' and pages' name
 
@@ -106,26 +107,36 @@ def get_series(con: duckdb.DuckDBPyConnection, series_key: str) -> dict[str, Any
     return _series_dict(rows[0]) if rows else None
 
 
-def regression_series(con: duckdb.DuckDBPyConnection, regression_id: str) -> dict[str, Any] | None:
-    """The series a regression belongs to (by the key detection stored with it), or None; in one query with it,
-    the stored baseline parameters of the regression's metric as ``baseline_params`` (None without a baseline)."""
-    rows = con.execute(
-        "SELECT s.series_key, s.service, s.provider, s.request_model, s.operation, s.tenant, s.first_bucket,"
-        " s.last_bucket, b.params FROM regressions r JOIN series s ON s.series_key = r.series_key"
-        " LEFT JOIN baselines b ON b.series_key = r.series_key AND b.metric = r.metric WHERE r.id = ?",
-        [regression_id],
-    ).fetchall()
-    if not rows:
+def regression_series(con: duckdb.DuckDBPyConnection, regression_id: str,
+                      results: StateCursor | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """The series a regression belongs to (by the key detection stored with it), or None; with it, the stored
+    baseline parameters of the regression's metric as ``baseline_params`` (None without a baseline).
+
+    The regression and its baseline are results (``results``: the state cursor, None = ``con``'s file), the
+    series sits with the calls: two reads, as the two may live in different databases."""
+    rows = (
+        (results or con)
+        .execute(
+            "SELECT r.series_key, b.params FROM regressions r"
+            " LEFT JOIN baselines b ON b.series_key = r.series_key AND b.metric = r.metric WHERE r.id = ?",
+            [regression_id],
+        )
+        .fetchall()
+    )
+    series = get_series(con, rows[0][0]) if rows else None
+    if series is None:
         return None
-    return {**_series_dict(rows[0]), "baseline_params": orjson.loads(rows[0][8]) if rows[0][8] else None}
+    return {**series, "baseline_params": orjson.loads(rows[0][1]) if rows[0][1] else None}
 
 
 def series_health(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], *, at: datetime,
-                  config: RollupConfig | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                  config: RollupConfig | None = None,
+                  results: StateCursor | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Add traffic, latest p95s against their baselines, open regressions and a status to each series as of ``at``.
 
     ``status`` is ``no_data`` without calls in the hour before ``at``, ``degraded`` with an open regression, else ok.
     Latest p95s come from the coarsest stored grain's most recent bucket starting within two hours before ``at``.
+    Regressions and baselines are read from ``results`` (the state cursor; None = ``con``'s file).
     """
     config = config or RollupConfig()
     keys = [s["series_key"] for s in series]
@@ -142,8 +153,9 @@ def series_health(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], 
         f"SELECT series_key, max(bucket_start), {cols} FROM series_rollups WHERE grain_s = ?"
         " AND series_key IN (SELECT unnest(?)) AND bucket_start >= ? AND bucket_start < ? GROUP BY series_key",
         [coarse, keys, at - timedelta(hours=2), at]).fetchall()}  # fmt: skip
-    regs = _open_regressions(con, keys, at)
-    params = _all_params(con, keys)  # one query, not one per series and metric (the list's latency was N+1 queries)
+    rc = results or con
+    regs = _open_regressions(rc, keys, at)
+    params = _all_params(rc, keys)  # one query, not one per series and metric (the list's latency was N+1 queries)
     for s in series:
         key = s["series_key"]
         n_hour, n_day = calls.get(key, (None, None))
@@ -156,22 +168,31 @@ def series_health(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], 
     return series
 
 
-def _open_regressions(con: duckdb.DuckDBPyConnection, keys: list[str], at: datetime) -> dict[str, tuple[int, str]]:
-    default = ATTRIBUTION_FIELDS["label"]
+def _open_regressions(con: StateCursor, keys: list[str], at: datetime) -> dict[str, tuple[int, str]]:
+    """Per series: how many reported regressions are open at ``at``, and the label of the largest one."""
+    only, params = key_in(con, "r.series_key", keys)
     rows = con.execute(
-        f"SELECT r.series_key, count(*), arg_max(coalesce(a.label, '{default}'), r.change_pct)"
-        " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
-        " WHERE r.status = 'open' AND r.change_pct >= ? AND r.start_time < ? AND r.series_key IN (SELECT unnest(?))"
-        " GROUP BY r.series_key",
-        [MIN_REPORTED_CHANGE_PCT, at, keys],
+        "SELECT r.series_key, r.change_pct, a.label FROM regressions r"
+        " LEFT JOIN regression_attributions a ON a.regression_id = r.id"
+        f" WHERE r.status = 'open' AND r.change_pct >= ? AND r.start_time < ? AND {only}",
+        [MIN_REPORTED_CHANGE_PCT, at, *params],
     ).fetchall()
-    return {r[0]: (int(r[1]), r[2]) for r in rows}
+    out: dict[str, tuple[int, str]] = {}
+    worst: dict[str, float] = {}
+    for key, change, label in rows:  # the open regressions of a series are few: counted here, on either engine
+        n, top = out.get(key, (0, ATTRIBUTION_FIELDS["label"]))
+        if key not in worst or change > worst[key]:
+            worst[key], top = change, label or ATTRIBUTION_FIELDS["label"]
+        out[key] = (n + 1, top)
+    return out
 
 
-def _all_params(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+def _all_params(con: StateCursor, keys: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
     """The stored baseline parameters of the health metrics of ``keys``, by (series key, metric)."""
-    rows = con.execute("SELECT series_key, metric, params FROM baselines WHERE series_key IN (SELECT unnest(?))"
-                       " AND metric IN (SELECT unnest(?))", [keys, list(HEALTH_METRICS)]).fetchall()  # fmt: skip
+    by_key, key_params = key_in(con, "series_key", keys)
+    by_metric, metric_params = key_in(con, "metric", HEALTH_METRICS)
+    rows = con.execute(f"SELECT series_key, metric, params FROM baselines WHERE {by_key} AND {by_metric}",
+                       [*key_params, *metric_params]).fetchall()  # fmt: skip
     return {(key, metric): orjson.loads(params) for key, metric, params in rows}
 
 
@@ -189,7 +210,7 @@ def _versus_baseline(params: dict[str, Any] | None, value: float | None, when: d
 # --- a metric over time, with its baseline band -------------------------------------------------------------------
 
 
-def load_params(con: duckdb.DuckDBPyConnection, series_key: str, metric: str) -> dict[str, Any] | None:
+def load_params(con: StateCursor, series_key: str, metric: str) -> dict[str, Any] | None:
     """The stored baseline parameters of one series and metric (as written), or None."""
     rows = con.execute("SELECT params FROM baselines WHERE series_key = ? AND metric = ?", [series_key, metric])
     found = rows.fetchall()
@@ -201,7 +222,7 @@ Band = tuple[list[float | None], list[float | None], list[float | None]]
 _LOAD = object()
 
 
-def baseline_band(con: duckdb.DuckDBPyConnection, series_key: str, metric: str, ts: np.ndarray) -> Band | None:
+def baseline_band(con: StateCursor, series_key: str, metric: str, ts: np.ndarray) -> Band | None:
     """(expected, lower, upper) in the metric's units at epoch seconds ``ts``; None when no baseline is stored.
 
     Baselines model ln(value): the expected value is exp(center) and the band exp(center ± BAND_Z·scale).
@@ -270,10 +291,12 @@ def _from_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metri
 
 def metric_points(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], metric: str, *, step_s: int,
                   since: datetime, until: datetime, config: RollupConfig | None = None,
-                  params: Mapping[str, Any] | object | None = _LOAD) -> list[dict[str, Any]]:  # fmt: skip
+                  params: Mapping[str, Any] | object | None = _LOAD,
+                  results: StateCursor | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Buckets of ``step_s`` in [since, until) with data: time, value, calls and the baseline band (or nulls).
 
-    ``params``: the metric's baseline parameters when the caller already read them (None: no baseline)."""
+    ``params``: the metric's baseline parameters when the caller already read them (None: no baseline); else they
+    are read from ``results`` (the state cursor; None = ``con``'s file)."""
     if metric not in METRIC_NAMES:
         raise ValueError(f"unknown metric {metric!r}")
     config = config or RollupConfig()
@@ -289,7 +312,7 @@ def metric_points(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], met
     if not len(ts):
         band = None
     elif params is _LOAD:
-        band = baseline_band(con, key, metric, ts)
+        band = baseline_band(results or con, key, metric, ts)
     else:
         band = band_from_params(params, ts)  # type: ignore[arg-type]
     mid, lo, hi = band or ([None] * len(rows),) * 3
@@ -321,7 +344,7 @@ def route_mix(con: duckdb.DuckDBPyConnection, series_key: str, *, step_s: int, s
 # --- baselines and raw calls --------------------------------------------------------------------------------------
 
 
-def list_baselines(con: duckdb.DuckDBPyConnection, *, series_key: str | None, metric: str | None, limit: int,
+def list_baselines(con: StateCursor, *, series_key: str | None, metric: str | None, limit: int,
                    offset: int) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
     """Stored baselines (newest fit first) with their parsed parameters, and the total count."""
     clauses, params = [], []
@@ -350,7 +373,7 @@ def list_calls(con: duckdb.DuckDBPyConnection, series: Mapping[str, Any], *, sin
              for c, v in zip(columns, row, strict=True)} for row in rows]  # fmt: skip
 
 
-def open_regressions_by_label(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+def open_regressions_by_label(con: StateCursor) -> dict[str, float]:
     """How many reported regressions are open, per label (``unexplained`` until attributed) — a scrape-time gauge."""
     counts: dict[str, float] = {}
     for record in list_regressions(con, status="open"):

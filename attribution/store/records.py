@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import duckdb
 import orjson
 
 from spanprism.attribution.detection.episodes import Episode, stable_id
 from spanprism.attribution.detection.per_call import ESCALATED
+from spanprism.models.state import StateCursor
 from spanprism.models.times import iso_z
 
 #: The table the attribution step writes (one row per regression_id). Its absence is normal.
@@ -123,12 +123,12 @@ def _series_filter(series: str | Mapping[str, str] | None) -> tuple[str, list[An
     return "".join(f" AND r.{column[k]} = ?" for k in series), list(series.values())
 
 
-def regression_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+def regression_ids(con: StateCursor) -> set[str]:
     """The id of every stored regression (the alert outbox resolves triggers whose regression is gone)."""
     return {r[0] for r in con.execute("SELECT id FROM regressions").fetchall()}
 
 
-def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None, status: str | None = None,
+def list_regressions(con: StateCursor, *, label: str | None = None, status: str | None = None,
                      series: str | Mapping[str, str] | None = None, since: datetime | None = None,
                      until: datetime | None = None, detail: bool = False, id_prefix: str | None = None,
                      min_change_pct: float = MIN_REPORTED_CHANGE_PCT) -> list[dict[str, Any]]:  # fmt: skip
@@ -155,8 +155,8 @@ def list_regressions(con: duckdb.DuckDBPyConnection, *, label: str | None = None
         sql += " AND r.start_time < ?"
         params.append(until)
     if id_prefix is not None:
-        sql += " AND starts_with(r.id, ?)"
-        params.append(id_prefix)
+        sql += " AND left(r.id, ?) = ?"  # both engines (DuckDB's starts_with is not PostgreSQL's before 11)
+        params += [len(id_prefix), id_prefix]
     where, args = _series_filter(series)
     rows = con.execute(sql + where + " ORDER BY r.start_time DESC, r.id", params + args).fetchall()
     records = [_record(row, extra, detail) for row in rows]

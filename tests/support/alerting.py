@@ -33,7 +33,7 @@ def insert_regression(db: Database, rid: str, *, status: str = "open", change_pc
     start = now - timedelta(hours=1)
     contributions = {"prefill_growth": 610.0, "cache_eviction": 35.0, "batch_contention": 20.0,
                      "routing_change": 0.0, "output_growth": 5.0, "residual": 168.0}  # fmt: skip
-    with db.write() as cur:
+    with db.state.write() as cur:
         cur.execute("DELETE FROM regressions WHERE id = ?", [rid])
         cur.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [rid])
         cur.execute(
@@ -51,7 +51,7 @@ def insert_regression(db: Database, rid: str, *, status: str = "open", change_pc
 
 
 def resolve(db: Database, rid: str) -> None:
-    with db.write() as cur:
+    with db.state.write() as cur:
         cur.execute("UPDATE regressions SET status = 'resolved', end_time = ? WHERE id = ?", [datetime.now(UTC), rid])
 
 
