@@ -48,6 +48,18 @@ class Settings(BaseSettings):
         description="When > 0 (and `clickhouse_url` is set), `serve` follows `clickhouse_source_table` every this "
         "many seconds, as `spanprism source --every` would; 0 = off.",
     )
+    worker_lease_s: float = Field(
+        60,
+        gt=0,
+        description="Seconds a `spanprism worker` lease on a shard lasts without renewal (renewed every quarter of "
+        "it while the worker works): how long a crashed worker's shards wait before another worker takes them.",
+    )
+    worker_every_s: float = Field(
+        300,
+        gt=0,
+        description="A looping `spanprism worker` passes each shard again when its last pass finished this many "
+        "seconds ago (the workers' incremental interval).",
+    )
     tenant_attribute: str | None = Field(
         None, description="Span/resource attribute whose value becomes `tenant` (and splits series), e.g. `user.id`."
     )

@@ -266,6 +266,7 @@ regression_attributions = Table(
     Column("baseline_calls", BigInteger, nullable=False, server_default="0"),
     Column("episode_calls", BigInteger, nullable=False, server_default="0"),
     Column("attributed_at", DateTime(timezone=True), nullable=False),
+    Column("peers_regressed", BigInteger),  # revision 0007: the cross-shard context the label was computed with
 )
 
 regression_feedback = Table(
@@ -359,4 +360,19 @@ alert_outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True)),
     UniqueConstraint("regression_id", "destination_id", "event"),
+)
+
+# --- attribution workers (revision 0007): one lease row per hash shard of the series keys -------------------------
+
+shard_leases = Table(
+    "shard_leases",
+    metadata,
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("owner", String),  # the worker holding it (host:pid by default); NULL = free
+    Column("token", String),  # this claim's token: a renewal or a write of an older claim matches nothing
+    Column("expires_at", DateTime(timezone=True)),
+    Column("last_started_at", DateTime(timezone=True)),
+    Column("last_finished_at", DateTime(timezone=True)),
+    Column("covered_until", DateTime(timezone=True)),  # data end of its last finished pass
+    Column("passes", BigInteger, nullable=False, server_default="0"),
 )

@@ -15,6 +15,7 @@ from spanprism.api.cli import data as cli_data
 from spanprism.api.cli import jobs as cli_jobs
 from spanprism.api.cli import serve as cli_serve
 from spanprism.api.cli import sim as cli_sim
+from spanprism.api.cli import worker as cli_worker
 from spanprism.api.cli.backend import BackendError
 from spanprism.api.settings import Settings
 from spanprism.api.storage.calls_engine import calls_engine
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_sim.register(sub, _add)
     cli_serve.register(sub, _add)
     cli_alerts.register(sub, _add)
+    cli_worker.register(sub, _add)
 
     p = _add(sub, "db", cli_data.cmd_db, "Database maintenance.", "spanprism db upgrade")
     p.add_argument(

@@ -78,8 +78,8 @@ class Database:
     @property
     def generation(self) -> int | tuple:
         """Moves whenever stored results may have changed: this process's passes, and with a shared state database
-        (``state.shared``) the passes any worker or replica finished (read from ``job_runs`` at most every
-        :data:`SHARED_GENERATION_S`, the lag a cached answer may have behind another process's pass)."""
+        (``state.shared``) the passes any worker or replica finished (read from ``job_runs`` and ``shard_leases``
+        at most every :data:`SHARED_GENERATION_S`, the lag a cached answer may have behind another's pass)."""
         if not self.state.shared:
             return self._generation
         now = time.monotonic()
@@ -88,7 +88,9 @@ class Database:
             try:
                 with self.state.read() as cur:
                     self._shared_mark = tuple(cur.execute(
-                        "SELECT count(*), max(finished_at) FROM job_runs WHERE status IN ('succeeded', 'failed')"
+                        "SELECT count(*), max(finished_at),"
+                        " (SELECT coalesce(sum(passes), 0) FROM shard_leases) FROM job_runs"
+                        " WHERE status IN ('succeeded', 'failed')"
                     ).fetchall()[0])  # fmt: skip
             except Exception:  # the state database is away: keep the last mark (answers age, nothing fails)
                 log.warning("could not read the shared results generation", exc_info=True)

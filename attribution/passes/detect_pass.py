@@ -120,21 +120,26 @@ def run_attribution(con: duckdb.DuckDBPyConnection, *, since: datetime | None = 
                     rollup_config: RollupConfig | None = None,
                     per_call: PerCallConfig | None = None,
                     results: StateUnit | None = None,
-                    keys: Sequence[str] | None = None) -> AttributeSummary:  # fmt: skip
+                    keys: Sequence[str] | None = None,
+                    refresh: bool = True) -> AttributeSummary:  # fmt: skip
     """Refresh rollups, fit baselines, detect episodes and store regressions for [since, until).
 
     Series whose hourly buckets are too sparse are also tested call by call (``per_call``; see
     :mod:`spanprism.attribution.detection.per_call`). ``results`` opens the unit of work where baselines, episodes
     and regressions live (PostgreSQL with ``SPANPRISM_STATE_URL``); None = the DuckDB file of ``con``. ``keys``
-    detects (and replaces the results of) those series only: a worker's shards; None = every series."""
+    detects (and replaces the results of) those series only: a worker's shards; None = every series. ``refresh=False``
+    skips the rollup refresh (a worker refreshes its rollup cache once for all the shards it then detects)."""
     config = config or DetectionConfig()
     rollup_config = rollup_config or RollupConfig(grains=config.grains)
     if set(config.grains) - set(rollup_config.grains):
         raise ValueError("detection grains must be rollup grains")
     summary = AttributeSummary()
     t0 = time.perf_counter()
-    refreshed = refresh_rollups(con, since, until, config=rollup_config)
-    summary.rollup_rows, summary.series = refreshed.rows_written, refreshed.series
+    if refresh:
+        refreshed = refresh_rollups(con, since, until, config=rollup_config)
+        summary.rollup_rows, summary.series = refreshed.rows_written, refreshed.series
+    elif keys is not None:
+        summary.series = len(keys)
     summary.timings["rollups"] = time.perf_counter() - t0
     bounds = store.rollup_bounds(con, rollup_config.base_grain)
     if bounds is None:

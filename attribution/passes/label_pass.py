@@ -63,7 +63,8 @@ def _pending(con: StateCursor, *, force: bool, keys: Sequence[str] | None = None
     rows = con.execute(
         "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
         " r.metric, r.baseline, r.observed, a.regression_id IS NULL OR a.attributed_at < r.updated_at,"
-        " a.contributions_ms FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
+        " a.contributions_ms, a.peers_regressed"
+        " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
         f" WHERE r.change_pct >= ?{' AND ' + only if only else ''} ORDER BY r.start_time, r.id",
         [MIN_REPORTED_CHANGE_PCT, *params],
     ).fetchall()
@@ -71,9 +72,17 @@ def _pending(con: StateCursor, *, force: bool, keys: Sequence[str] | None = None
     for r in rows:
         reg = _Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2], r[9], r[10])
         stored = orjson.loads(r[12]) if r[12] else None
-        if force or r[11] or not closes(stored, reg.baseline, reg.observed):
+        if force or r[11] or not closes(stored, reg.baseline, reg.observed) or _peers_moved(con, reg, r[13]):
             pending.append(reg)
     return pending
+
+
+def _peers_moved(con: StateCursor, reg: _Regression, stored: int | None) -> bool:
+    """Did the count of regressed peer series change since this (resolved) regression was labelled? With workers,
+    another shard may store its regressions after this one was labelled; open ones are relabelled on every pass."""
+    if stored is None or reg.end is None or reg.provider is None:
+        return False
+    return _regressed(con, reg, reg.end) != stored
 
 
 def _close(att: Attribution, reg: _Regression) -> Attribution:
@@ -102,20 +111,29 @@ def _other_windows(con: StateCursor, reg: _Regression, until: datetime) -> list[
     return [(s, e) for s, e in rows]
 
 
-def _context(con: duckdb.DuckDBPyConnection, results: StateCursor, reg: _Regression, end: datetime) -> EpisodeContext:
-    """Other series of the same provider with traffic in the window, and how many of them regressed meanwhile."""
+def _context(con: duckdb.DuckDBPyConnection, results: StateCursor, reg: _Regression,
+             end: datetime) -> tuple[EpisodeContext, int | None]:  # fmt: skip
+    """Other series of the same provider with traffic in the window, and how many of them regressed meanwhile (also
+    the raw count of regressed peers, stored with the label)."""
     if reg.provider is None:
-        return EpisodeContext()
+        return EpisodeContext(), None
     besides = (reg.series[0], reg.series[2], reg.series[3])
     peers = calls.peer_series_count(con, reg.provider, reg.start, end, besides=besides)
-    regressed = results.execute(
-        "SELECT count(DISTINCT series_key) FROM regressions WHERE provider = ? AND id <> ?"
-        " AND start_time < ? AND coalesce(end_time, ?) > ?"
-        " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
-        " AND operation IS NOT DISTINCT FROM ?)",
-        [reg.provider, reg.id, end, end, reg.start, reg.series[0], reg.series[2], reg.series[3]],
-    ).fetchall()[0][0]
-    return EpisodeContext(peers=peers, peers_regressed=int(min(regressed, peers)))
+    regressed = _regressed(results, reg, end)
+    return EpisodeContext(peers=peers, peers_regressed=int(min(regressed, peers))), regressed
+
+
+def _regressed(results: StateCursor, reg: _Regression, end: datetime) -> int:
+    """Other series of the regression's provider with a regression overlapping [start, end)."""
+    return int(
+        results.execute(
+            "SELECT count(DISTINCT series_key) FROM regressions WHERE provider = ? AND id <> ?"
+            " AND start_time < ? AND coalesce(end_time, ?) > ?"
+            " AND NOT (service IS NOT DISTINCT FROM ? AND request_model IS NOT DISTINCT FROM ?"
+            " AND operation IS NOT DISTINCT FROM ?)",
+            [reg.provider, reg.id, end, end, reg.start, reg.series[0], reg.series[2], reg.series[3]],
+        ).fetchall()[0][0]
+    )
 
 
 def _windows(con: duckdb.DuckDBPyConnection, results: StateCursor, reg: _Regression,
@@ -138,16 +156,19 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _store(unit: StateUnit, reg_id: str, att: Attribution, version: str, n: tuple[int, int]) -> None:
+def _store(unit: StateUnit, reg_id: str, att: Attribution, version: str, n: tuple[int, int],
+           regressed: int | None) -> None:  # fmt: skip
     fields = att.to_record_fields()
     with unit() as cur:
         cur.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [reg_id])
         cur.execute(
-            "INSERT INTO regression_attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO regression_attributions (regression_id, label, reason, confidence, probabilities,"
+            " contributions_ms, evidence, exemplars, model_version, baseline_calls, episode_calls, attributed_at,"
+            " peers_regressed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 reg_id, fields["label"], fields["reason"], fields["confidence"], _json(att.probabilities),
                 _json(fields["contributions_ms"]), _json(fields["evidence"]), _json(fields["exemplars"]),
-                version, n[0], n[1], datetime.now(UTC),
+                version, n[0], n[1], datetime.now(UTC), regressed,
             ],
         )  # fmt: skip
 
@@ -171,7 +192,7 @@ def regression_features(
     if baseline.num_rows < 3 or episode.num_rows < 3:
         return None
     end = reg.end or episode.column("start_time")[-1].as_py()
-    att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, rc, reg, end))
+    att = attributor.attribute(baseline, episode, metric=reg.metric, context=_context(con, rc, reg, end)[0])
     return dict(att.features)
 
 
@@ -257,11 +278,11 @@ def label_regressions(
         end = reg.end or episode.column("start_time")[-1].as_py()
         try:
             with unit() as rc:
-                context = _context(con, rc, reg, end)
+                context, regressed = _context(con, rc, reg, end)
             att = attributor.attribute(baseline, episode, metric=reg.metric, context=context, seed=seed)
         except ValueError as exc:  # e.g. a TTFT metric on a window without streaming calls
             summary.failed[reg.id] = str(exc)
             continue
-        _store(unit, reg.id, _close(att, reg), version, (baseline.num_rows, episode.num_rows))
+        _store(unit, reg.id, _close(att, reg), version, (baseline.num_rows, episode.num_rows), regressed)
         summary.attributed += 1
     return summary

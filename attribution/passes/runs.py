@@ -61,13 +61,14 @@ def attribute(
     classifier: Attributor | str | Path | None = None,
     results: StateUnit | None = None,
     keys: Sequence[str] | None = None,
+    refresh: bool = True,
 ) -> dict[str, Any]:
     """Detection then attribution over ``[since, until)`` (all data when both are None); returns the counts.
 
     ``results``: units of work where the detection results live (None = ``con``'s DuckDB file); ``keys``: only
-    those series (a worker's shards)."""
+    those series (a worker's shards); ``refresh=False``: the rollups are already fresh."""
     attributor = classifier if isinstance(classifier, Attributor) else load_default(classifier)
-    detected = run_attribution(con, since=since, until=until, results=results, keys=keys)
+    detected = run_attribution(con, since=since, until=until, results=results, keys=keys, refresh=refresh)
     labelled = label_regressions(con, attributor, results=results, keys=keys)
     return {
         "series": detected.series,
