@@ -72,7 +72,7 @@ def store_exemplars(path: Path) -> int:
             exemplars = orjson.dumps(panels.exemplar_calls(con, ids, since=start, until=end)).decode()
             con.execute("DELETE FROM regression_attributions WHERE regression_id = ?", [rid])
             con.execute("INSERT INTO regression_attributions VALUES (?, 'unexplained', NULL, 0.0, '{}', '{}', '[]', ?,"
-                        " 'bench', 0, 0, now())", [rid, exemplars])  # fmt: skip
+                        " 'bench', 0, 0, now(), NULL)", [rid, exemplars])  # fmt: skip
         con.execute("CHECKPOINT")
         return len(todo)
     finally:
