@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     state_url: str | None = Field(
         None,
         description="PostgreSQL URL (`postgresql+psycopg://user:pass@host/db`) for the service state several "
-        "`serve` replicas share (API keys, job runs, alert destinations, rules and outbox); unset = the DuckDB file.",
+        "`serve` replicas and `worker`s share (API keys, job runs, alert destinations, rules and outbox, shard "
+        "leases, and the detection results: baselines, episodes, regressions, attributions, feedback); unset = the "
+        "DuckDB file.",
     )
     clickhouse_url: str | None = Field(
         None,

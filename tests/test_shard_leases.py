@@ -101,3 +101,13 @@ def test_release_after_a_failure_makes_the_shard_claimable_at_once(state):
         shards.release(cur, lease)
     again = _claim(state, "w2", T0)
     assert again is not None and again.shard == lease.shard and again.covered_until is None
+
+
+def test_worker_refuses_to_run_without_shared_calls_and_state(tmp_path, monkeypatch, capsys):
+    from spanprism.api.cli import main
+
+    for name in ("SPANPRISM_STATE_URL", "SPANPRISM_CLICKHOUSE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--db", str(tmp_path / "w.duckdb"), "worker", "--once"]) == 2
+    assert "SPANPRISM_STATE_URL" in capsys.readouterr().out
+    assert not (tmp_path / "w.duckdb").exists()  # refused before opening anything
