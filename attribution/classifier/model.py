@@ -32,10 +32,13 @@ from spanprism.attribution.classifier.features import FEATURE_NAMES, EpisodeCont
 from spanprism.attribution.classifier.fit import fit_logistic
 from spanprism.attribution.classifier.focus import focus, token_residuals
 from spanprism.attribution.classifier.own_traffic import (
+    backed,
     beyond_tokens,
     growth_confidence,
     own_traffic_label,
     token_sizes,
+    unsupported_growth,
+    within_tokens,
 )
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.decomposition.decompose import decompose
@@ -90,6 +93,21 @@ class LogisticModel:
                 label = "unexplained"
             out.append((label, float(row[self.classes.index(label)])))
         return out
+
+    def best_allowed(self, probabilities: Mapping[str, float], barred: set[str]) -> tuple[str, float]:
+        """(label, confidence) among the classes not in ``barred``: the top one, its probability renormalized over
+        the allowed classes (the answer given that the barred ones are ruled out); ``unexplained`` below the abstain
+        threshold or when nothing else is allowed."""
+        allowed = {c: float(probabilities.get(c, 0.0)) for c in self.classes if c not in barred}
+        total = sum(allowed.values())
+        if not allowed or total <= 0:
+            return "unexplained", 0.0
+        label = max(allowed, key=lambda c: allowed[c])
+        confidence = allowed[label] / total
+        if confidence < self.abstain_threshold and "unexplained" in allowed:
+            label = "unexplained"
+            confidence = allowed[label] / total
+        return label, confidence
 
     def to_json(self) -> dict:
         return {
@@ -184,7 +202,8 @@ class Attributor:
         narrow: bool = True,
     ) -> Attribution:
         """Decompose, featurize, classify (growth of the series' own token sizes overrides a mechanism that carries
-        less, see :mod:`.own_traffic`); then the reason, evidence rows and exemplar traces.
+        less, and a growth label for sizes that did not grow for the calls behind them gives way to the next answer
+        backed by a slowdown of its own, see :mod:`.own_traffic`); then the reason, evidence rows and exemplars.
 
         Each window's rows become one :class:`CallWindow`, which every step reads. An episode window wider than its
         change is first narrowed to the run of calls that carries it (:mod:`.focus`, said in the evidence)."""
@@ -197,12 +216,20 @@ class Attributor:
             focus_rows.append(focused.evidence(float(epi.start_s[focused.first]), float(epi.start_s[focused.last])))
             rows = slice(focused.first, focused.last + 1)
             epi = epi.take(np.arange(focused.first, focused.last + 1))
-        beyond = beyond_tokens(residuals, rows)
+        beyond, within = beyond_tokens(residuals, rows), within_tokens(residuals, rows)
         decomposition = decompose(base, epi, metric=metric, seed=seed)
         feats = episode_features(decomposition, base, epi, context)
         label, confidence, probs = self.classify(feats)
+        sizes = token_sizes(base, epi, metric)
+        # A growth label for sizes that did not grow (for the calls behind them) is the features' guess, not the
+        # series' traffic: the classifier's best answer among the labels the token sizes allow.
+        barred = unsupported_growth(decomposition, sizes, within=within)
+        if label in barred:
+            label, confidence = self.model.best_allowed(probs, barred)
+            if not backed(label, decomposition, beyond_tokens=beyond):
+                label, confidence = "unexplained", float(probs.get("unexplained", 0.0))
         # The series' own longer prompts/outputs are a cause of their own, never a provider mechanism.
-        grown_label, growth_rows = own_traffic_label(label, decomposition, token_sizes(base, epi), beyond_tokens=beyond)
+        grown_label, growth_rows = own_traffic_label(label, decomposition, sizes, beyond_tokens=beyond, within=within)
         if grown_label != label:
             label, confidence = grown_label, growth_confidence(probs, grown_label, decomposition)
         reason = pick_reason(label, feats)
