@@ -16,7 +16,9 @@ The bucket detector (:mod:`spanprism.attribution.detection.episodes`) evaluates 
   the run ≥ ln(1 + ``min_change_pct``/100); its onset is the first call of the run, floored to 5 minutes. It
   resolves when the mean residual of the last ``resolve_calls`` calls drops below ``resolve_z`` (its end is the
   first call of that calm window); still open ``accept_after_s`` after onset, it is *accepted* at the next UTC
-  midnight and the baseline re-learns from its onset on (so a later, further shift is its own episode).
+  midnight (or at its alarm, if that came later) and the baseline re-learns from its onset on (so a later,
+  further shift is its own episode). The onset is never placed more than the settle period plus one day before
+  the alarm, so every episode is decided within that (48 h by default) of its onset.
 Episodes carry ``grain_s = 0`` (per call), so :func:`~.episodes.prefer_finer` keeps them over overlapping bucket
 episodes of the same series and family; ``stats["per_call_cusum"]`` records the statistic, threshold and calls.
 """
@@ -30,14 +32,13 @@ import numpy as np
 import pandas as pd
 
 from spanprism.attribution.baselines.base import DAY_S
+from spanprism.attribution.detection.base import ESCALATED
 from spanprism.attribution.detection.episodes import Episode, stable_id
 
 #: The latency column of each family (ok calls only).
 FAMILY_COLUMNS: dict[str, str] = {"e2e": "duration_ms", "ttft": "ttft_ms", "itl": "itl_ms"}
 TEST = "per_call_cusum"
 TEST_TOKENS = "per_call_cusum_token_adjusted"
-#: Key of a test's stats that marks an episode opened by a further shift inside an open one (its level, in %).
-ESCALATED = "escalated_from_pct"
 _ONSET_S = 300  # onsets are placed on 5-minute boundaries
 _SIEGMUND = 1.166  # overshoot correction of the CUSUM boundary for unit-variance increments
 _WEEK_S = 7 * DAY_S
@@ -218,8 +219,12 @@ def _onset(z: np.ndarray, start: int, alarm: int, k: float) -> int:
 
 def _follow(c: _Calls, onset: int, alarm: int, base: _Fit, horizon_s: float,
             config: PerCallConfig) -> tuple[int, float | None, bool]:  # fmt: skip
-    """(end index, end time, accepted) of an episode; end time None while open at ``horizon_s``."""
+    """(end index, end time, accepted) of an episode; end time None while open at ``horizon_s``.
+
+    Accepted at the first UTC midnight a settle period after its onset, or at its alarm when that came later (an
+    episode is never decided before it is found; :func:`max_lag_s` keeps that within 48 h of its onset)."""
     accept_s = float(-(-(c.t[onset] + config.accept_after_s) // DAY_S) * DAY_S)
+    accept_s = max(accept_s, float(c.t[alarm]) + 1.0)
     w = config.resolve_calls
     z = base.dev(c, slice(alarm + 1, None), config.clip) / base.zsd
     if z.size >= w:
@@ -314,6 +319,12 @@ def _escalations(c: _Calls, first: tuple[int, int, float, int], base: _Fit, hori
     return found, (onset, alarm, end, end_s, accepted)
 
 
+def max_lag_s(config: PerCallConfig) -> float:
+    """The furthest an onset is placed before its alarm: the deadline (settle period plus one day) less two onset
+    steps, so an episode accepted at its alarm is still decided within the deadline of its (floored) onset."""
+    return float(config.accept_after_s + DAY_S - 2 * _ONSET_S)
+
+
 def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, config: PerCallConfig,
                   prior: list[Episode] | None = None) -> list[Episode]:  # fmt: skip
     """Episodes of one series and family from ``eval_from_s`` on (``prior``: earlier episodes, left out)."""
@@ -334,6 +345,8 @@ def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, con
         if hit is None:
             break
         onset, alarm = pos + hit[0], pos + hit[1]
+        # A slow CUSUM can place the change point days before its alarm; the decision deadline counts from onset.
+        onset = max(onset, int(np.searchsorted(c.t, c.t[alarm] - max_lag_s(config))))
         day = c.t[onset] // DAY_S * DAY_S
         base = _baseline(c, usable, max(day - config.lookback_days * DAY_S, relearn_s), day, config)
         if base is None:  # cannot happen (the onset day was scored), but never guess a baseline
