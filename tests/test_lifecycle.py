@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -19,6 +20,7 @@ from spanprism.attribution.detection.episodes import (
     FamilyPanel,
     detect_family,
 )
+from spanprism.attribution.detection.per_call import detect_calls
 from spanprism.attribution.evaluation.pooled import open_time
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls, insert_calls
@@ -191,3 +193,52 @@ def test_incremental_passes_every_5_minutes_give_the_decisions_of_one_pass_over_
 def _decisions(con) -> list[tuple]:
     return sorted((r["id"], r["series"]["service"], r["start"], r["end"], r["status"])
                   for r in list_regressions(con))  # fmt: skip
+
+
+# --- a quiet night between two causes -------------------------------------------------------------------------
+
+
+def _office_calls(days: int, per_hour: float, shifts: list[tuple[float, float, float]], seed: int) -> pd.DataFrame:
+    """A sparse series busy 07:00-23:00 UTC and idle overnight; ``shifts`` = (start h, hours, factor)."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(START_S, START_S + days * DAY_S, rng.poisson(per_hour * 24 * days)))
+    t = t[(t - START_S) % DAY_S >= 7 * 3600]
+    hours = (t - START_S) / 3600
+    lat = rng.lognormal(np.log(900), 0.4, t.size)
+    for start, length, factor in shifts:
+        lat[(hours >= start) & (hours < start + length)] *= factor
+    return pd.DataFrame({"series_key": "s0", "t": t, "duration_ms": lat, "ttft_ms": lat / 3, "itl_ms": lat / 100,
+                         "input_tokens": 2000.0, "output_tokens": 200.0})  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_causes_either_side_of_a_quiet_night_are_two_episodes_per_call(seed):
+    # The evening cause lasts until the calls stop; the next one starts half an hour after they resume. A calm
+    # window of 20 calls would reach into the second cause and chain both into one episode.
+    evening, morning = 9 * 24 + 22, 10 * 24 + 7.5
+    frame = _office_calls(12, 20, [(evening, 2, 1.8), (morning, 2, 1.8)], seed)
+    episodes = [e for e in detect_calls(frame, eval_from_s=START_S + 7 * DAY_S, horizon_s=START_S + 12 * DAY_S)
+                if e.family == "e2e"]  # fmt: skip
+    spans = [(e.start.timestamp() - START_S, e.end and e.end.timestamp() - START_S) for e in episodes]
+    first = [(s, e) for s, e in spans if abs(s - evening * 3600) <= 1800]
+    assert first and first[0][1] is not None and first[0][1] <= (evening + 2) * 3600, spans
+    assert any(abs(s - morning * 3600) <= 1800 for s, _ in spans), spans
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_causes_either_side_of_a_quiet_night_are_two_episodes_on_buckets(seed):
+    evening, morning = 9 * DAY + 22 * 12, 10 * DAY + 7 * 12 + 3  # idle 00:00-07:00, next cause at 07:15
+    panel = _panel(12, [(evening, 1.6), (evening + 24, 1 / 1.6), (morning, 1.6), (morning + 24, 1 / 1.6)], seed=seed)
+    night = ((np.arange(panel.counts.shape[1]) % DAY) < 7 * 12)[None, :]
+    for stat in panel.stats.values():
+        stat[np.broadcast_to(night, stat.shape)] = np.nan
+    panel.counts[night] = 0
+    episodes, _ = detect_family(panel, DetectionConfig(), eval_from_col=DAY)
+    spans = [(_col(e), e.end and _col_of(e.end)) for e in episodes]
+    first = [(s, e) for s, e in spans if abs(s - evening) <= 3]
+    assert first and first[0][1] is not None and first[0][1] <= evening + 24, spans
+    assert any(abs(s - morning) <= 3 for s, _ in spans), spans
+
+
+def _col_of(when) -> int:
+    return int(when.timestamp() - START_S) // 300
