@@ -27,6 +27,9 @@ import numpy as np
 
 from spanprism.attribution.registry import resolve
 
+#: Key of a test's stats that marks an episode opened by a further, larger shift inside an open one (its level, %).
+ESCALATED = "escalated_from_pct"
+
 #: name → "module:Class"; modules are imported only when a detector is created.
 DETECTORS: dict[str, str] = {
     "cusum": "spanprism.attribution.detection.cusum:CusumDetector",
@@ -43,6 +46,7 @@ class Span:
     peak: int
     end: int | None  # exclusive; None while open
     accepted: bool = False  # closed because the shift persisted (the new normal), not because it came back
+    escalated_from_pct: float | None = None  # opened by a larger shift inside an open episode at this level (%)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import pandas as pd
 from spanprism.attribution.baselines import History, ParamsBatch, create_baseline
 from spanprism.attribution.baselines.base import DAY_S
 from spanprism.attribution.baselines.robust import nanmedian
-from spanprism.attribution.detection.base import Detector, Deviations, Span, create_detector
+from spanprism.attribution.detection.base import ESCALATED, Detector, Deviations, Span, create_detector
 
 #: Statistics per family; the first two are reported, all three detect.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -41,6 +41,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 #: The calls behind each family's statistics (latency stats exclude error calls).
 FAMILY_COUNTS: dict[str, str] = {"e2e": "n_ok", "ttft": "n_ttft", "itl": "n_itl"}
 REPORTED = 2
+#: The test name bucket episodes are recorded under (records.py's default detection evidence).
+BUCKET_TEST = "bucket_cusum"
 
 
 def _default_detector() -> Detector:
@@ -310,6 +312,9 @@ def _summarize(panel: FamilyPanel, sp: Span, centers: dict[str, np.ndarray], tot
                          "peak_change_pct": round(100 * float(np.expm1(np.max(obs[ok] - base[ok]))), 2)}  # fmt: skip
     metric = max(summary, key=lambda s: summary[s]["change_pct"]) if summary else FAMILIES[panel.family][0]
     top = summary.get(metric, {})
+    if sp.escalated_from_pct is not None:  # opened by a larger shift inside an open episode: its own regression
+        summary[BUCKET_TEST] = {ESCALATED: sp.escalated_from_pct, "grain_s": float(panel.grain_s),
+                                "buckets": float(hi - sp.onset)}  # fmt: skip
     key = panel.keys[sp.row]
     start = panel.when(sp.onset)
     return Episode(

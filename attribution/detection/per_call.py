@@ -13,10 +13,13 @@ The bucket detector (:mod:`spanprism.attribution.detection.episodes`) evaluates 
   in-control average run length the budget allows (calls a week / budget), inverted through Siegmund's
   approximation ``ARL0 ≈ (e^{2kb} − 2kb − 1) / (2k²)``, ``b = h + 1.166``. A busier series gets a higher ``h``.
 - Episode. It opens where ``S`` first reaches ``h`` with ≥ ``min_calls`` calls in the run and a mean log change over
-  the run ≥ ln(1 + ``min_change_pct``/100); its onset is the first call of the run, floored to 5 minutes. It
-  resolves when the mean residual of the last ``resolve_calls`` calls drops below ``resolve_z`` (its end is the
-  first call of that calm window); still open ``accept_after_s`` after onset, it is *accepted* at the next UTC
-  midnight and the baseline re-learns from its onset on (so a later, further shift is its own episode).
+  the run ≥ ln(1 + ``min_change_pct``/100); its onset is the change point inside the run, floored to 5 minutes,
+  and never more than the settle period plus one day before the alarm. It resolves when the mean residual of the
+  last ``resolve_calls`` calls drops below ``resolve_z`` (its end is the first call of that calm window), or,
+  after ``idle_s`` without a call, when the first ``resolve_calls_after_idle`` calls back are calm (its end is
+  then the last call before the idle stretch). Still open ``accept_after_s`` after onset, it is *accepted* at
+  the next UTC midnight (or at its alarm, if that came later) and the baseline re-learns from its onset on (so a
+  later, further shift is its own episode): every episode is decided within 48 h of its onset by default.
 Episodes carry ``grain_s = 0`` (per call), so :func:`~.episodes.prefer_finer` keeps them over overlapping bucket
 episodes of the same series and family; ``stats["per_call_cusum"]`` records the statistic, threshold and calls.
 """
@@ -30,14 +33,13 @@ import numpy as np
 import pandas as pd
 
 from spanprism.attribution.baselines.base import DAY_S
+from spanprism.attribution.detection.base import ESCALATED
 from spanprism.attribution.detection.episodes import Episode, stable_id
 
 #: The latency column of each family (ok calls only).
 FAMILY_COLUMNS: dict[str, str] = {"e2e": "duration_ms", "ttft": "ttft_ms", "itl": "itl_ms"}
 TEST = "per_call_cusum"
 TEST_TOKENS = "per_call_cusum_token_adjusted"
-#: Key of a test's stats that marks an episode opened by a further shift inside an open one (its level, in %).
-ESCALATED = "escalated_from_pct"
 _ONSET_S = 300  # onsets are placed on 5-minute boundaries
 _SIEGMUND = 1.166  # overshoot correction of the CUSUM boundary for unit-variance increments
 _WEEK_S = 7 * DAY_S
@@ -57,6 +59,8 @@ class PerCallConfig:
     lookback_days: int = 7
     resolve_calls: int = 20  # calm window: calls whose mean residual must fall below resolve_z
     resolve_z: float = 0.5
+    idle_s: int = 4 * 3600  # after this long without a call, ...
+    resolve_calls_after_idle: int = 5  # ... this many calls back decide whether the episode is over
     accept_after_s: int = DAY_S  # settle period, as in the bucket detector
     raw_budget_share: float = 0.1  # share of the budget for the raw (not token-adjusted) test
     scale_floor: float = 0.02  # ln units: a floor on the robust sd of a very steady series
@@ -218,17 +222,32 @@ def _onset(z: np.ndarray, start: int, alarm: int, k: float) -> int:
 
 def _follow(c: _Calls, onset: int, alarm: int, base: _Fit, horizon_s: float,
             config: PerCallConfig) -> tuple[int, float | None, bool]:  # fmt: skip
-    """(end index, end time, accepted) of an episode; end time None while open at ``horizon_s``."""
+    """(end index, end time, accepted) of an episode; end time None while open at ``horizon_s``.
+
+    Accepted at the first UTC midnight a settle period after its onset, or at its alarm when that came later (an
+    episode is never decided before it is found; :func:`max_lag_s` keeps that within 48 h of its onset)."""
     accept_s = float(-(-(c.t[onset] + config.accept_after_s) // DAY_S) * DAY_S)
+    accept_s = max(accept_s, float(c.t[alarm]) + 1.0)
     w = config.resolve_calls
     z = base.dev(c, slice(alarm + 1, None), config.clip) / base.zsd
+    decided: tuple[int, int, float] | None = None  # (index of the deciding call, end index, end time)
     if z.size >= w:
         cum = np.concatenate([[0.0], np.cumsum(z)])
         calm = np.flatnonzero((cum[w:] - cum[:-w]) / w < config.resolve_z)
         if calm.size:
             first = alarm + 1 + int(calm[0])  # the calm window's first call
-            if c.t[first + w - 1] < accept_s:
-                return first, float(c.t[first]), False
+            decided = (first + w - 1, first, float(c.t[first]))
+    # Back from an idle stretch (a quiet night), the first few calls decide alone: a full calm window would reach
+    # into the morning's next cause and chain it to this episode. Calm, the episode ended before the idle stretch.
+    wb = config.resolve_calls_after_idle
+    for i in np.flatnonzero(np.diff(c.t[alarm:]) >= config.idle_s):  # call alarm + 1 + i comes after the gap
+        if decided is not None and alarm + i + wb > decided[0]:
+            break
+        if i + wb <= z.size and float(z[i : i + wb].mean()) < config.resolve_z:
+            decided = (alarm + i + wb, alarm + 1 + int(i), float(c.t[alarm + i]) + 1.0)
+            break
+    if decided is not None and c.t[decided[0]] < accept_s:
+        return decided[1], decided[2], False
     if accept_s <= horizon_s:
         return int(np.searchsorted(c.t, accept_s)), accept_s, True
     return c.t.size, None, False
@@ -314,6 +333,12 @@ def _escalations(c: _Calls, first: tuple[int, int, float, int], base: _Fit, hori
     return found, (onset, alarm, end, end_s, accepted)
 
 
+def max_lag_s(config: PerCallConfig) -> float:
+    """The furthest an onset is placed before its alarm: the deadline (settle period plus one day) less two onset
+    steps, so an episode accepted at its alarm is still decided within the deadline of its (floored) onset."""
+    return float(config.accept_after_s + DAY_S - 2 * _ONSET_S)
+
+
 def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, config: PerCallConfig,
                   prior: list[Episode] | None = None) -> list[Episode]:  # fmt: skip
     """Episodes of one series and family from ``eval_from_s`` on (``prior``: earlier episodes, left out)."""
@@ -334,6 +359,8 @@ def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, con
         if hit is None:
             break
         onset, alarm = pos + hit[0], pos + hit[1]
+        # A slow CUSUM can place the change point days before its alarm; the decision deadline counts from onset.
+        onset = max(onset, int(np.searchsorted(c.t, c.t[alarm] - max_lag_s(config))))
         day = c.t[onset] // DAY_S * DAY_S
         base = _baseline(c, usable, max(day - config.lookback_days * DAY_S, relearn_s), day, config)
         if base is None:  # cannot happen (the onset day was scored), but never guess a baseline

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
+from spanprism.attribution.detection.base import ESCALATED
 from spanprism.attribution.detection.episodes import Episode, stable_id
-from spanprism.attribution.detection.per_call import ESCALATED
 from spanprism.models.state import StateCursor
 from spanprism.models.times import iso_z
 
@@ -99,9 +99,10 @@ def group_regressions(episodes: list[Episode], names: Mapping[str, Mapping[str, 
 
 
 def _detection(e: Episode) -> dict[str, Any]:
-    """Which test opened the episode, its statistic and the calls behind it (per-call tests record them in stats)."""
+    """Which test opened the episode, its statistic and the calls behind it (per-call tests record them in stats;
+    a bucket episode that escalated an open one records its test with the level it escalated from)."""
     for test, values in e.stats.items():
-        if "statistic" in values:
+        if "statistic" in values or ESCALATED in values:
             return {"test": test, **values}
     return {"test": "bucket_cusum", "grain_s": e.grain_s, "buckets": e.n_buckets}
 
