@@ -108,6 +108,7 @@ def test_three_workers_give_the_records_of_one_process(world):
     for _ in range(2):
         if records == world["reference"]:
             break
+        print("not settled after a round:", *_differences(records, world["reference"]), sep="\n  ")
         _round(world, url)
         records = _records(url)
     assert records == world["reference"], _differences(records, world["reference"])
