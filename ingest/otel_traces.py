@@ -186,13 +186,14 @@ def read_links(store: ClickHouseStore, table: str, rows: pa.Table, lo_ns: int, h
         f" AND Timestamp < fromUnixTimestamp64Nano({int(hi_ns) + pad}, 'UTC')"
         f" AND ParentSpanId != '' AND SpanKind IN ('Unspecified', 'Internal', 'Client') AND NOT {candidate_filter()}"
     )
+    source = f"clickhouse:{table}"
     return [
         {"trace_id": row["TraceId"].lower(), "span_id": row["SpanId"].lower(),
          "parent_span_id": row["ParentSpanId"].lower(), "name": "", "kind": _KINDS.get(row["SpanKind"], 0),
          "start_ns": int(row["start_ns"]), "end_ns": int(row["start_ns"]) + int(row["Duration"]), "attributes": {},
          "resource": {}, "scope": "", "events": [], "status_code": 0, "status_message": "", "source": source,
          "location": f"trace {row['TraceId']} span {row['SpanId']}", "raw": _raw(row)}
-        for row in found.to_pylist() for source in (f"clickhouse:{table}",)
+        for row in found.to_pylist()
     ]  # fmt: skip
 
 
