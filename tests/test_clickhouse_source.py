@@ -122,7 +122,7 @@ def test_a_stopped_pass_goes_on_where_it_stopped(export, clickhouse_url, tmp_pat
         first = follow(con, store, slice_s=600, max_slices=3, late_s=300)
         assert first.slices == 3 and first.watermark_ns is not None
         assert 0 < len(_stored(store)) < len(export["calls"])
-        rest = follow(con, store, slice_s=600, late_s=300)
+        rest = follow(con, store, slice_s=3600, late_s=300)  # longer slices: the watermark is a time
         assert rest.duplicates > 0  # the late window was read again
     finally:
         clickhouse.bind(previous)
@@ -192,7 +192,9 @@ def test_a_killed_source_loses_and_duplicates_nothing(export, clickhouse_url, tm
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env_run.items():
             mp.setenv(k, v)
-        assert main(["--db", str(tmp_path / "k.duckdb"), "source", "--slice-s", "120"]) == 0
+        # The finishing pass reads hour slices: the watermark is a time, not a slice count, so the pass goes on from
+        # where the killed one stopped whatever its slice length (and 120-s slices over half a day cost minutes here).
+        assert main(["--db", str(tmp_path / "k.duckdb"), "source", "--slice-s", "3600"]) == 0
     assert _stored(store) == export["calls"]
     assert store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0] == len(export["calls"])
 
