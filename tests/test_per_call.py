@@ -86,6 +86,41 @@ def test_shift_of_a_sparse_series_is_found_with_a_5_minute_onset(per_hour, hours
     assert test["statistic"] >= test["threshold"] and test["calls"] >= PerCallConfig().min_calls
 
 
+def _agent(seed: int, per_hour: float) -> pd.DataFrame:
+    """An agent's calls: short tool calls and long answers, the hour's share of long answers set by its sessions
+    (drawn per hour), so raw latency is bimodal and its hourly mean wanders with no change of the series."""
+    frame = _calls(14, per_hour, seed=seed)
+    rng = np.random.default_rng(1000 + seed)
+    hour = ((frame["t"] - START_S) // 3600).astype(int).to_numpy()
+    long = rng.uniform(size=len(frame)) < rng.beta(0.7, 0.7, hour.max() + 1)[hour]
+    out = np.where(long, rng.lognormal(np.log(300), 0.4, len(frame)), rng.lognormal(np.log(8), 0.5, len(frame)))
+    frame["duration_ms"] = frame["ttft_ms"] + out * frame["itl_ms"]
+    frame["output_tokens"] = out.round()
+    return frame
+
+
+def test_runs_of_correlated_calls_that_average_out_are_not_episodes():
+    # Without the confirmation the CUSUM alarms on hours whose sessions happened to want long answers; the episode's
+    # mean over all its calls, against the baseline's real hour-to-hour spread, shows there was no change.
+    unconfirmed = PerCallConfig(confirm_z=-np.inf)
+    before = sum(len(_detect(_agent(seed, 25), 14, unconfirmed)) for seed in range(8))
+    after = sum(len(_detect(_agent(seed, 25), 14)) for seed in range(8))
+    assert before >= 16
+    assert after <= before / 3
+
+
+def test_a_real_shift_of_a_bimodal_series_is_confirmed():
+    frame = _agent(3, 25)
+    hours = (frame["t"] - START_S) / 3600
+    step = (hours >= 9 * 24 + 6) & (hours < 9 * 24 + 18)
+    for col in ("duration_ms", "ttft_ms", "itl_ms"):
+        frame.loc[step, col] *= 1.8
+    episodes = [e for e in _detect(frame, 14) if _covers(e, 9 * 24 + 12)]
+    assert episodes
+    test = next(v for v in episodes[0].stats.values() if "confirm_z" in v)
+    assert test["confirm_z"] >= PerCallConfig().confirm_z
+
+
 def test_one_huge_outlier_is_not_an_episode():
     assert _detect(_calls(12, 10, seed=2, outlier_at=9 * 24 + 12), 12) == []
 

@@ -20,6 +20,10 @@ The bucket detector (:mod:`spanprism.attribution.detection.episodes`) evaluates 
   then the last call before the idle stretch). Still open ``accept_after_s`` after onset, it is *accepted* at
   the next UTC midnight (or at its alarm, if that came later) and the baseline re-learns from its onset on (so a
   later, further shift is its own episode): every episode is decided within 48 h of its onset by default.
+- Confirmation. An episode is kept only when its calls, all of them from onset to end, hold the shift: their mean
+  standardized residual reaches ``confirm_z`` long-run standard errors (:func:`confirmation`, recorded as
+  ``confirm_z``). A CUSUM run of correlated calls (a burst, a few sessions of long outputs) that averages out over
+  the episode is no change; the test resumes after it and its calls stay in the baseline.
 Episodes carry ``grain_s = 0`` (per call), so :func:`~.episodes.prefer_finer` keeps them over overlapping bucket
 episodes of the same series and family; ``stats["per_call_cusum"]`` records the statistic, threshold and calls.
 """
@@ -40,6 +44,8 @@ from spanprism.attribution.detection.episodes import Episode, stable_id
 FAMILY_COLUMNS: dict[str, str] = {"e2e": "duration_ms", "ttft": "ttft_ms", "itl": "itl_ms"}
 TEST = "per_call_cusum"
 TEST_TOKENS = "per_call_cusum_token_adjusted"
+#: The stat key of :func:`confirmation` (in ``Episode.stats[test]`` and so in the record's detection evidence).
+CONFIRM = "confirm_z"
 _ONSET_S = 300  # onsets are placed on 5-minute boundaries
 _SIEGMUND = 1.166  # overshoot correction of the CUSUM boundary for unit-variance increments
 _WEEK_S = 7 * DAY_S
@@ -67,6 +73,7 @@ class PerCallConfig:
     batch_s: int = 3600  # batch length of the long-run variance estimate
     max_inflation: float = 10.0  # cap of the long-run / per-call variance ratio
     max_baseline_calls: int = 1500  # a baseline window is subsampled evenly down to about this many calls
+    confirm_z: float = 3.0  # the whole episode's mean shift, in long-run standard errors, an episode must reach
 
 
 def threshold(calls_per_week: np.ndarray | float, config: PerCallConfig, budget: float | None = None) -> np.ndarray:
@@ -112,6 +119,8 @@ class _Fit:
     zsd: float
     raw: np.ndarray
     beta: np.ndarray
+    mean: float = 0.0  # plain mean of the (token-adjusted) log latency, unclipped
+    lr_sd: float = 1.0  # its long-run sd: per-call sd times the hour-batch inflation, unclipped and uncapped
 
     def dev(self, c: _Calls, sl: slice, clip: float | None) -> np.ndarray:
         """Robust-standardized residuals of the calls ``sl``, clipped to ±``clip`` (None: unclipped)."""
@@ -168,7 +177,13 @@ def _baseline(c: _Calls, usable: np.ndarray, lo_s: float, hi_s: float, config: P
     hour -= hour[0]  # times are sorted
     sums, counts = np.bincount(hour, weights=z - z.mean()), np.bincount(hour)
     inflation = float(np.clip(np.sum(sums**2) / counts.sum() / var, 1.0, config.max_inflation))
-    return _Fit(m, s, float(np.sqrt(var * inflation)), raw, beta)
+    # The confirmation's yardstick: how far the mean of the raw values wanders hour to hour, tails and all (the
+    # clipped, capped variance above is the CUSUM's in-control model, not a measure of how noisy the series is).
+    mean = float(np.mean(vals))
+    raw_var = max(float(np.var(vals)), config.scale_floor**2)
+    raw_sums = np.bincount(hour, weights=vals - mean)
+    raw_inflation = max(float(np.sum(raw_sums**2) / counts.sum() / raw_var), 1.0)
+    return _Fit(m, s, float(np.sqrt(var * inflation)), raw, beta, mean, float(np.sqrt(raw_var * raw_inflation)))
 
 
 def _residuals(c: _Calls, usable: np.ndarray, relearn_s: float, pos: int,
@@ -275,7 +290,8 @@ def _summarize(c: _Calls, onset: int, end: int, end_s: float | None, accepted: b
         entry["peak_change_pct"] = round(100 * float(np.expm1(roll[peak])), 2)
     a, stat, n_run = alarm
     summary[c.test] = {"statistic": round(stat, 3), "threshold": round(h, 3), "calls": float(n_run),
-                     "episode_calls": float(obs.size)}  # fmt: skip
+                     "episode_calls": float(obs.size),
+                     CONFIRM: round(confirmation(c, onset, end, base), 3)}  # fmt: skip
     if escalated_from is not None:
         summary[c.test][ESCALATED] = round(escalated_from, 2)
     metric = max((k for k in summary if k != c.test), key=lambda k: summary[k]["change_pct"])
@@ -289,6 +305,29 @@ def _summarize(c: _Calls, onset: int, end: int, end_s: float | None, accepted: b
         change_pct=top["change_pct"], peak_change_pct=top["peak_change_pct"], n_buckets=int(obs.size),
         stats=summary, accepted=accepted,
     )  # fmt: skip
+
+
+def confirmation(c: _Calls, onset: int, end: int, base: _Fit) -> float:
+    """The shift of the episode's mean (token-adjusted, for that test) log latency over all its calls from the
+    baseline's, in standard errors of a mean of that many calls under the baseline's long-run (hour-batch) variance
+    of the unclipped values.
+
+    The CUSUM alarms on the run of calls with the largest excess; on bursty series (calls of one burst share a load
+    level and a session's sizes) and series whose own sizes wander, such runs come and go without any change of the
+    series. An episode that is a change holds its shift over the calls it spans; a run that was a burst of correlated
+    calls averages out over them. The CUSUM's own in-control model (clipped residuals, capped inflation) cannot tell
+    the two apart; this second look, at every call of the episode against the baseline's real hour-to-hour spread,
+    can.
+    """
+    sl = slice(onset, max(end, onset + 1))
+    x = c.x[sl] if c.tokens is None else c.x[sl] - c.tokens[sl] @ base.beta
+    return float((x.mean() - base.mean) / base.lr_sd * np.sqrt(x.size)) if x.size else 0.0
+
+
+def confirmed(ep: Episode, config: PerCallConfig) -> bool:
+    """Does the episode hold its shift over its calls (:func:`confirmation` ≥ ``config.confirm_z``)?"""
+    values = [v[CONFIRM] for v in ep.stats.values() if CONFIRM in v]
+    return not values or values[0] >= config.confirm_z
 
 
 def _escalation(c: _Calls, onset: int, alarm: int, end: int, base: _Fit, h: float,
@@ -367,9 +406,13 @@ def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, con
             break
         found, (last, alarm, end, end_s, accepted) = _escalations(c, (onset, alarm, hit[2], hit[3]), base, horizon_s,
                                                                   h, config)  # fmt: skip
-        episodes.extend(found)
+        kept = [ep for ep in found if confirmed(ep, config)]
+        episodes.extend(kept)
         if end_s is None:
             break
+        if not kept:  # no change after all: its calls stay in the baseline, the test resumes after them
+            pos = max(end, alarm + 1)
+            continue
         if accepted:
             relearn_s = float(c.t[last])  # the level of the last escalation is the new normal
         else:

@@ -38,11 +38,19 @@ _FAR = datetime.max.replace(tzinfo=UTC)
 
 
 def _group(episodes: list[Episode], gap_s: int) -> list[list[Episode]]:
+    """Episodes of one series that overlap, or follow within ``gap_s`` in a metric family already moved, form one
+    regression. One cause moves its families together (overlapping episodes); an episode of another family that
+    starts only after the others ended is the next cause of a chain (a routing change, then contention), not the
+    same one, and joining them would give both one label."""
     groups: list[list[Episode]] = []
     end = _FAR
     for ep in sorted(episodes, key=lambda e: (e.series_key, e.start, e.family)):
         # A larger shift inside an open episode is a regression of its own, however close it follows.
-        joins = not _escalates(ep) and (ep.start - end).total_seconds() <= gap_s
+        overlaps = ep.start < end
+        chained = not overlaps and (ep.start - end).total_seconds() <= gap_s
+        joins = not _escalates(ep) and (
+            overlaps or (chained and bool(groups) and ep.family in {e.family for e in groups[-1]})
+        )
         if groups and groups[-1][0].series_key == ep.series_key and joins:
             groups[-1].append(ep)
             end = _FAR if ep.end is None or end == _FAR else max(end, ep.end)
