@@ -41,7 +41,7 @@ from spanprism.models.times import as_utc
 log = logging.getLogger("spanprism.runs")
 
 KINDS = ("incremental", "nightly", "manual")
-TRIGGERS = ("scheduler", "api", "cli")
+TRIGGERS = ("scheduler", "api", "cli", "worker")  # worker: a `spanprism worker` round over its shards
 STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "interrupted")
 #: How long ``skipped`` runs (idle ticks, 288 a day at the default interval) stay in ``job_runs``.
 SKIPPED_KEPT = timedelta(days=7)
