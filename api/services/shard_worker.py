@@ -101,18 +101,24 @@ class ShardWorker:
         self._nightly_slot = nightly_slot
         with self.db.state.write() as cur:
             shards.ensure_shards(cur)
-        while stop is None or not stop.is_set():
-            with self.db.state.write() as cur:
-                lease = shards.claim(cur, self.owner, now=_now(), lease_s=self.lease_s, due_before=due_before,
-                                     nightly_slot=nightly_slot)  # fmt: skip
-            if lease is None:
-                break
-            if record is None:
-                record = self._record_start(summary, nightly_slot)
-            self._one(lease, summary)
-        summary.seconds = round(time.perf_counter() - t0, 2)
-        if record is not None:
-            self._record_end(record, summary, nightly_slot)
+        stopped: str | None = None
+        try:
+            while stop is None or not stop.is_set():
+                with self.db.state.write() as cur:
+                    lease = shards.claim(cur, self.owner, now=_now(), lease_s=self.lease_s, due_before=due_before,
+                                         nightly_slot=nightly_slot)  # fmt: skip
+                if lease is None:
+                    break
+                if record is None:
+                    record = self._record_start(summary, nightly_slot)
+                self._one(lease, summary)
+        except BaseException as exc:  # the state database went away mid-round, or the process is stopping
+            stopped = f"the round stopped: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            summary.seconds = round(time.perf_counter() - t0, 2)
+            if record is not None:
+                self._record_end(record, summary, nightly_slot, stopped)
         return summary
 
     def _record_start(self, summary: RoundSummary, nightly_slot: datetime | None) -> dict[str, Any]:
@@ -124,11 +130,14 @@ class ShardWorker:
             runs.save_run(cur, record)
         return record
 
-    def _record_end(self, record: dict[str, Any], summary: RoundSummary, nightly_slot: datetime | None) -> None:
-        """The round's outcome: ``failed`` when a shard failed (the others' results are stored and counted)."""
+    def _record_end(self, record: dict[str, Any], summary: RoundSummary, nightly_slot: datetime | None,
+                    stopped: str | None = None) -> None:  # fmt: skip
+        """The round's outcome: ``failed`` when a shard failed (the others' results are stored and counted) or the
+        round stopped on an error."""
+        errors = [f"shard {s}: {e}" for s, e in sorted(summary.failed.items())] + ([stopped] if stopped else [])
         record.update(
-            status="failed" if summary.failed else "succeeded", finished_at=_now(), window_end=self.fresh_until,
-            error="; ".join(f"shard {s}: {e}" for s, e in sorted(summary.failed.items())) or None,
+            status="failed" if errors else "succeeded", finished_at=_now(), window_end=self.fresh_until,
+            error="; ".join(errors) or None,
             counts={"worker": self.owner, "shards": summary.shards, "lost_shards": summary.lost,
                     "failed_shards": sorted(summary.failed), "series": summary.series,
                     "regressions": summary.regressions, "attributed": summary.attributed,
