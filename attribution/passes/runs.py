@@ -169,7 +169,8 @@ class Window:
 
 def last_covering_success(con: StateCursor) -> dict[str, Any] | None:
     """The newest succeeded pass that covered all data stored when it started (incremental windows build on it)."""
-    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE status = 'succeeded'"
+    # Workers' rounds (trigger 'worker') cover only their shards, never all data: not scanned (there are many).
+    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE status = 'succeeded' AND trigger <> 'worker'"
                       " ORDER BY started_at DESC")  # fmt: skip
     while rows := cur.fetchmany(100):
         for row in rows:
