@@ -301,7 +301,7 @@ job_runs = Table(
     metadata,
     Column("id", String, primary_key=True),
     Column("kind", String, nullable=False),  # incremental|nightly|manual
-    Column("trigger", String, nullable=False),  # scheduler|api|cli
+    Column("trigger", String, nullable=False),  # scheduler|api|cli|worker
     Column("status", String, nullable=False),  # queued|running|succeeded|failed|skipped|interrupted
     Column("queued_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
@@ -375,4 +375,5 @@ shard_leases = Table(
     Column("last_finished_at", DateTime(timezone=True)),
     Column("covered_until", DateTime(timezone=True)),  # data end of its last finished pass
     Column("passes", BigInteger, nullable=False, server_default="0"),
+    Column("nightly_slot", DateTime(timezone=True)),  # revision 0008: the nightly slot it was last re-detected for
 )

@@ -67,6 +67,21 @@ def clickhouse_url(clickhouse_server: object) -> str:
     return clickhouse_server.new_database()  # type: ignore[attr-defined]
 
 
+#: A small simulated export (≈ 20k calls of 4 series over 2 days): enough for a few regressions of several causes,
+#: seconds to detect. Shared by the shared-state tests (results in Postgres, sharded workers), simulated once.
+SMALL_SIM = ["--seed", "31", "--days", "2", "--series", "4", "--rate-min", "0.02", "--rate-max", "0.06"]
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The :data:`SMALL_SIM` export's folder (simulated once per session; read-only for the tests)."""
+    from spanprism.api.cli import main
+
+    out = tmp_path_factory.mktemp("small-sim") / "sim"
+    assert main(["--db", str(out.parent / "sim.duckdb"), "simulate", "--out", str(out), *SMALL_SIM]) == 0
+    return out
+
+
 @dataclass
 class Live:
     """A running server: its base URL, settings, and a client authenticated as admin."""

@@ -1,10 +1,11 @@
 """Detection results in the shared state database: with ``SPANPRISM_STATE_URL`` the baselines, episodes,
 regressions, attributions and feedback live in PostgreSQL, and every ``serve`` replica lists the same regressions.
 
-One small simulated export goes through ``spanprism ingest`` + ``attribute`` twice: into a DuckDB file alone, and
-into another file with a real PostgreSQL state database (the ``postgres_server`` fixture). The regression records
-(every field, labels included) must be the same; the second file must hold none of them; a replica with an empty
-DuckDB file of its own, sharing the state database, must serve them over HTTP and take feedback on them.
+One small simulated export (``small_export``, simulated once per session and shared with the worker tests) goes
+through ``spanprism ingest`` + ``attribute`` twice: into a DuckDB file alone, and into another file with a real
+PostgreSQL state database (the ``postgres_server`` fixture). The regression records (every field, labels included)
+must be the same; the second file must hold none of them; a replica with an empty DuckDB file of its own, sharing
+the state database, must serve them over HTTP and take feedback on them.
 """
 
 from __future__ import annotations
@@ -23,16 +24,6 @@ from spanprism.attribution.store.records import list_regressions
 
 pytestmark = pytest.mark.postgres
 
-#: Small on purpose (≈ 20k calls): enough for a few regressions of several causes, seconds to detect.
-SIM = ["--seed", "31", "--days", "2", "--series", "4", "--rate-min", "0.02", "--rate-max", "0.06"]
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("results-sim") / "sim"
-    assert main(["--db", str(out.parent / "sim.duckdb"), "simulate", "--out", str(out), *SIM]) == 0
-    return out
-
 
 def _duck_records(path: Path) -> list[dict]:
     con = duckdb.connect(str(path), read_only=True)
@@ -42,7 +33,8 @@ def _duck_records(path: Path) -> list[dict]:
         con.close()
 
 
-def test_results_live_in_postgres_and_every_replica_serves_them(export, tmp_path, postgres_url, monkeypatch):
+def test_results_live_in_postgres_and_every_replica_serves_them(small_export, tmp_path, postgres_url, monkeypatch):
+    export = small_export
     alone, shared = tmp_path / "alone.duckdb", tmp_path / "shared.duckdb"
     for args in (["ingest", str(export)], ["attribute"]):
         assert main(["--db", str(alone), *args]) == 0

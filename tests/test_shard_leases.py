@@ -111,3 +111,48 @@ def test_worker_refuses_to_run_without_shared_calls_and_state(tmp_path, monkeypa
     assert main(["--db", str(tmp_path / "w.duckdb"), "worker", "--once"]) == 2
     assert "SPANPRISM_STATE_URL" in capsys.readouterr().out
     assert not (tmp_path / "w.duckdb").exists()  # refused before opening anything
+
+
+def test_each_shard_s_nightly_runs_once_per_slot(state):
+    slot = T0 - timedelta(hours=10)
+    first = [_claim_nightly(state, "w1", slot) for _ in range(shards.SHARDS)]
+    assert sorted(lease.shard for lease in first) == list(range(shards.SHARDS))  # never re-detected: all due
+    assert all(lease.nightly_slot == slot for lease in first)
+    half = shards.SHARDS // 2
+    for lease in first[:half]:
+        with state.write() as cur:
+            assert shards.finish(cur, lease, now=T0, covered_until=T0, nightly_slot=slot)
+    for lease in first[half:]:  # the others' worker failed: released unrecorded, due again at once
+        with state.write() as cur:
+            shards.release(cur, lease)
+    again = [_claim_nightly(state, "w2", slot) for _ in range(shards.SHARDS)]
+    assert sorted(lease.shard for lease in again if lease) == sorted(lease.shard for lease in first[half:])
+    for lease in filter(None, again):
+        with state.write() as cur:
+            assert shards.finish(cur, lease, now=T0, covered_until=T0, nightly_slot=slot)
+    assert _claim_nightly(state, "w3", slot) is None  # every shard done for this slot
+    with state.read() as cur:
+        assert {row["nightly_slot"] for row in shards.leases(cur)} == {slot}
+    # An incremental pass does not move the slot; the next slot makes every shard due again.
+    with state.write() as cur:
+        lease = shards.claim(cur, "w4", now=T0 + timedelta(minutes=5), lease_s=60, due_before=T0 + timedelta(minutes=5))
+        assert lease is not None and lease.nightly_slot is None
+        assert shards.finish(cur, lease, now=T0 + timedelta(minutes=6), covered_until=T0)
+    assert _claim_nightly(state, "w3", slot) is None
+    assert _claim_nightly(state, "w3", slot + timedelta(days=1)) is not None
+
+
+def _claim_nightly(state, owner, slot):
+    with state.write() as cur:
+        return shards.claim(cur, owner, now=T0, lease_s=60, nightly_slot=slot)
+
+
+def test_the_nightly_slot_is_the_latest_cron_firing():
+    from spanprism.api.services.shard_worker import nightly_slot
+    from spanprism.api.settings import Settings
+
+    daily = Settings(nightly_cron="0 2 * * *")
+    assert nightly_slot(daily, T0) == datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    assert nightly_slot(daily, datetime(2026, 12, 7, 1, 59, tzinfo=UTC)) == datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
+    zoned = Settings(nightly_cron="0 2 * * *", nightly_timezone="Europe/Paris")  # 02:00 in Paris = 01:00 UTC
+    assert nightly_slot(zoned, T0) == datetime(2026, 12, 7, 1, 0, tzinfo=UTC)

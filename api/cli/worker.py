@@ -16,9 +16,10 @@ from spanprism.api.settings import Settings
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """``spanprism worker [--once]``: pass due shards (all of them once with ``--once``, else every
-    ``worker_every_s``), any number of these processes on any hosts sharing the state database and ClickHouse."""
-    from spanprism.api.services.shard_worker import ShardWorker
+    """``spanprism worker [--once [--nightly]]``: pass due shards (all of them once with ``--once``, else every
+    ``worker_every_s``, and each nightly slot's re-detection), any number of these processes on any hosts sharing
+    the state database and ClickHouse. Every round that passed a shard is a ``job_runs`` row (``spanprism jobs``)."""
+    from spanprism.api.services.shard_worker import ShardWorker, nightly_slot
     from spanprism.api.storage.database import Database
     from spanprism.attribution.passes import shards
 
@@ -36,18 +37,22 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         worker = ShardWorker(db, settings, owner=args.owner)
         if args.once:
-            summary = worker.run_round(due_before=datetime.now(UTC))
+            if args.nightly:  # the shards not yet re-detected for the current nightly slot
+                summary = worker.run_round(nightly_slot=nightly_slot(settings))
+            else:
+                summary = worker.run_round(due_before=datetime.now(UTC))
             if args.json:
                 print(orjson.dumps(asdict(summary)).decode())
             else:
-                out.print(f"worker {worker.owner}: {len(summary.shards)} shards, {summary.series} series,"
-                          f" {summary.regressions} regressions, {summary.attributed} attributed in {summary.seconds} s"
+                out.print(f"worker {worker.owner} ({summary.kind}): {len(summary.shards)} shards,"
+                          f" {summary.series} series, {summary.regressions} regressions, {summary.attributed}"
+                          f" attributed in {summary.seconds} s (run {summary.run_id})"
                           + (f"; failed {sorted(summary.failed)}" if summary.failed else ""))  # fmt: skip
             return 1 if summary.failed else 0
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        worker.run_forever(stop, every_s=settings.worker_every_s)
+        worker.run_forever(stop, every_s=settings.worker_every_s, nightly=not args.no_nightly)
         return 0
     finally:
         db.close()
@@ -60,6 +65,16 @@ def register(sub: argparse._SubParsersAction, add: Callable[..., argparse.Argume
             " passes (needs SPANPRISM_STATE_URL and SPANPRISM_CLICKHOUSE_URL; run any number).",
             "SPANPRISM_SCHEDULER_ENABLED=false spanprism worker  # state + ClickHouse URLs set")  # fmt: skip
     p.add_argument("--once", action="store_true", help="pass every shard due now once, then exit")
+    p.add_argument(
+        "--nightly",
+        action="store_true",
+        help="with --once: re-detect the shards not yet passed for the current nightly slot (nightly_cron)",
+    )
+    p.add_argument(
+        "--no-nightly",
+        action="store_true",
+        help="looping: leave the nightly passes to other workers (default: each slot's, once per shard)",
+    )
     p.add_argument("--owner", help="this worker's name in the lease table (default: host:pid)")
     p.add_argument("--status", action="store_true", help="print every shard's lease row and exit")
     p.add_argument("--json", action="store_true", help="print the --once summary as JSON")

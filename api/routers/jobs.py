@@ -39,7 +39,7 @@ class JobPublic(BaseModel):
 
     id: str
     kind: Kind
-    trigger: Literal["scheduler", "api", "cli"]
+    trigger: Literal["scheduler", "api", "cli", "worker"]
     status: Status
     queued_at: datetime
     started_at: datetime | None = None

@@ -11,6 +11,17 @@ its first pass), writing its results in transactions fenced by the lease; a back
 meanwhile. A shard is due when its last pass finished before ``due_before`` (``--once``: before the worker
 started; looping: ``worker_every_s`` ago). With no workers configured, ``serve``'s scheduler leader runs the passes
 as before; with workers, set ``SPANPRISM_SCHEDULER_ENABLED=false`` on the ``serve`` replicas.
+
+A *nightly* round (``kind="nightly"``, for one nightly slot: the latest firing of ``nightly_cron``) claims the shards
+not yet re-detected for that slot and re-detects each one's series from the stored rollups over
+``nightly_lookback_days`` (all history when 0), as the scheduler's nightly pass does; the slot is recorded on the
+lease, so each shard's nightly runs once per slot whatever the number of workers. A looping worker runs the slot's
+nightly round after an incremental round once the slot has come.
+
+Every round that passed (or tried) a shard is recorded in ``job_runs`` (trigger ``worker``, kind ``incremental`` or
+``nightly``; the worker and its shards in ``counts``), so ``/api/v1/jobs`` and ``spanprism jobs`` list the
+workers' passes beside the scheduler's. Such rows never start a scheduler's incremental window (they do not cover
+every series: ``counts.covering`` is unset).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from typing import Any
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
 from spanprism.attribution.classifier.model import Attributor, load_default
-from spanprism.attribution.passes import shards
+from spanprism.attribution.passes import runs, shards
 from spanprism.attribution.passes.runs import OVERLAP, attribute
 from spanprism.attribution.store import calls
 from spanprism.attribution.store.rollups import refresh_rollups
@@ -49,6 +60,9 @@ def default_owner() -> str:
 class RoundSummary:
     """What one round did: the shards passed, and the counts of their passes added up."""
 
+    kind: str = "incremental"
+    worker: str = ""
+    run_id: str | None = None  # its ``job_runs`` row (None: no shard was claimed, nothing recorded)
     shards: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
@@ -71,24 +85,69 @@ class ShardWorker:
         self.attributor = attributor or load_default(settings.classifier)
         self.fresh_until: datetime | None = None  # how far this process's rollup cache is fresh (None: not yet)
         self._refreshed = False
+        self._nightly_slot: datetime | None = None  # the slot of the round running (None: an incremental round)
 
     # --- one round ------------------------------------------------------------------------------------------------
 
-    def run_round(self, *, due_before: datetime, stop: threading.Event | None = None) -> RoundSummary:
-        """Pass every shard that is due and that no live worker holds; returns when none is left (or on ``stop``)."""
+    def run_round(self, *, due_before: datetime | None = None, nightly_slot: datetime | None = None,
+                  stop: threading.Event | None = None) -> RoundSummary:  # fmt: skip
+        """Pass every shard that is due (incremental: last finished before ``due_before``; nightly: not yet
+        re-detected for ``nightly_slot``) and that no live worker holds; returns when none is left (or on ``stop``).
+        A round that claimed a shard is recorded in ``job_runs``."""
         t0 = time.perf_counter()
-        summary = RoundSummary()
+        summary = RoundSummary(kind="nightly" if nightly_slot is not None else "incremental", worker=self.owner)
+        record: dict[str, Any] | None = None
         self._refreshed = False  # the rollup cache is refreshed once a round, before its first shard
+        self._nightly_slot = nightly_slot
         with self.db.state.write() as cur:
             shards.ensure_shards(cur)
-        while stop is None or not stop.is_set():
-            with self.db.state.write() as cur:
-                lease = shards.claim(cur, self.owner, now=_now(), lease_s=self.lease_s, due_before=due_before)
-            if lease is None:
-                break
-            self._one(lease, summary)
-        summary.seconds = round(time.perf_counter() - t0, 2)
+        stopped: str | None = None
+        try:
+            while stop is None or not stop.is_set():
+                with self.db.state.write() as cur:
+                    lease = shards.claim(cur, self.owner, now=_now(), lease_s=self.lease_s, due_before=due_before,
+                                         nightly_slot=nightly_slot)  # fmt: skip
+                if lease is None:
+                    break
+                if record is None:
+                    record = self._record_start(summary, nightly_slot)
+                self._one(lease, summary)
+        except BaseException as exc:  # the state database went away mid-round, or the process is stopping
+            stopped = f"the round stopped: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            summary.seconds = round(time.perf_counter() - t0, 2)
+            if record is not None:
+                self._record_end(record, summary, nightly_slot, stopped)
         return summary
+
+    def _record_start(self, summary: RoundSummary, nightly_slot: datetime | None) -> dict[str, Any]:
+        record = runs.new_run(summary.kind, "worker")
+        record.update(status="running", started_at=record["queued_at"],
+                      counts={"worker": self.owner, "shards": [], "nightly_slot": _iso(nightly_slot)})  # fmt: skip
+        summary.run_id = record["id"]
+        with self.db.state.write() as cur:
+            runs.save_run(cur, record)
+        return record
+
+    def _record_end(self, record: dict[str, Any], summary: RoundSummary, nightly_slot: datetime | None,
+                    stopped: str | None = None) -> None:  # fmt: skip
+        """The round's outcome: ``failed`` when a shard failed (the others' results are stored and counted) or the
+        round stopped on an error."""
+        errors = [f"shard {s}: {e}" for s, e in sorted(summary.failed.items())] + ([stopped] if stopped else [])
+        record.update(
+            status="failed" if errors else "succeeded", finished_at=_now(), window_end=self.fresh_until,
+            error="; ".join(errors) or None,
+            counts={"worker": self.owner, "shards": summary.shards, "lost_shards": summary.lost,
+                    "failed_shards": sorted(summary.failed), "series": summary.series,
+                    "regressions": summary.regressions, "attributed": summary.attributed,
+                    "nightly_slot": _iso(nightly_slot), "seconds": summary.seconds},
+        )  # fmt: skip
+        try:
+            with self.db.state.write() as cur:
+                runs.save_run(cur, record)
+        except Exception:  # the results are stored and the leases finished; only the record is missing
+            log.warning("could not record worker run %s", record["id"], exc_info=True)
 
     def _one(self, lease: shards.Lease, summary: RoundSummary) -> None:
         with self._renewing(lease) as lost:
@@ -110,8 +169,13 @@ class ShardWorker:
                 with self.db.state.write() as cur:
                     shards.release(cur, lease)
                 return
+        # A pass over all history (a nightly, or a shard's first pass) stands for the current nightly slot.
+        slot = lease.nightly_slot
+        if slot is None and lease.covered_until is None:
+            slot = nightly_slot(self.settings)
         with self.db.state.write() as cur:
-            finished = not lost.is_set() and shards.finish(cur, lease, now=_now(), covered_until=end)
+            finished = not lost.is_set() and shards.finish(cur, lease, now=_now(), covered_until=end,
+                                                            nightly_slot=slot)  # fmt: skip
         if not finished:
             summary.lost.append(lease.shard)
             return
@@ -121,16 +185,24 @@ class ShardWorker:
         summary.attributed += int(counts.get("attributed", 0))
 
     def _refresh(self, con: Any) -> None:
-        """Bring the rollup cache up to the newest call: all history the first time, then from where it was."""
+        """Bring the rollup cache up to the newest call: all history the first time, then from where it was (a
+        nightly round with ``nightly_lookback_days`` rebuilds that span, picking up late calls as the scheduler's
+        nightly does)."""
         span = calls.data_span(con)
         if span is None:
             return
         since = _EPOCH if self.fresh_until is None else self.fresh_until - OVERLAP
+        lookback = self.settings.nightly_lookback_days
+        if self._nightly_slot is not None and lookback > 0:
+            since = min(since, as_utc(span[1]) - timedelta(days=lookback))  # type: ignore[operator]
         refresh_rollups(con, since, None)
         self.fresh_until = as_utc(span[1])
 
     def _pass(self, con: Any, lease: shards.Lease, keys: list[str]) -> dict[str, Any]:
         since = lease.covered_until - OVERLAP if lease.covered_until else None
+        if lease.nightly_slot is not None:  # re-detect the lookback (all history when 0) from the stored rollups
+            lookback = self.settings.nightly_lookback_days
+            since = self.fresh_until - timedelta(days=lookback) if lookback > 0 and self.fresh_until else None
 
         @contextmanager
         def fenced() -> Iterator[StateCursor]:
@@ -168,14 +240,32 @@ class ShardWorker:
 
     # --- the loop -------------------------------------------------------------------------------------------------
 
-    def run_forever(self, stop: threading.Event, *, every_s: float) -> None:
-        """Rounds until ``stop``: each passes the shards last passed more than ``every_s`` ago."""
+    def run_forever(self, stop: threading.Event, *, every_s: float, nightly: bool = True) -> None:
+        """Rounds until ``stop``: each passes the shards last passed more than ``every_s`` ago, then (``nightly``)
+        the shards not yet re-detected for the current nightly slot."""
         while not stop.is_set():
-            summary = self.run_round(due_before=_now() - timedelta(seconds=every_s), stop=stop)
-            if summary.shards or summary.failed:
-                log.info("worker %s passed shards %s (%d series) in %.1f s; failed %s", self.owner, summary.shards,
-                         summary.series, summary.seconds, sorted(summary.failed))  # fmt: skip
+            done = [self.run_round(due_before=_now() - timedelta(seconds=every_s), stop=stop)]
+            if nightly and not stop.is_set():
+                done.append(self.run_round(nightly_slot=nightly_slot(self.settings), stop=stop))
+            for summary in done:
+                if summary.shards or summary.failed:
+                    log.info("worker %s passed shards %s (%s, %d series) in %.1f s; failed %s", self.owner,
+                             summary.shards, summary.kind, summary.series, summary.seconds,
+                             sorted(summary.failed))  # fmt: skip
             stop.wait(min(5.0, max(every_s / 10, 0.5)))  # then look for due shards (or a dead worker's) again
+
+
+def nightly_slot(settings: Settings, now: datetime | None = None) -> datetime:
+    """The current nightly slot: the latest firing of ``nightly_cron`` (in ``nightly_timezone``) at or before
+    ``now``, as a UTC time. Every worker computes the same slot, so a shard's nightly runs once per slot."""
+    from spanprism.api.services.scheduler import nightly_trigger
+
+    now = now or _now()
+    trigger = nightly_trigger(settings.nightly_cron, settings.nightly_timezone)
+    t, slot = now - timedelta(days=32), None  # a monthly cron fires at least once in 32 days
+    while (fire := trigger.get_next_fire_time(None, t)) is not None and fire <= now:
+        slot, t = fire, fire + timedelta(seconds=1)
+    return (slot or now - timedelta(days=32)).astimezone(UTC)
 
 
 def _series_keys(con: Any) -> list[str]:
@@ -184,3 +274,7 @@ def _series_keys(con: Any) -> list[str]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

@@ -5,6 +5,8 @@ and call-gap statistics against cache lifetimes. The windows themselves are
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from spanprism.attribution.calls_window import CallWindow
@@ -20,7 +22,8 @@ def route_tv(base: np.ndarray, epi: np.ndarray) -> float:
     sb, se = _share_map(base), _share_map(epi)
     if not sb or not se:
         return 0.0
-    return 0.5 * sum(abs(sb.get(k, 0.0) - se.get(k, 0.0)) for k in set(sb) | set(se))
+    # fsum: exact whatever the order of the set, which differs between processes (salted str hashes).
+    return 0.5 * math.fsum(abs(sb.get(k, 0.0) - se.get(k, 0.0)) for k in set(sb) | set(se))
 
 
 def new_value_share(base: np.ndarray, epi: np.ndarray) -> float:

@@ -6,6 +6,7 @@ window cannot show it (no cache data, no TTFT, no queue spans). Signals are comp
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -72,7 +73,8 @@ def route_rows(base: CallWindow, epi: CallWindow, dims: list[str]) -> list[dict[
         tv = 0.0
         if dim in dims:
             sb, se = _shares(base.routes[dim]), _shares(epi.routes[dim])
-            tv = 0.5 * sum(abs(sb.get(k, 0.0) - se.get(k, 0.0)) for k in set(sb) | set(se))
+            # fsum: exact whatever the order of the set, which differs between processes (salted str hashes).
+            tv = 0.5 * math.fsum(abs(sb.get(k, 0.0) - se.get(k, 0.0)) for k in set(sb) | set(se))
         rows.append({"signal": f"route_tv_{dim}", "baseline": 0.0, "observed": tv})
     sb, se = _shares(base.route_key_over(dims)), _shares(epi.route_key_over(dims))
     top = sorted(set(sb) | set(se), key=lambda k: (-max(sb.get(k, 0.0), se.get(k, 0.0)), k))[:TOP_ROUTES]

@@ -41,7 +41,7 @@ from spanprism.models.times import as_utc
 log = logging.getLogger("spanprism.runs")
 
 KINDS = ("incremental", "nightly", "manual")
-TRIGGERS = ("scheduler", "api", "cli")
+TRIGGERS = ("scheduler", "api", "cli", "worker")  # worker: a `spanprism worker` round over its shards
 STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "interrupted")
 #: How long ``skipped`` runs (idle ticks, 288 a day at the default interval) stay in ``job_runs``.
 SKIPPED_KEPT = timedelta(days=7)
@@ -169,7 +169,8 @@ class Window:
 
 def last_covering_success(con: StateCursor) -> dict[str, Any] | None:
     """The newest succeeded pass that covered all data stored when it started (incremental windows build on it)."""
-    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE status = 'succeeded'"
+    # Workers' rounds (trigger 'worker') cover only their shards, never all data: not scanned (there are many).
+    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM job_runs WHERE status = 'succeeded' AND trigger <> 'worker'"
                       " ORDER BY started_at DESC")  # fmt: skip
     while rows := cur.fetchmany(100):
         for row in rows:

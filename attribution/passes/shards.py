@@ -17,6 +17,12 @@ next incremental pass of the shard starts). A worker:
 4. :func:`finish` es (release, ``last_finished_at``, ``covered_until``), or :func:`release` s after a failure so
    another worker retries at once.
 
+The nightly pass uses the same leases with another notion of *due*: a shard is due for the nightly *slot* (the
+nightly cron's latest firing time) when its ``nightly_slot`` is older or unset; finishing it records the slot, so
+across any number of workers each shard's nightly runs once per slot (a worker killed mid-nightly records nothing,
+and the shard is due again once its lease expires). A shard's first pass covers all history, as a nightly does,
+and records the slot too.
+
 A worker killed mid-pass leaves its lease to expire; the shard is then due and unheld, and the next claim takes it.
 Results are idempotent per shard and window (stable regression ids, the replayed span replaced in one
 transaction), so a pass run twice after a takeover changes nothing. Only PostgreSQL is shared between processes;
@@ -61,6 +67,7 @@ class Lease:
     token: str
     expires_at: datetime
     covered_until: datetime | None  # the data end of the shard's last finished pass (None: never passed)
+    nightly_slot: datetime | None = None  # set: a nightly claim, for this slot
 
 
 def ensure_shards(cur: StateCursor) -> None:
@@ -72,14 +79,27 @@ def ensure_shards(cur: StateCursor) -> None:
             cur.execute(insert, [shard])
 
 
-def claim(cur: StateCursor, owner: str, *, now: datetime, lease_s: float, due_before: datetime) -> Lease | None:
-    """Take the next due shard nobody holds (or whose lease expired before ``now``); None when there is none."""
+def claim(cur: StateCursor, owner: str, *, now: datetime, lease_s: float, due_before: datetime | None = None,
+          nightly_slot: datetime | None = None) -> Lease | None:  # fmt: skip
+    """Take the next due shard nobody holds (or whose lease expired before ``now``); None when there is none.
+
+    Due: last finished before ``due_before`` (an incremental pass), or, with ``nightly_slot``, not yet re-detected
+    for that slot (a nightly pass)."""
     skip = " FOR UPDATE SKIP LOCKED" if dialect_of(cur) == "postgresql" else ""
+    if nightly_slot is not None:
+        due, order, param = "(nightly_slot IS NULL OR nightly_slot < ?)", "nightly_slot NULLS FIRST", nightly_slot
+    elif due_before is not None:
+        due, order, param = (
+            "(last_finished_at IS NULL OR last_finished_at < ?)",
+            "last_finished_at NULLS FIRST",
+            due_before,
+        )
+    else:
+        raise ValueError("claim needs due_before (incremental) or nightly_slot (nightly)")
     row = cur.execute(
-        "SELECT shard FROM shard_leases WHERE (owner IS NULL OR expires_at <= ?)"
-        " AND (last_finished_at IS NULL OR last_finished_at < ?)"
-        f" ORDER BY last_finished_at NULLS FIRST, shard LIMIT 1{skip}",
-        [now, due_before],
+        f"SELECT shard FROM shard_leases WHERE (owner IS NULL OR expires_at <= ?) AND {due}"
+        f" ORDER BY {order}, shard LIMIT 1{skip}",
+        [now, param],
     ).fetchall()
     if not row:
         return None
@@ -92,7 +112,7 @@ def claim(cur: StateCursor, owner: str, *, now: datetime, lease_s: float, due_be
     ).fetchall()
     if not taken:
         return None
-    return Lease(int(taken[0][0]), owner, token, expires, as_utc(taken[0][1]))
+    return Lease(int(taken[0][0]), owner, token, expires, as_utc(taken[0][1]), nightly_slot)
 
 
 def renew(cur: StateCursor, lease: Lease, *, now: datetime, lease_s: float) -> Lease:
@@ -102,7 +122,7 @@ def renew(cur: StateCursor, lease: Lease, *, now: datetime, lease_s: float) -> L
                        [expires, lease.shard, lease.token]).fetchall()  # fmt: skip
     if not rows:
         raise LeaseLost(f"shard {lease.shard}: lease lost")
-    return Lease(lease.shard, lease.owner, lease.token, expires, lease.covered_until)
+    return Lease(lease.shard, lease.owner, lease.token, expires, lease.covered_until, lease.nightly_slot)
 
 
 def fence(cur: StateCursor, lease: Lease, *, now: datetime) -> None:
@@ -115,13 +135,15 @@ def fence(cur: StateCursor, lease: Lease, *, now: datetime) -> None:
         raise LeaseLost(f"shard {lease.shard}: lease lost before its results were written")
 
 
-def finish(cur: StateCursor, lease: Lease, *, now: datetime, covered_until: datetime | None) -> bool:
-    """Release the shard after a successful pass, recording when and how far; False when the lease was lost."""
+def finish(cur: StateCursor, lease: Lease, *, now: datetime, covered_until: datetime | None,
+           nightly_slot: datetime | None = None) -> bool:  # fmt: skip
+    """Release the shard after a successful pass, recording when and how far (and, for a pass that re-detected all
+    its history, the nightly slot it stands for); False when the lease was lost."""
     rows = cur.execute(
         "UPDATE shard_leases SET owner = NULL, token = NULL, expires_at = NULL, last_finished_at = ?,"
-        " covered_until = coalesce(?, covered_until), passes = passes + 1 WHERE shard = ? AND token = ?"
-        " RETURNING shard",
-        [now, covered_until, lease.shard, lease.token],
+        " covered_until = coalesce(?, covered_until), passes = passes + 1,"
+        " nightly_slot = coalesce(?, nightly_slot) WHERE shard = ? AND token = ? RETURNING shard",
+        [now, covered_until, nightly_slot, lease.shard, lease.token],
     ).fetchall()
     return bool(rows)
 
@@ -134,6 +156,7 @@ def release(cur: StateCursor, lease: Lease) -> None:
 
 def leases(cur: StateCursor) -> list[dict]:
     """Every shard's lease row (for ``spanprism worker --status`` and tests)."""
-    cols = ("shard", "owner", "expires_at", "last_started_at", "last_finished_at", "covered_until", "passes")
+    cols = ("shard", "owner", "expires_at", "last_started_at", "last_finished_at", "covered_until", "passes",
+            "nightly_slot")  # fmt: skip
     rows = cur.execute(f"SELECT {', '.join(cols)} FROM shard_leases ORDER BY shard").fetchall()
     return [dict(zip(cols, r, strict=True)) for r in rows]
