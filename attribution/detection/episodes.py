@@ -265,7 +265,7 @@ def _fit_day(hist: History, day: int, ts: np.ndarray, config: DetectionConfig
         # the seasonal fit of every series).
         # (With none left, one row still gives the batch its arrays; it is not taken: ``todo`` is empty.)
         rows = None if i == 0 else (np.flatnonzero(todo) if todo.any() else np.arange(min(n, 1)))
-        params = baseline.fit_batch(window if rows is None else _rows_of(window, rows))
+        params = baseline.fit_batch(window if rows is None else window.rows(rows))
         c, s = baseline.expected_batch(params, ts)
         if rows is not None:
             until = float(window.start_s + window.values.shape[1] * window.grain_s)
@@ -276,12 +276,6 @@ def _fit_day(hist: History, day: int, ts: np.ndarray, config: DetectionConfig
         params.arrays["ok"] = params.arrays["ok"] & take  # the stored choice: exactly one kind per series
         fitted.append(params)
     return center, scale, nref, fitted
-
-
-def _rows_of(hist: History, rows: np.ndarray) -> History:
-    """The series ``rows`` of ``hist`` as a panel of their own (slot statistics are recomputed per row alike)."""
-    keys = tuple(hist.keys[i] for i in rows) if hist.keys else ()
-    return History(hist.values[rows], hist.counts[rows], hist.start_s, hist.grain_s, keys)
 
 
 def _spread_rows(a: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
