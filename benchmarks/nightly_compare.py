@@ -93,12 +93,22 @@ def _run(label: str, pythonpath: str | None, out: Path, args: argparse.Namespace
     return data
 
 
+def _extract(ref: str) -> Path:
+    """The tree of ``ref`` as an importable ``spanprism`` package in a temp dir (returns the dir)."""
+    work = Path(tempfile.mkdtemp())
+    (work / "spanprism").mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work / "spanprism")], input=archive, check=True)
+    return work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="main", help="git ref of the version to compare against")
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--head", help="git ref to run instead of this checkout's files (e.g. HEAD while editing)")
     parser.add_argument("--rounds", type=int, default=1, help="base/this pairs, alternating")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -108,15 +118,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from support.detection_snapshot import differences
 
-    work = Path(tempfile.mkdtemp())
-    (work / "spanprism").mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(work / "spanprism")], input=archive, check=True)
-    print(f"{args.series} series × {args.days} days; base {args.base} vs this checkout, {os.cpu_count()} cores")
+    base, head = _extract(args.base), _extract(args.head) if args.head else None
+    this = args.head or "this checkout"
+    print(f"{args.series} series × {args.days} days; base {args.base} vs {this}, {os.cpu_count()} cores")
     results = {}
     for r in range(args.rounds):
-        results["base"] = _run(args.base, str(work), work / f"base{r}.json", args)["result"]
-        results["this"] = _run("this", None, work / f"this{r}.json", args)["result"]
+        results["base"] = _run(args.base, str(base), base / f"base{r}.json", args)["result"]
+        results["this"] = _run(args.head or "this", head and str(head), base / f"this{r}.json", args)["result"]
     diff = differences(results["this"], results["base"], rel=1e-9)
     counts = {k: len(v) for k, v in results["base"].items()}
     if diff:
