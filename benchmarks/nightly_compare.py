@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +33,8 @@ def child(out: Path, n_series: int, days: int, seed: int) -> None:
     import numpy as np
     import pandas as pd
 
-    sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from attribute import synthetic_rollups
-    from support.detection_snapshot import snapshot
 
     from spanprism.api.storage.connect import open_db
     from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
@@ -76,6 +78,59 @@ def child(out: Path, n_series: int, days: int, seed: int) -> None:
     out.write_text(json.dumps({"timing": timing, "result": result}))
 
 
+def snapshot(con) -> dict[str, list[dict[str, Any]]]:
+    """Every stored episode, regression and baseline, JSON columns parsed, ``updated_at`` (the run's clock) left out.
+
+    (The same as the golden test's ``tests/support/detection_snapshot.py``: benchmarks import nothing from tests.)
+    """
+    import orjson
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, order in (("episodes", "id"), ("regressions", "id"), ("baselines", "series_key, metric")):
+        cur = con.execute(f"SELECT * EXCLUDE (updated_at) FROM {table} ORDER BY {order}")
+        names = [d[0] for d in cur.description]
+        rows = []
+        for row in cur.fetchall():
+            item = {n: _plain(v) for n, v in zip(names, row, strict=True)}
+            for n in ("stats", "metrics", "params"):
+                if isinstance(item.get(n), str):
+                    item[n] = orjson.loads(item[n])
+            rows.append(item)
+        out[table] = rows
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def differences(got: Any, want: Any, where: str = "", rel: float = 0.0) -> list[str]:
+    """Paths where ``got`` and ``want`` differ (floats within ``rel`` relative count as equal)."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        out = [f"{where}.{k}: missing" for k in want if k not in got]
+        out += [f"{where}.{k}: unexpected" for k in got if k not in want]
+        for k in want:
+            if k in got:
+                out += differences(got[k], want[k], f"{where}.{k}", rel)
+        return out
+    if isinstance(want, list) and isinstance(got, list):
+        if len(got) != len(want):
+            return [f"{where}: {len(got)} rows, expected {len(want)}"]
+        return [
+            d for i, (g, w) in enumerate(zip(got, want, strict=True)) for d in differences(g, w, f"{where}[{i}]", rel)
+        ]
+    if isinstance(want, float) and isinstance(got, float | int) and not isinstance(got, bool):
+        if got == want or abs(got - want) <= rel * max(abs(got), abs(want)):
+            return []
+    elif got == want:
+        return []
+    return [f"{where}: {got!r} != {want!r}"]
+
+
 def _run(label: str, pythonpath: str | None, out: Path, args: argparse.Namespace) -> dict:
     env = dict(os.environ)
     if pythonpath:
@@ -115,9 +170,6 @@ def main() -> None:
     if args.child:
         child(args.child, args.series, args.days, args.seed)
         return
-    sys.path.insert(0, str(ROOT / "tests"))
-    from support.detection_snapshot import differences
-
     base, head = _extract(args.base), _extract(args.head) if args.head else None
     this = args.head or "this checkout"
     print(f"{args.series} series × {args.days} days; base {args.base} vs {this}, {os.cpu_count()} cores")
