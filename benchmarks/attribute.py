@@ -11,11 +11,15 @@ baselines + detection run over all of them; the rollup SQL is timed separately o
     .venv/bin/python benchmarks/attribute.py --quality
     .venv/bin/python benchmarks/attribute.py --series 1000 --days 30
     .venv/bin/python benchmarks/attribute.py --simulator --days 7
+
+Before/after a change to detection, ``benchmarks/nightly_compare.py`` runs the performance pass of two versions back
+to back and checks that their results are equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from datetime import timedelta
@@ -167,10 +171,13 @@ def performance(n_series: int, days: int, n_calls: int, seed: int) -> None:
         con.unregister("_r")
     con.execute("INSERT INTO series (series_key, service) SELECT DISTINCT series_key, series_key FROM series_rollups")
     print(f"generated {n_series} series × {days} days of rollups in {time.perf_counter() - t0:.1f}s")
-    t1 = time.perf_counter()
+    load = os.getloadavg()[0]
+    t1, cpu1 = time.perf_counter(), time.process_time()
     summary = run_attribution(con)
-    total = time.perf_counter() - t1
-    print(f"baselines+detection: {total:.1f}s  {summary}")
+    total, cpu = time.perf_counter() - t1, time.process_time() - cpu1
+    # CPU seconds as well: the machine is shared, and the wall time then measures the neighbours too.
+    print(f"baselines+detection: {total:.1f}s ({cpu:.1f}s CPU, {1000 * cpu / n_series:.1f} ms CPU per series; load "
+          f"average {load:.2f} → {os.getloadavg()[0]:.2f})  {summary}")  # fmt: skip
     con.close()
     per_call_timing(n_series, days, seed)
     rollup_sql(n_calls, seed)
@@ -200,7 +207,8 @@ def per_call_timing(n_series: int, days: int, seed: int) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     found = detect_calls(calls, eval_from_s=start, horizon_s=start + days * 86400)
     print(f"per-call detection: {len(sparse)} sparse series ({len(calls):,} calls) in {time.perf_counter() - t0:.1f}s "
-          f"({time.process_time() - cpu0:.1f}s CPU), {len(found)} episodes on stationary calls")  # fmt: skip
+          f"({time.process_time() - cpu0:.1f}s CPU, load average {os.getloadavg()[0]:.2f}), {len(found)} episodes on "
+          f"stationary calls")  # fmt: skip
 
 
 def synthetic_rollups(rng: np.random.Generator, n_series: int, days: int, grain: int) -> pa.Table:

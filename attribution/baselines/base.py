@@ -127,6 +127,15 @@ class History:
         sub._cache.update(med=med[:, day_lo:day_hi], valid=valid[:, day_lo:day_hi], within=within[:, day_lo:day_hi])
         return sub
 
+    def rows(self, rows: np.ndarray) -> History:
+        """The series ``rows`` as a panel of their own, with this one's cached slot statistics of those rows
+        (every statistic of a series is computed from its own row alone)."""
+        keys = tuple(self.keys[i] for i in rows) if self.keys else ()
+        sub = History(self.values[rows], self.counts[rows], self.start_s, self.grain_s, keys)
+        if "med" in self._cache:
+            sub._cache.update({k: v[rows] for k, v in self._cache.items()})
+        return sub
+
     def typical_count(self) -> np.ndarray:
         """Median calls behind the evaluated buckets of the last day with any [S] (the scale's reference count)."""
         bpd = self.buckets_per_day

@@ -69,6 +69,9 @@ class CusumConfig(DetectorConfig):
         return max(2, self.idle_s // grain_s)
 
 
+_NONE = np.zeros(0, dtype=np.int64)
+
+
 class CusumDetector(Detector):
     """One-sided CUSUM per statistic over noise-scaled bucket deviations; opens on any statistic's alarm."""
 
@@ -96,8 +99,7 @@ class _CusumRun(DetectorRun):
         self.tracker = tracker
 
     def _update(self, block: Deviations) -> None:
-        for j in range(block.n):
-            self.tracker.step(block.t0 + j, block.z[:, :, j], block.r[:, :, j])
+        self.tracker.step_block(block.t0, block.z, block.r)
 
     def accept_settled(self, t: int, settle_buckets: int) -> None:
         self.tracker.accept_buckets = settle_buckets
@@ -138,7 +140,7 @@ class EpisodeTracker:
         self.last_seen = np.zeros(n_series, dtype=np.int64)  # last evaluated bucket of an open episode
         # The CUSUM increments of the last two days (ring over columns), for the change-point estimate at an alarm.
         self.history = 2 * day_buckets
-        self.zhist = np.full((n_series, n_stats, self.history), np.nan)
+        self.zhist = np.full((self.history, n_series, n_stats), np.nan)  # bucket first: one contiguous write a step
         # Escalation: the settled level (mean z and r of the settle window) and a CUSUM above it.
         self.lvl_z, self.lvl_r, self.lvl_n = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.esc = np.zeros(shape)
@@ -148,42 +150,72 @@ class EpisodeTracker:
         self.muted = np.zeros(n_series, dtype=bool)  # accepted off a refit: not evaluated until the next refit
         self.last_refit: int | None = None
         self.closed: list[Span] = []
+        self._opened = _NONE  # rows that opened an episode at the last step
 
     def step(self, t: int, z: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Advance to bucket ``t`` with noise-scaled deviations ``z`` and log changes ``r`` [S, K].
 
         Returns the rows that opened an episode at ``t``.
         """
-        valid = ~np.isnan(z) & ~self.muted[:, None]
-        zc = np.where(valid, np.minimum(z, self.cap), 0.0)
-        self.zhist[:, :, t % self.history] = np.where(valid, zc, np.nan)
-        new = np.where(valid, np.maximum(0.0, self.cusum + zc - self.k), self.cusum)
-        starting = valid & (self.cusum == 0) & (new > 0)
-        self.run_start[starting] = t
-        self.rsum[starting] = 0.0
-        self.rcnt[starting] = 0.0
-        grow = valid & (new > 0)
-        self.rsum += np.where(grow, r, 0.0)
-        self.rcnt += grow
+        self._step(t, np.minimum(z, self.cap), z, r)
+        return self._opened
+
+    def step_block(self, t0: int, z: np.ndarray, r: np.ndarray) -> None:
+        """:meth:`step` through buckets ``t0 …`` of ``z`` and ``r`` [S, K, n], in order.
+
+        The same arithmetic bucket by bucket; what does not depend on the state (the capped deviations) is
+        computed once per block, and each bucket's [S, K] slice is made contiguous up front (a day of 5-minute
+        buckets for a thousand series is 288 steps of a few dozen small vector operations each).
+        """
+        capped = np.ascontiguousarray(np.moveaxis(np.minimum(z, self.cap), 2, 0))
+        zs = np.ascontiguousarray(np.moveaxis(z, 2, 0))
+        rs = np.ascontiguousarray(np.moveaxis(r, 2, 0))
+        for j in range(zs.shape[0]):
+            self._step(t0 + j, capped[j], zs[j], rs[j])
+
+    def _step(self, t: int, capped: np.ndarray, z: np.ndarray, r: np.ndarray) -> None:
+        """:meth:`step` given ``capped = min(z, cap)`` (NaN where ``z`` is)."""
+        if self.muted.any():  # muted series are not evaluated: as if they had no value
+            z = np.where(self.muted[:, None], np.nan, z)
+            capped = np.where(self.muted[:, None], np.nan, capped)
+        invalid = np.isnan(capped)
+        valid = ~invalid
+        self.zhist[t % self.history] = capped  # NaN where not evaluated
+        # Where valid: max(0, S + min(z, cap) − k), the same operations in the same order; elsewhere S unchanged.
+        new = np.maximum(0.0, self.cusum + capped - self.k)
+        np.copyto(new, self.cusum, where=invalid)
+        positive = new > 0
+        # A run starts where S leaves 0 (never where the bucket had no value: S was carried over unchanged).
+        starting = (self.cusum == 0) & positive
+        grow = valid & positive
         reset = new == 0
-        self.rsum[reset], self.rcnt[reset] = 0.0, 0.0
+        if starting.any():
+            self.run_start[starting] = t
+            np.copyto(self.rsum, 0.0, where=starting)
+            np.copyto(self.rcnt, 0.0, where=starting)
+        np.add(self.rsum, r, out=self.rsum, where=grow)  # where not growing: unchanged (was + 0.0)
+        np.add(self.rcnt, 1.0, out=self.rcnt, where=grow)
+        np.copyto(self.rsum, 0.0, where=reset)
+        np.copyto(self.rcnt, 0.0, where=reset)
         self.cusum = new
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gate = self.rsum / self.rcnt >= self.min_log_change
-        alarm_k = (new >= self.h) & gate
-        opening = ~self.open & alarm_k.any(axis=1)
-        if opening.any():
-            self._open(t, opening, alarm_k)
+        self._opened = _NONE
+        high = new >= self.h
+        if high.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                alarm_k = high & (self.rsum / self.rcnt >= self.min_log_change)
+            opening = ~self.open & alarm_k.any(axis=1)
+            if opening.any():
+                self._opened = np.flatnonzero(opening)
+                self._open(t, opening, alarm_k)
         if self.open.any():
-            self._track_open(t, np.where(valid, z, np.nan), r)
-        return np.flatnonzero(opening)
+            self._track_open(t, z, r)
 
     def _change_point(self, row: int, k: int, start: int, t: int) -> int:
         """Maximum-likelihood onset, in the CUSUM run ``[start, t]`` of statistic ``k``, of a step of the run's mean
         size (allowance half of it), searched over the last two days at most."""
         lo = max(start, t - self.history + 2)
         cols = np.arange(lo, t + 1)
-        seg = self.zhist[row, k, cols % self.history]
+        seg = self.zhist[cols % self.history, row, k]
         scored = ~np.isnan(seg)
         if not scored.any():
             return lo

@@ -126,7 +126,7 @@ def choose_grains(frame: pd.DataFrame, family: str, config: DetectionConfig) -> 
     Series that reach it at no grain get the coarsest one (their sparse buckets are then simply not evaluated).
     """
     count = FAMILY_COUNTS[family]
-    active = frame[frame[count] > 0]
+    active = _active(frame, count)
     typical = active.groupby(["sid", "grain_s"])[count].median().unstack("grain_s")
     grains = [g for g in config.grains if g in typical.columns]
     if not grains:
@@ -134,6 +134,15 @@ def choose_grains(frame: pd.DataFrame, family: str, config: DetectionConfig) -> 
     enough = typical[grains].fillna(0).to_numpy() >= config.min_calls
     pick = np.where(enough.any(axis=1), np.argmax(enough, axis=1), len(grains) - 1)
     return {int(sid): grains[i] for sid, i in zip(typical.index, pick, strict=True)}
+
+
+def _active(frame: pd.DataFrame, count: str) -> pd.DataFrame:
+    """The rows with calls, of only the columns the grain choice reads: filtering every statistic column of a
+    month of 5-minute rollups (millions of rows) cost more than all the baselines of a family."""
+    counts = frame[count].to_numpy()
+    keep = counts > 0
+    return pd.DataFrame({"sid": frame["sid"].to_numpy()[keep], "grain_s": frame["grain_s"].to_numpy()[keep],
+                         count: counts[keep]})  # fmt: skip
 
 
 def grain_plan(frame: pd.DataFrame, family: str, config: DetectionConfig) -> dict[int, tuple[list[int], list[int]]]:
@@ -149,7 +158,7 @@ def grain_plan(frame: pd.DataFrame, family: str, config: DetectionConfig) -> dic
     if not config.watch_coarser:
         return {g: ([s for s, c in chosen.items() if c == g], []) for g in sorted(set(chosen.values()))}
     count = FAMILY_COUNTS[family]
-    active = frame[frame[count] > 0]
+    active = _active(frame, count)
     # Series whose every primary-grain bucket already holds enough calls for a p95 gain little from a coarser
     # view, and a month of baselines costs as much per grain (they are fitted on hourly slots): skip them.
     tail_floor = max(config.min_calls, config.min_tail_calls)
@@ -249,16 +258,38 @@ def _fit_day(hist: History, day: int, ts: np.ndarray, config: DetectionConfig
     center, scale, nref = np.full((n, len(ts)), np.nan), np.full((n, len(ts)), np.nan), np.full(n, np.nan)
     fitted: list[ParamsBatch] = []
     todo = np.ones(n, dtype=bool)
-    for kind in config.baselines:
+    for i, kind in enumerate(config.baselines):
         baseline = create_baseline(kind)
-        params = baseline.fit_batch(window)
+        # Every kind fits each series on its own row alone, so a later kind is fitted only on the series no
+        # earlier kind could fit (after the first days that is a handful: the rolling fallback cost as much as
+        # the seasonal fit of every series).
+        # (With none left, one row still gives the batch its arrays; it is not taken: ``todo`` is empty.)
+        rows = None if i == 0 else (np.flatnonzero(todo) if todo.any() else np.arange(min(n, 1)))
+        params = baseline.fit_batch(window if rows is None else window.rows(rows))
         c, s = baseline.expected_batch(params, ts)
+        if rows is not None:
+            until = float(window.start_s + window.values.shape[1] * window.grain_s)
+            params, c, s = _spread(params, rows, n, until), _spread_rows(c, rows, n), _spread_rows(s, rows, n)
         take = todo & params.arrays["ok"]
         center[take], scale[take], nref[take] = c[take], s[take], params.arrays["n_ref"][take]
         todo &= ~take
         params.arrays["ok"] = params.arrays["ok"] & take  # the stored choice: exactly one kind per series
         fitted.append(params)
     return center, scale, nref, fitted
+
+
+def _spread_rows(a: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """``a`` [len(rows), ...] placed at ``rows`` of an [n, ...] array (NaN, or False for booleans, elsewhere)."""
+    out = np.zeros((n, *a.shape[1:]), dtype=bool) if a.dtype == bool else np.full((n, *a.shape[1:]), np.nan)
+    out[rows] = a
+    return out
+
+
+def _spread(params: ParamsBatch, rows: np.ndarray, n: int, until: float) -> ParamsBatch:
+    """Parameters fitted on ``rows`` as a batch over all ``n`` series (the others not ``ok``)."""
+    arrays = {k: _spread_rows(v, rows, n) for k, v in params.arrays.items()}
+    arrays["fitted_until"][:] = until  # one value for every series, as fit_batch sets it
+    return ParamsBatch(params.kind, params.version, params.grain_s, arrays)
 
 
 def detect_family(panel: FamilyPanel, config: DetectionConfig, *, eval_from_col: int,

@@ -91,8 +91,10 @@ def sparse_keys(frame: pd.DataFrame, keys: list[str], count: str, config: PerCal
     """Series (of rollup rows with ``sid``, ``grain_s``, ``count``) whose typical hourly bucket is too sparse."""
     if config.sparse_below <= 0 or frame.empty:
         return []
-    grain = int(frame["grain_s"].max())
-    rows = frame[(frame["grain_s"] == grain) & (frame[count] > 0)]
+    grains, counts = frame["grain_s"].to_numpy(), frame[count].to_numpy()
+    grain = int(grains.max())
+    keep = (grains == grain) & (counts > 0)  # two columns, not a copy of every statistic of every rollup row
+    rows = pd.DataFrame({"sid": frame["sid"].to_numpy()[keep], count: counts[keep]})
     per_hour = rows.groupby("sid")[count].median() * (3600 / grain)
     return [keys[int(s)] for s in per_hour.index[per_hour.to_numpy() < config.sparse_below]]
 
