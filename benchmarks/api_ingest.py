@@ -19,6 +19,10 @@ process's CPU split into decode, normalize and store; for the HTTP rows the serv
 decoded batches' unpickling, the writer) and its decode worker processes, read from ``/proc``. The load average is
 printed before and after.
 
+``--clickhouse`` runs the HTTP rows a second time with the calls written to ClickHouse (``SPANPRISM_CLICKHOUSE_URL``):
+ClickHouse's engine in process (chDB) behind the loopback HTTP endpoint of ``tests/support/clickhouse.py``, as
+``benchmarks/clickhouse.py`` runs it; that endpoint's CPU is printed as the engine's.
+
 ``--baseline DIR`` runs every HTTP row a second time, side by side, with a server whose ``spanprism`` package is
 the one in ``DIR`` (e.g. ``git archive <commit> | tar -x -C DIR/spanprism``): before/after in one run.
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import os
 import queue
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,8 +229,26 @@ def _server_cpu(pid: int) -> tuple[float, float]:
     return _cpu_s(pid), kids
 
 
-def _serve(db: Path, port: int, workers: int, log: Path, package: Path | None = None) -> subprocess.Popen[bytes]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def chdb_endpoint(data_dir: Path) -> Iterator[tuple[str, int]]:
+    """tests/support/clickhouse.py (chDB behind a loopback HTTP endpoint) in a process of its own: (URL, pid)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "clickhouse.py"), str(data_dir)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield proc.stdout.readline().strip(), proc.pid  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _serve(db: Path, port: int, workers: int, log: Path, package: Path | None = None,
+           clickhouse_url: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
     env = {**os.environ, "SPANPRISM_ADMIN_KEY": KEY, "SPANPRISM_INGEST_WORKERS": str(workers)}
+    if clickhouse_url:
+        env["SPANPRISM_CLICKHOUSE_URL"] = clickhouse_url
     if package is not None:  # another checkout's package first on the path (ahead of the editable install's finder)
         env["PYTHONPATH"] = str(package)
     cmd = [str(Path(sys.executable).parent / "spanprism"), "--db", str(db), "serve", "--port", str(port),
@@ -264,12 +288,20 @@ class HttpRun:
     retries: int
     main_cpu: float
     worker_cpu: float
+    engine_cpu: float  # the ClickHouse endpoint's process, when there is one
 
 
-def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, package: Path | None = None) -> HttpRun:
+def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, package: Path | None = None,
+             clickhouse: bool = False) -> HttpRun:  # fmt: skip
     port = free_port()
-    tag = f"w{workers}_c{clients}{'_base' if package else ''}"
-    proc = _serve(workdir / f"http_{tag}.duckdb", port, workers, workdir / f"serve_{tag}.log", package)
+    tag = f"w{workers}_c{clients}{'_base' if package else ''}{'_ch' if clickhouse else ''}"
+    with contextlib.ExitStack() as stack:
+        ch_url, ch_pid = stack.enter_context(chdb_endpoint(workdir / f"chdb_{tag}")) if clickhouse else (None, 0)
+        proc = _serve(workdir / f"http_{tag}.duckdb", port, workers, workdir / f"serve_{tag}.log", package, ch_url)
+        return _post_all(payloads, clients, proc, port, ch_pid)
+
+
+def _post_all(payloads: list[bytes], clients: int, proc: subprocess.Popen[bytes], port: int, engine: int) -> HttpRun:
     url = f"http://127.0.0.1:{port}"
     try:
         warm = httpx.post(f"{url}/v1/traces", content=payloads[0], timeout=60,
@@ -283,6 +315,7 @@ def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, p
         errors: list[str] = []
         threads = [threading.Thread(target=_client, args=(url, work, retries, errors)) for _ in range(clients)]
         cpu0 = _server_cpu(proc.pid)
+        engine0 = _cpu_s(engine) if engine else 0.0
         t0 = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -290,6 +323,7 @@ def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, p
             thread.join()
         elapsed = time.perf_counter() - t0
         cpu1 = _server_cpu(proc.pid)
+        engine_cpu = _cpu_s(engine) - engine0 if engine else 0.0
         if errors:
             raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
@@ -300,7 +334,8 @@ def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, p
         _metric(metrics, name) - _metric(before, name)  # the warm-up body is not counted
         for name in ("spanprism_spans_received_total", "spanprism_calls_stored_total")
     )
-    return HttpRun(int(received), int(stored), elapsed, len(retries), cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+    return HttpRun(int(received), int(stored), elapsed, len(retries), cpu1[0] - cpu0[0], cpu1[1] - cpu0[1],
+                   engine_cpu)  # fmt: skip
 
 
 def _metric(text: str, name: str) -> float:
@@ -315,6 +350,7 @@ def main() -> None:
     parser.add_argument("--clients", default="4", help="concurrent client threads, e.g. 1,4 (default 4)")
     parser.add_argument("--workers", default="1,2", help="server ingest_workers values to measure (default 1,2)")
     parser.add_argument("--no-file", action="store_true", help="skip the `spanprism ingest` from a file rows")
+    parser.add_argument("--clickhouse", action="store_true", help="also run the HTTP rows writing to ClickHouse (chDB)")
     parser.add_argument("--baseline", type=Path, help="a directory holding another checkout's `spanprism` package: "
                         "its server runs each HTTP row too, side by side")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
@@ -337,11 +373,17 @@ def main() -> None:
                 seen, calls, secs = run_file(payloads, workers, workdir)
                 rows.append((f"file ingest_w{workers}", seen, calls, secs, 0, ""))
             for clients in (int(c) for c in args.clients.split(",")):
-                for package in (args.baseline, None) if args.baseline else (None,):
-                    run = run_http(payloads, workers, clients, workdir, package)
-                    name = f"http_w{workers} ({clients} clients){' baseline' if package else ''}"
+                engines = (False, True) if args.clickhouse else (False,)
+                for clickhouse, package in itertools.product(
+                    engines, (args.baseline, None) if args.baseline else (None,)
+                ):
+                    run = run_http(payloads, workers, clients, workdir, package, clickhouse)
+                    name = (f"http_w{workers} ({clients} clients){' clickhouse' if clickhouse else ''}"
+                            f"{' baseline' if package else ''}")  # fmt: skip
                     cpu_text = (f"main {run.main_cpu / run.seen * 1e6:.1f} + workers "
                                 f"{run.worker_cpu / run.seen * 1e6:.1f}")  # fmt: skip
+                    if clickhouse:
+                        cpu_text += f" + chDB {run.engine_cpu / run.seen * 1e6:.1f}"
                     rows.append((name, run.seen, run.calls, run.seconds, run.retries, cpu_text))
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(f"{'run':<36}{'spans':>9}{'calls':>9}{'seconds':>9}{'spans/s':>9}{'vs decode':>10}{'503s':>6}"

@@ -85,10 +85,10 @@ def _stored_filters(lo: str, hi: str) -> tuple[str, str, str]:
     return window, relevant, traces
 
 
-def _new_may_pair(new: pa.Table, links: pa.Table) -> bool:
+def unit_may_pair(new: pa.Table, links: pa.Table) -> bool:
     """Whether two new rows (or a new row and a new link) can be a pair of :func:`_pair_sql`, from the new side
     alone: a parent (or a link) among the unit's own spans, a response id twice, or a stream log or an SDK span (the
-    rules that pair spans sharing no id)."""
+    rules that pair spans sharing no id). The ClickHouse writer skips its scratch fold with it too."""
     names, conventions = new.column("span_name"), new.column("source_convention")
     if (
         pc.any(pc.starts_with(names, STREAM_LOG_PREFIX)).as_py()
@@ -373,7 +373,7 @@ def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids
     cur.register(_LINKS, links)
     # The pair statement costs ~30-40 ms to plan alone (a unit of 1,000 spans costs about as much to insert): most
     # units fold nothing, which two cheap tests show first (the new side in Arrow, the stored side in one lookup).
-    if _new_may_pair(new, links) or _stored_may_pair(cur, new, links, lo, hi):
+    if unit_may_pair(new, links) or _stored_may_pair(cur, new, links, lo, hi):
         involved = cur.execute(_pair_sql(lo, hi)).fetchall()
     else:
         involved = []
