@@ -102,3 +102,28 @@ def test_one_row_per_call_within_one_write_unit(name: str, doubled: bool, clickh
         together.calls_stored, together.duplicates, together.merged)  # fmt: skip
     assert [tuple(r.values()) for r in calls] == expected[0]
     assert members == expected[1]
+
+
+def test_a_span_twice_in_one_unit_is_one_duplicate(clickhouse_url: str, tmp_path: Path) -> None:
+    """A root LLM span without a response id, twice in one write unit: nothing to fold, yet the second copy is a
+    duplicate on ClickHouse as on DuckDB (the writer's no-fold shortcut must not insert it twice)."""
+    spans = orjson.loads((FIXTURES / "anthropic_openllmetry.json").read_bytes())
+    span = next(s for s in spans if s["parent_span_id"] is None and s["scope"] != SDK_SCOPE)
+    span["attributes"] = {k: v for k, v in span["attributes"].items() if "response.id" not in k}
+    path = _write(tmp_path / "twice.jsonl", [span, span])
+    con = open_db(tmp_path / "ref.duckdb")
+    together = ingest_paths(con, [path])
+    con.close()
+    store = clickhouse.connect(clickhouse_url)
+    con = open_db(tmp_path / "ch.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        summary = ingest_paths(con, [path])
+        rows = store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    assert (together.calls_stored, together.duplicates) == (1, 1)
+    assert (summary.calls_stored, summary.duplicates, summary.merged) == (1, 1, 0)
+    assert rows == [(1,)]  # one row inserted, not two versions of it
