@@ -6,20 +6,35 @@ Builds ``--bodies`` pre-encoded protobuf ExportTraceServiceRequests of ``--spans
 spans each (OTel SDK spans, realistic attributes, a non-LLM HTTP child for every 4th call; unique ids per
 body), then measures side by side in one run:
 
-* ``decode``        — ``spanprism.ingest.otlp_http.process_body`` (decode + normalize) of every body in this process:
-                      the CPU floor of the receiver, no HTTP, no storage;
+* ``decode``        — ``decode_bytes`` + ``process_decoded`` (what ``process_body`` runs: decode + normalize) of
+                      every body in this process: the CPU floor of the receiver, no HTTP, no storage;
 * ``decode+store``  — the same, then ``spanprism.ingest.load.store_batches`` of each body into a fresh DuckDB file;
 * ``http_wN``       — a real ``spanprism serve`` subprocess (``ingest_workers=N``) and ``--clients`` threads
                       posting the bodies; a body counts once it is acknowledged (after its commit). 503 answers
                       are retried after a short pause and counted.
 
-Prints a table (spans/s are spans seen; LLM calls stored are printed too). Bounded: every run takes each body
-once; the whole script stays well under two minutes at the defaults.
+Prints a table (spans/s are spans seen; LLM calls stored are printed too) with the CPU each run spent per span,
+load-independent where the wall-clock rate is not (the machine may be shared): for the in-process rows this
+process's CPU split into decode, normalize and store; for the HTTP rows the server's main process (HTTP, the
+decoded batches' unpickling, the writer) and its decode worker processes, read from ``/proc``. The load average is
+printed before and after.
+
+``--clickhouse`` runs the HTTP rows a second time with the calls written to ClickHouse (``SPANPRISM_CLICKHOUSE_URL``):
+ClickHouse's engine in process (chDB) behind the loopback HTTP endpoint of ``tests/support/clickhouse.py``, as
+``benchmarks/clickhouse.py`` runs it; that endpoint's CPU is printed as the engine's.
+
+``--baseline DIR`` runs every HTTP row a second time, side by side, with a server whose ``spanprism`` package is
+the one in ``DIR`` (e.g. ``git archive <commit> | tar -x -C DIR/spanprism``): before/after in one run.
+
+Bounded: every run takes each body once; the whole script stays well under two minutes at the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import itertools
 import json
 import os
 import queue
@@ -29,6 +44,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,9 +59,9 @@ from opentelemetry.trace import SpanKind, set_span_in_context
 
 from spanprism.api.server import free_port, wait_healthy
 from spanprism.api.storage.connect import open_db
+from spanprism.ingest.decode import decode_bytes
 from spanprism.ingest.load import store_batches
-from spanprism.ingest.otlp_http import process_body
-from spanprism.ingest.pipeline import ingest_paths
+from spanprism.ingest.pipeline import ingest_paths, process_decoded
 
 KEY = "bench-admin-key"
 PROTO = "application/x-protobuf"
@@ -162,26 +179,79 @@ def run_file(payloads: list[bytes], workers: int, workdir: Path) -> tuple[int, i
     return summary.spans_seen, summary.calls_stored, elapsed
 
 
-def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[int, int, float]:
+def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[int, int, float, dict[str, float]]:
+    """Decode + normalize (and store) every body here; returns spans, calls, seconds and CPU seconds per stage."""
     con = open_db(workdir / "inprocess.duckdb") if store else None
     seen = calls = 0
+    cpu = {"decode": 0.0, "normalize": 0.0, "store": 0.0}
+    process_decoded(decode_bytes(payloads[0], "bench", PROTO), "bench", 0, None)  # first-call costs, not measured
     t0 = time.perf_counter()
     for body in payloads:
-        out = process_body(body, source="bench", content_type=PROTO, content_encoding=None, limit=64 << 20,
-                           tenant_attribute=None)  # fmt: skip
+        gc.disable()  # as process_body does for the walk (ingest/otlp_http.py)
+        c0 = time.process_time()
+        decoded = decode_bytes(body, "bench", PROTO)
+        c1 = time.process_time()
+        out = process_decoded(decoded, "bench", len(body), None)
+        c2 = time.process_time()
+        gc.enable()
         seen += out.spans_seen
         if con is not None:
             calls += store_batches(con, [out])[0].calls_stored
         else:
             calls += out.calls.num_rows
+        cpu["decode"] += c1 - c0
+        cpu["normalize"] += c2 - c1
+        cpu["store"] += time.process_time() - c2  # DuckDB's own threads count too (process CPU)
     elapsed = time.perf_counter() - t0
     if con is not None:
         con.close()
-    return seen, calls, elapsed
+    return seen, calls, elapsed, cpu
 
 
-def _serve(db: Path, port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of one live process, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _server_cpu(pid: int) -> tuple[float, float]:
+    """(main process, all its children) CPU seconds of a running server."""
+    kids = 0.0
+    for child in _children(pid):
+        with contextlib.suppress(FileNotFoundError):  # exited meanwhile
+            kids += _cpu_s(child)
+    return _cpu_s(pid), kids
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def chdb_endpoint(data_dir: Path) -> Iterator[tuple[str, int]]:
+    """tests/support/clickhouse.py (chDB behind a loopback HTTP endpoint) in a process of its own: (URL, pid)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "clickhouse.py"), str(data_dir)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield proc.stdout.readline().strip(), proc.pid  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _serve(db: Path, port: int, workers: int, log: Path, package: Path | None = None,
+           clickhouse_url: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
     env = {**os.environ, "SPANPRISM_ADMIN_KEY": KEY, "SPANPRISM_INGEST_WORKERS": str(workers)}
+    if clickhouse_url:
+        env["SPANPRISM_CLICKHOUSE_URL"] = clickhouse_url
+    if package is not None:  # another checkout's package first on the path (ahead of the editable install's finder)
+        env["PYTHONPATH"] = str(package)
     cmd = [str(Path(sys.executable).parent / "spanprism"), "--db", str(db), "serve", "--port", str(port),
            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -209,9 +279,30 @@ def _client(url: str, work: queue.Queue[bytes], retries: list[int], errors: list
                 errors.append(f"{reply.status_code}: {reply.text[:200]}")
 
 
-def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path) -> tuple[int, int, float, int]:
-    port, db = free_port(), workdir / f"http_w{workers}_c{clients}.duckdb"
-    proc = _serve(db, port, workers, workdir / f"serve_w{workers}.log")
+@dataclass(slots=True)
+class HttpRun:
+    """One HTTP row: spans received and calls stored (warm-up excluded), seconds, 503s, server CPU seconds."""
+
+    seen: int
+    calls: int
+    seconds: float
+    retries: int
+    main_cpu: float
+    worker_cpu: float
+    engine_cpu: float  # the ClickHouse endpoint's process, when there is one
+
+
+def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, package: Path | None = None,
+             clickhouse: bool = False) -> HttpRun:  # fmt: skip
+    port = free_port()
+    tag = f"w{workers}_c{clients}{'_base' if package else ''}{'_ch' if clickhouse else ''}"
+    with contextlib.ExitStack() as stack:
+        ch_url, ch_pid = stack.enter_context(chdb_endpoint(workdir / f"chdb_{tag}")) if clickhouse else (None, 0)
+        proc = _serve(workdir / f"http_{tag}.duckdb", port, workers, workdir / f"serve_{tag}.log", package, ch_url)
+        return _post_all(payloads, clients, proc, port, ch_pid)
+
+
+def _post_all(payloads: list[bytes], clients: int, proc: subprocess.Popen[bytes], port: int, engine: int) -> HttpRun:
     url = f"http://127.0.0.1:{port}"
     try:
         warm = httpx.post(f"{url}/v1/traces", content=payloads[0], timeout=60,
@@ -224,12 +315,16 @@ def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path) -
         retries: list[int] = []
         errors: list[str] = []
         threads = [threading.Thread(target=_client, args=(url, work, retries, errors)) for _ in range(clients)]
+        cpu0 = _server_cpu(proc.pid)
+        engine0 = _cpu_s(engine) if engine else 0.0
         t0 = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - t0
+        cpu1 = _server_cpu(proc.pid)
+        engine_cpu = _cpu_s(engine) - engine0 if engine else 0.0
         if errors:
             raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
@@ -240,7 +335,8 @@ def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path) -
         _metric(metrics, name) - _metric(before, name)  # the warm-up body is not counted
         for name in ("spanprism_spans_received_total", "spanprism_calls_stored_total")
     )
-    return int(received), int(stored), elapsed, len(retries)
+    return HttpRun(int(received), int(stored), elapsed, len(retries), cpu1[0] - cpu0[0], cpu1[1] - cpu0[1],
+                   engine_cpu)  # fmt: skip
 
 
 def _metric(text: str, name: str) -> float:
@@ -254,6 +350,10 @@ def main() -> None:
     parser.add_argument("--heavy", action="store_true", help="LLM spans with message contents (~1.3 KB a span)")
     parser.add_argument("--clients", default="4", help="concurrent client threads, e.g. 1,4 (default 4)")
     parser.add_argument("--workers", default="1,2", help="server ingest_workers values to measure (default 1,2)")
+    parser.add_argument("--no-file", action="store_true", help="skip the `spanprism ingest` from a file rows")
+    parser.add_argument("--clickhouse", action="store_true", help="also run the HTTP rows writing to ClickHouse (chDB)")
+    parser.add_argument("--baseline", type=Path, help="a directory holding another checkout's `spanprism` package: "
+                        "its server runs each HTTP row too, side by side")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     per_body = args.spans_per_body or (1000 if args.heavy else 500)
@@ -261,24 +361,38 @@ def main() -> None:
     size = sum(map(len, payloads)) / len(payloads)
     print(f"{len(payloads)} bodies x {per_body} spans, {size / 1024:.0f} KiB each ({size / per_body:.0f} B a span, "
           f"protobuf); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
-    rows = []
+    rows: list[tuple[str, int, int, float, int, str]] = []
     with tempfile.TemporaryDirectory(prefix="spanprism-api-bench-") as tmp:
         workdir = Path(tmp)
-        seen, calls, secs = run_inprocess(payloads, False, workdir)
-        rows.append(("decode (in-process)", seen, calls, secs, 0))
-        seen, calls, secs = run_inprocess(payloads, True, workdir)
-        rows.append(("decode+store (in-process)", seen, calls, secs, 0))
+        seen, calls, secs, cpu = run_inprocess(payloads, False, workdir)
+        stages = f"decode {cpu['decode'] / seen * 1e6:.1f} + normalize {cpu['normalize'] / seen * 1e6:.1f}"
+        rows.append(("decode (in-process)", seen, calls, secs, 0, stages))
+        seen, calls, secs, cpu = run_inprocess(payloads, True, workdir)
+        rows.append(("decode+store (in-process)", seen, calls, secs, 0, f"store {cpu['store'] / seen * 1e6:.1f}"))
         for workers in (int(w) for w in args.workers.split(",")):
-            seen, calls, secs = run_file(payloads, workers, workdir)
-            rows.append((f"file ingest_w{workers}", seen, calls, secs, 0))
+            if not args.no_file:
+                seen, calls, secs = run_file(payloads, workers, workdir)
+                rows.append((f"file ingest_w{workers}", seen, calls, secs, 0, ""))
             for clients in (int(c) for c in args.clients.split(",")):
-                seen, calls, secs, retries = run_http(payloads, workers, clients, workdir)
-                rows.append((f"http_w{workers} ({clients} clients)", seen, calls, secs, retries))
-    print(f"{'run':<30}{'spans':>10}{'calls':>10}{'seconds':>10}{'spans/s':>10}{'vs decode':>11}{'503s':>7}")
+                engines = (False, True) if args.clickhouse else (False,)
+                for clickhouse, package in itertools.product(
+                    engines, (args.baseline, None) if args.baseline else (None,)
+                ):
+                    run = run_http(payloads, workers, clients, workdir, package, clickhouse)
+                    name = (f"http_w{workers} ({clients} clients){' clickhouse' if clickhouse else ''}"
+                            f"{' baseline' if package else ''}")  # fmt: skip
+                    cpu_text = (f"main {run.main_cpu / run.seen * 1e6:.1f} + workers "
+                                f"{run.worker_cpu / run.seen * 1e6:.1f}")  # fmt: skip
+                    if clickhouse:
+                        cpu_text += f" + chDB {run.engine_cpu / run.seen * 1e6:.1f}"
+                    rows.append((name, run.seen, run.calls, run.seconds, run.retries, cpu_text))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(f"{'run':<36}{'spans':>9}{'calls':>9}{'seconds':>9}{'spans/s':>9}{'vs decode':>10}{'503s':>6}"
+          "  CPU µs/span")  # fmt: skip
     floor = rows[0][1] / rows[0][3]
-    for name, seen, calls, secs, retries in rows:
+    for name, seen, calls, secs, retries, cpu_text in rows:
         rate = seen / secs
-        print(f"{name:<30}{seen:>10,}{calls:>10,}{secs:>10.2f}{rate:>10,.0f}{rate / floor:>10.0%}{retries:>7}")
+        print(f"{name:<36}{seen:>9,}{calls:>9,}{secs:>9.2f}{rate:>9,.0f}{rate / floor:>10.0%}{retries:>6}  {cpu_text}")
 
 
 if __name__ == "__main__":

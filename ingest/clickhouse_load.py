@@ -33,7 +33,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanprism.ingest.fold import fold_calls
+from spanprism.ingest.fold import fold_calls, unit_may_pair
 from spanprism.ingest.identity import (
     SDK_CONVENTION,
     SEARCH_WINDOW_US,
@@ -202,6 +202,20 @@ def _retired(before: pa.Table, after: pa.Table, *names: str) -> pa.Table:
 Counts = tuple[list[int], list[int], list[int]]
 
 
+def _alone(tables: list[pa.Table], links: pa.Table | None) -> pa.Table | None:
+    """The unit's calls as one table when, with nothing stored to fold with, the scratch fold could change nothing:
+    no pair inside the unit (ingest/fold.py's test) and no span twice (which the scratch's primary key would drop and
+    count as a duplicate). None otherwise. Skipping the scratch DuckDB saves ~0.1-0.2 s of CPU a unit."""
+    parts = [t for t in tables if t.num_rows]
+    if not parts:
+        return None
+    calls = pa.concat_tables(parts).cast(LLM_CALLS_SCHEMA)
+    if unit_may_pair(calls, links if links is not None else SPAN_LINKS_SCHEMA.empty_table()):
+        return None
+    keys = pc.binary_join_element_wise(calls.column("trace_id"), calls.column("span_id"), "/")
+    return calls if len(pc.unique(keys)) == calls.num_rows else None
+
+
 def write_calls(store: ClickHouseStore, tables: list[pa.Table], batch_ids: list[str], links: pa.Table | None = None,
                 local: duckdb.DuckDBPyConnection | None = None) -> Counts:  # fmt: skip
     """Fold and insert the unit's calls (one table per batch, ``batch_ids``), following the unit's new non-LLM
@@ -217,6 +231,11 @@ def write_calls(store: ClickHouseStore, tables: list[pa.Table], batch_ids: list[
         traces = pa.chunked_array([*new.column("trace_id").chunks, *old_calls.column("trace_id").chunks,
                                    *old_members.column("trace_id").chunks], pa.string())  # fmt: skip
         old_links = _stored_links(local, pc.unique(traces), new)
+    if not (old_calls.num_rows or old_members.num_rows or old_links.num_rows):
+        alone = _alone(tables, links)
+        if alone is not None:  # the usual unit: nothing to fold, so the scratch fold would return the rows as they are
+            store.insert("llm_calls", _with_version(alone, new_version() + 1, 0))
+            return sizes, [0] * len(tables), [0] * len(tables)
     scratch = duckdb.connect()
     try:
         scratch.execute(_duck_ddl("llm_calls", LLM_CALLS_SCHEMA))

@@ -71,3 +71,59 @@ def test_one_row_per_call_across_write_units(name: str, second_first: bool, clic
     assert sum(s.merged for s in summaries) == together.merged
     assert [tuple(r.values()) for r in calls] == expected[0]
     assert members == expected[1]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("doubled", [False, True], ids=["once", "every-span-twice"])
+def test_one_row_per_call_within_one_write_unit(name: str, doubled: bool, clickhouse_url: str, tmp_path: Path) -> None:
+    """Both emitters' spans in ONE write unit, nothing stored yet: the ClickHouse writer must still fold them (it skips
+    its scratch fold only for a unit that cannot fold with itself), and a span twice in the unit is one duplicate."""
+    spans = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
+    path = _write(tmp_path / "all.jsonl", spans + spans if doubled else spans)
+    con = open_db(tmp_path / "ref.duckdb")
+    together = ingest_paths(con, [path])
+    expected = con.execute(_CALLS_SQL.format("")).fetchall(), con.execute(_MEMBERS_SQL.format("")).fetchall()
+    con.close()
+
+    store = clickhouse.connect(clickhouse_url)
+    con = open_db(tmp_path / "ch.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        summary = ingest_paths(con, [path])
+        schema = pa.schema([LLM_CALLS_SCHEMA.field(c) for c in _COLUMNS])
+        calls = store.query_arrow(_CALLS_SQL.format(" FINAL WHERE _deleted = 0")).cast(schema).to_pylist()
+        members = store.rows(_MEMBERS_SQL.format(" FINAL WHERE _deleted = 0"))
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    assert together.merged > 0  # the case folds: a writer that skipped the fold would store one row per span
+    assert (summary.calls_stored, summary.duplicates, summary.merged) == (
+        together.calls_stored, together.duplicates, together.merged)  # fmt: skip
+    assert [tuple(r.values()) for r in calls] == expected[0]
+    assert members == expected[1]
+
+
+def test_a_span_twice_in_one_unit_is_one_duplicate(clickhouse_url: str, tmp_path: Path) -> None:
+    """A root LLM span without a response id, twice in one write unit: nothing to fold, yet the second copy is a
+    duplicate on ClickHouse as on DuckDB (the writer's no-fold shortcut must not insert it twice)."""
+    spans = orjson.loads((FIXTURES / "anthropic_openllmetry.json").read_bytes())
+    span = next(s for s in spans if s["parent_span_id"] is None and s["scope"] != SDK_SCOPE)
+    span["attributes"] = {k: v for k, v in span["attributes"].items() if "response.id" not in k}
+    path = _write(tmp_path / "twice.jsonl", [span, span])
+    con = open_db(tmp_path / "ref.duckdb")
+    together = ingest_paths(con, [path])
+    con.close()
+    store = clickhouse.connect(clickhouse_url)
+    con = open_db(tmp_path / "ch.duckdb")
+    previous = clickhouse.bind(store)
+    try:
+        summary = ingest_paths(con, [path])
+        rows = store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    assert (together.calls_stored, together.duplicates) == (1, 1)
+    assert (summary.calls_stored, summary.duplicates, summary.merged) == (1, 1, 0)
+    assert rows == [(1,)]  # one row inserted, not two versions of it
