@@ -191,9 +191,20 @@ def per_call_timing(n_series: int, days: int, seed: int) -> None:
     """
     from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
 
+    calls, n_sparse, start = sparse_calls(n_series, days, seed, PerCallConfig().sparse_below)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    found = detect_calls(calls, eval_from_s=start, horizon_s=start + days * 86400)
+    print(f"per-call detection: {n_sparse} sparse series ({len(calls):,} calls) in {time.perf_counter() - t0:.1f}s "
+          f"({time.process_time() - cpu0:.1f}s CPU, load average {os.getloadavg()[0]:.2f}), {len(found)} episodes on "
+          f"stationary calls")  # fmt: skip
+
+
+def sparse_calls(n_series: int, days: int, seed: int, sparse_below: float) -> tuple[pd.DataFrame, int, int]:
+    """The calls of the fleet's sparse series (those under ``sparse_below`` calls an hour): log-normal latencies
+    and tokens over ``days``. Returns the calls, the number of sparse series and the start (epoch s)."""
     rng = np.random.default_rng(seed)
     rate = np.exp(rng.uniform(np.log(0.01), np.log(100), n_series)) * 3600
-    sparse = rate[rate < PerCallConfig().sparse_below]
+    sparse = rate[rate < sparse_below]
     start = 1_772_409_600
     parts = []
     for i, per_hour in enumerate(sparse):
@@ -203,12 +214,7 @@ def per_call_timing(n_series: int, days: int, seed: int) -> None:
         parts.append(pd.DataFrame({"series_key": f"s{i:05d}", "t": np.sort(rng.uniform(0, days * 86400, n)) + start,
                                    "duration_ms": ttft + out * itl, "ttft_ms": ttft, "itl_ms": itl,
                                    "input_tokens": tin, "output_tokens": out}))  # fmt: skip
-    calls = pd.concat(parts) if parts else pd.DataFrame()
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    found = detect_calls(calls, eval_from_s=start, horizon_s=start + days * 86400)
-    print(f"per-call detection: {len(sparse)} sparse series ({len(calls):,} calls) in {time.perf_counter() - t0:.1f}s "
-          f"({time.process_time() - cpu0:.1f}s CPU, load average {os.getloadavg()[0]:.2f}), {len(found)} episodes on "
-          f"stationary calls")  # fmt: skip
+    return (pd.concat(parts) if parts else pd.DataFrame()), len(sparse), start
 
 
 def synthetic_rollups(rng: np.random.Generator, n_series: int, days: int, grain: int) -> pa.Table:

@@ -14,27 +14,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_snapshot() -> ModuleType:
+    """This checkout's ``attribution/evaluation/snapshot.py``, loaded by path: a child process imports the base
+    version's ``spanprism`` (PYTHONPATH), which may predate the module, and both runs must be read the same way."""
+    spec = importlib.util.spec_from_file_location("detection_snapshot", ROOT / "attribution/evaluation/snapshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def child(out: Path, n_series: int, days: int, seed: int) -> None:
     """One version's nightly pass (this runs inside the version's interpreter path)."""
     import numpy as np
-    import pandas as pd
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from attribute import synthetic_rollups
+    from attribute import sparse_calls, synthetic_rollups
 
     from spanprism.api.storage.connect import open_db
     from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
@@ -51,22 +58,10 @@ def child(out: Path, n_series: int, days: int, seed: int) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     summary = run_attribution(con)
     buckets_s, buckets_cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    result = snapshot(con)
+    result = _load_snapshot().snapshot(con)
     con.close()
     # The per-call part, as attribute.py's per_call_timing: the fleet's sparse series with calls and tokens.
-    rng = np.random.default_rng(seed)
-    rate = np.exp(rng.uniform(np.log(0.01), np.log(100), n_series)) * 3600
-    sparse = rate[rate < PerCallConfig().sparse_below]
-    start = 1_772_409_600
-    parts = []
-    for i, per_hour in enumerate(sparse):
-        n = rng.poisson(per_hour * 24 * days)
-        o, tin = rng.lognormal(5, 0.6, n), rng.lognormal(7.5, 0.4, n)
-        ttft, itl = rng.lognormal(6, 0.3, n), rng.lognormal(3, 0.25, n)
-        parts.append(pd.DataFrame({"series_key": f"s{i:05d}", "t": np.sort(rng.uniform(0, days * 86400, n)) + start,
-                                   "duration_ms": ttft + o * itl, "ttft_ms": ttft, "itl_ms": itl,
-                                   "input_tokens": tin, "output_tokens": o}))  # fmt: skip
-    calls = pd.concat(parts) if parts else pd.DataFrame()
+    calls, n_sparse, start = sparse_calls(n_series, days, seed, PerCallConfig().sparse_below)
     t1, cpu1 = time.perf_counter(), time.process_time()
     found = detect_calls(calls, eval_from_s=start, horizon_s=start + days * 86400) if len(calls) else []
     calls_s, calls_cpu = time.perf_counter() - t1, time.process_time() - cpu1
@@ -74,61 +69,8 @@ def child(out: Path, n_series: int, days: int, seed: int) -> None:
     code = run_attribution.__code__.co_filename.rsplit("/attribution/", 1)[0]
     timing = {"code": code, "load_before": load0, "load_after": os.getloadavg()[0],
               "detect_s": buckets_s, "detect_cpu_s": buckets_cpu, "per_call_s": calls_s, "per_call_cpu_s": calls_cpu,
-              "sparse_series": len(sparse), "calls": len(calls), "stage_s": summary.timings}  # fmt: skip
+              "sparse_series": n_sparse, "calls": len(calls), "stage_s": summary.timings}  # fmt: skip
     out.write_text(json.dumps({"timing": timing, "result": result}))
-
-
-def snapshot(con) -> dict[str, list[dict[str, Any]]]:
-    """Every stored episode, regression and baseline, JSON columns parsed, ``updated_at`` (the run's clock) left out.
-
-    (The same as the golden test's ``tests/support/detection_snapshot.py``: benchmarks import nothing from tests.)
-    """
-    import orjson
-
-    out: dict[str, list[dict[str, Any]]] = {}
-    for table, order in (("episodes", "id"), ("regressions", "id"), ("baselines", "series_key, metric")):
-        cur = con.execute(f"SELECT * EXCLUDE (updated_at) FROM {table} ORDER BY {order}")
-        names = [d[0] for d in cur.description]
-        rows = []
-        for row in cur.fetchall():
-            item = {n: _plain(v) for n, v in zip(names, row, strict=True)}
-            for n in ("stats", "metrics", "params"):
-                if isinstance(item.get(n), str):
-                    item[n] = orjson.loads(item[n])
-            rows.append(item)
-        out[table] = rows
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def differences(got: Any, want: Any, where: str = "", rel: float = 0.0) -> list[str]:
-    """Paths where ``got`` and ``want`` differ (floats within ``rel`` relative count as equal)."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        out = [f"{where}.{k}: missing" for k in want if k not in got]
-        out += [f"{where}.{k}: unexpected" for k in got if k not in want]
-        for k in want:
-            if k in got:
-                out += differences(got[k], want[k], f"{where}.{k}", rel)
-        return out
-    if isinstance(want, list) and isinstance(got, list):
-        if len(got) != len(want):
-            return [f"{where}: {len(got)} rows, expected {len(want)}"]
-        return [
-            d for i, (g, w) in enumerate(zip(got, want, strict=True)) for d in differences(g, w, f"{where}[{i}]", rel)
-        ]
-    if isinstance(want, float) and isinstance(got, float | int) and not isinstance(got, bool):
-        if got == want or abs(got - want) <= rel * max(abs(got), abs(want)):
-            return []
-    elif got == want:
-        return []
-    return [f"{where}: {got!r} != {want!r}"]
 
 
 def _run(label: str, pythonpath: str | None, out: Path, args: argparse.Namespace) -> dict:
@@ -177,7 +119,7 @@ def main() -> None:
     for r in range(args.rounds):
         results["base"] = _run(args.base, str(base), base / f"base{r}.json", args)["result"]
         results["this"] = _run(args.head or "this", head and str(head), base / f"this{r}.json", args)["result"]
-    diff = differences(results["this"], results["base"], rel=1e-9)
+    diff = _load_snapshot().differences(results["this"], results["base"], rel=1e-9)
     counts = {k: len(v) for k, v in results["base"].items()}
     if diff:
         print(f"RESULTS DIFFER ({len(diff)}): {diff[:20]}")
