@@ -42,6 +42,35 @@ def _write(path: Path, spans: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _on_duckdb(db: Path, path: Path) -> tuple[Any, tuple[list[tuple], list[tuple]]]:
+    """The reference: ``path`` ingested into a DuckDB file; its summary, then its calls and span members."""
+    con = open_db(db)
+    try:
+        summary = ingest_paths(con, [path])
+        return summary, (con.execute(_CALLS_SQL.format("")).fetchall(), con.execute(_MEMBERS_SQL.format("")).fetchall())
+    finally:
+        con.close()
+
+
+def _on_clickhouse(url: str, db: Path, paths: list[Path]) -> tuple[list[Any], list[tuple], list[tuple], int]:
+    """Each of ``paths`` ingested in turn with the calls in ClickHouse: the summaries, the calls and span members read
+    back (FINAL) and the count of raw (unmerged) live rows."""
+    store = clickhouse.connect(url)
+    con = open_db(db)
+    previous = clickhouse.bind(store)
+    try:
+        summaries = [ingest_paths(con, [path]) for path in paths]
+        schema = pa.schema([LLM_CALLS_SCHEMA.field(c) for c in _COLUMNS])
+        calls = store.query_arrow(_CALLS_SQL.format(" FINAL WHERE _deleted = 0")).cast(schema).to_pylist()
+        members = store.rows(_MEMBERS_SQL.format(" FINAL WHERE _deleted = 0"))
+        raw = store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0]
+    finally:
+        clickhouse.bind(previous)
+        con.close()
+        store.close()
+    return summaries, [tuple(r.values()) for r in calls], members, raw
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("second_first", [False, True], ids=["emitter-first", "second-emitter-first"])
 def test_one_row_per_call_across_write_units(name: str, second_first: bool, clickhouse_url: str,
@@ -49,27 +78,13 @@ def test_one_row_per_call_across_write_units(name: str, second_first: bool, clic
     spans = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
     first = _write(tmp_path / "a.jsonl", [s for s in spans if not _side(s)])
     second = _write(tmp_path / "b.jsonl", [s for s in spans if _side(s)])
-    con = open_db(tmp_path / "ref.duckdb")
-    together = ingest_paths(con, [_write(tmp_path / "all.jsonl", spans)])
-    expected = con.execute(_CALLS_SQL.format("")).fetchall(), con.execute(_MEMBERS_SQL.format("")).fetchall()
-    con.close()
+    together, expected = _on_duckdb(tmp_path / "ref.duckdb", _write(tmp_path / "all.jsonl", spans))
 
     order = (second, first) if second_first else (first, second)
-    store = clickhouse.connect(clickhouse_url)
-    con = open_db(tmp_path / "ch.duckdb")
-    previous = clickhouse.bind(store)
-    try:
-        summaries = [ingest_paths(con, [path]) for path in (*order, *order)]
-        schema = pa.schema([LLM_CALLS_SCHEMA.field(c) for c in _COLUMNS])
-        calls = store.query_arrow(_CALLS_SQL.format(" FINAL WHERE _deleted = 0")).cast(schema).to_pylist()
-        members = store.rows(_MEMBERS_SQL.format(" FINAL WHERE _deleted = 0"))
-    finally:
-        clickhouse.bind(previous)
-        con.close()
-        store.close()
+    summaries, calls, members, _ = _on_clickhouse(clickhouse_url, tmp_path / "ch.duckdb", [*order, *order])
     assert sum(s.calls_stored for s in summaries) == together.calls_stored
     assert sum(s.merged for s in summaries) == together.merged
-    assert [tuple(r.values()) for r in calls] == expected[0]
+    assert calls == expected[0]
     assert members == expected[1]
 
 
@@ -80,27 +95,13 @@ def test_one_row_per_call_within_one_write_unit(name: str, doubled: bool, clickh
     its scratch fold only for a unit that cannot fold with itself), and a span twice in the unit is one duplicate."""
     spans = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
     path = _write(tmp_path / "all.jsonl", spans + spans if doubled else spans)
-    con = open_db(tmp_path / "ref.duckdb")
-    together = ingest_paths(con, [path])
-    expected = con.execute(_CALLS_SQL.format("")).fetchall(), con.execute(_MEMBERS_SQL.format("")).fetchall()
-    con.close()
+    together, expected = _on_duckdb(tmp_path / "ref.duckdb", path)
 
-    store = clickhouse.connect(clickhouse_url)
-    con = open_db(tmp_path / "ch.duckdb")
-    previous = clickhouse.bind(store)
-    try:
-        summary = ingest_paths(con, [path])
-        schema = pa.schema([LLM_CALLS_SCHEMA.field(c) for c in _COLUMNS])
-        calls = store.query_arrow(_CALLS_SQL.format(" FINAL WHERE _deleted = 0")).cast(schema).to_pylist()
-        members = store.rows(_MEMBERS_SQL.format(" FINAL WHERE _deleted = 0"))
-    finally:
-        clickhouse.bind(previous)
-        con.close()
-        store.close()
+    (summary,), calls, members, _ = _on_clickhouse(clickhouse_url, tmp_path / "ch.duckdb", [path])
     assert together.merged > 0  # the case folds: a writer that skipped the fold would store one row per span
     assert (summary.calls_stored, summary.duplicates, summary.merged) == (
         together.calls_stored, together.duplicates, together.merged)  # fmt: skip
-    assert [tuple(r.values()) for r in calls] == expected[0]
+    assert calls == expected[0]
     assert members == expected[1]
 
 
@@ -111,19 +112,8 @@ def test_a_span_twice_in_one_unit_is_one_duplicate(clickhouse_url: str, tmp_path
     span = next(s for s in spans if s["parent_span_id"] is None and s["scope"] != SDK_SCOPE)
     span["attributes"] = {k: v for k, v in span["attributes"].items() if "response.id" not in k}
     path = _write(tmp_path / "twice.jsonl", [span, span])
-    con = open_db(tmp_path / "ref.duckdb")
-    together = ingest_paths(con, [path])
-    con.close()
-    store = clickhouse.connect(clickhouse_url)
-    con = open_db(tmp_path / "ch.duckdb")
-    previous = clickhouse.bind(store)
-    try:
-        summary = ingest_paths(con, [path])
-        rows = store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")
-    finally:
-        clickhouse.bind(previous)
-        con.close()
-        store.close()
+    together, _ = _on_duckdb(tmp_path / "ref.duckdb", path)
+    (summary,), _, _, raw = _on_clickhouse(clickhouse_url, tmp_path / "ch.duckdb", [path])
     assert (together.calls_stored, together.duplicates) == (1, 1)
     assert (summary.calls_stored, summary.duplicates, summary.merged) == (1, 1, 0)
-    assert rows == [(1,)]  # one row inserted, not two versions of it
+    assert raw == 1  # one row inserted, not two versions of it
