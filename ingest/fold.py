@@ -45,6 +45,8 @@ from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA, SPAN_LI
 
 Row = dict[str, Any]
 _NEW, _POOL, _LINKS = "_spanprism_fold_new", "_spanprism_fold_pool", "_spanprism_fold_links"
+#: Rows the rules that pair spans sharing no id need on one side: a stream log or an SDK span.
+_SPECIAL = f"(span_name LIKE '{STREAM_LOG_PREFIX}%' OR source_convention = '{SDK_CONVENTION}')"
 _COLS = ("trace_id, span_id, parent_span_id, response_id, service, operation, request_model, source_convention,"
          " start_time, duration_ms, span_name")  # fmt: skip
 _TS_INDEX = LLM_CALLS_SCHEMA.get_field_index("start_time")
@@ -65,6 +67,11 @@ class Folded:
     rewritten: list[int] = field(default_factory=list)  # stored calls replaced by an inserted row
 
 
+def _between(lo: str, hi: str, column: str = "start_time") -> str:
+    """The fold window's condition on ``column``."""
+    return f"{column} BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
+
+
 def _stored_filters(lo: str, hi: str) -> tuple[str, str, str]:
     """The window condition, the condition on a stored call or member row, and the ``traces`` CTE both read.
 
@@ -73,13 +80,12 @@ def _stored_filters(lo: str, hi: str) -> tuple[str, str, str]:
     row's or a new link's trace), or matches a new row's response id, or needs a stream log or an SDK span and the
     same model on both sides. The window at full ingest rate holds millions of rows; these are the few that matter.
     """
-    window = f"start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
-    special = f"(span_name LIKE '{STREAM_LOG_PREFIX}%' OR source_convention = '{SDK_CONVENTION}')"
+    window = _between(lo, hi)
     relevant = (
         f"{window} AND (trace_id IN (SELECT trace_id FROM traces)"
         f" OR response_id IN (SELECT response_id FROM {_NEW} WHERE response_id IS NOT NULL)"
-        f" OR ({special} AND request_model IN (SELECT request_model FROM {_NEW}))"
-        f" OR request_model IN (SELECT request_model FROM {_NEW} WHERE {special}))"
+        f" OR ({_SPECIAL} AND request_model IN (SELECT request_model FROM {_NEW}))"
+        f" OR request_model IN (SELECT request_model FROM {_NEW} WHERE {_SPECIAL}))"
     )
     traces = f"traces AS MATERIALIZED (SELECT trace_id FROM {_NEW} UNION SELECT trace_id FROM {_LINKS})"
     return window, relevant, traces
@@ -114,10 +120,9 @@ def _stored_may_pair(cur: duckdb.DuckDBPyConnection, new: pa.Table, links: pa.Ta
         "r": pc.unique(new.column("response_id").drop_null()).to_pylist(),
         "m": pc.unique(new.column("request_model").drop_null()).to_pylist(),
     }
-    window = f"start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
-    special = f"(span_name LIKE '{STREAM_LOG_PREFIX}%' OR source_convention = '{SDK_CONVENTION}')"
+    window = _between(lo, hi)
     relevant = (f"{window} AND (trace_id IN (SELECT unnest($t)) OR response_id IN (SELECT unnest($r))"
-                f" OR ({special} AND request_model IN (SELECT unnest($m))))")  # fmt: skip
+                f" OR ({_SPECIAL} AND request_model IN (SELECT unnest($m))))")  # fmt: skip
     found = cur.execute(
         f"SELECT EXISTS (SELECT 1 FROM llm_calls WHERE {relevant}) OR EXISTS (SELECT 1 FROM llm_call_spans WHERE"
         f" {relevant}) OR EXISTS (SELECT 1 FROM span_links WHERE {window} AND trace_id IN (SELECT unnest($t)))",
@@ -195,7 +200,7 @@ def _link_map(cur: duckdb.DuckDBPyConnection, traces: set[str], new_links: pa.Ta
     cur.register(_POOL, pa.table({"t": sorted(traces)}))
     stored = cur.execute(
         f"SELECT l.trace_id, l.span_id, l.parent_span_id FROM span_links l JOIN {_POOL} p ON l.trace_id = p.t"
-        f" WHERE l.start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ").fetchall()  # fmt: skip
+        f" WHERE {_between(lo, hi, 'l.start_time')}").fetchall()  # fmt: skip
     cur.unregister(_POOL)
     out = {(t, s): p for t, s, p in stored}
     if new_links.num_rows:
@@ -225,7 +230,7 @@ def _stored(cur: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, st
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
     rows = _as_rows(cur.sql(
         f"SELECT c.* FROM {table} c JOIN {_POOL} k ON c.trace_id = k.t AND c.span_id = k.s"
-        f" WHERE c.start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ").to_arrow_table())  # fmt: skip
+        f" WHERE {_between(lo, hi, 'c.start_time')}").to_arrow_table())  # fmt: skip
     cur.unregister(_POOL)
     return rows
 
@@ -236,7 +241,7 @@ def _delete(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]], lo: str
     if not calls:
         return
     keys = sorted(calls)
-    window = f"start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
+    window = _between(lo, hi)
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
     cur.execute(f"DELETE FROM llm_calls USING {_POOL} k WHERE trace_id = k.t AND span_id = k.s AND {window}")
     cur.execute(f"DELETE FROM llm_call_spans USING {_POOL} k"
@@ -251,7 +256,7 @@ def _members_of(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]], lo:
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
     rows = _as_rows(cur.sql(
         f"SELECT m.* FROM llm_call_spans m JOIN {_POOL} k ON m.call_trace_id = k.t AND m.call_span_id = k.s"
-        f" WHERE m.start_time BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ").to_arrow_table())  # fmt: skip
+        f" WHERE {_between(lo, hi, 'm.start_time')}").to_arrow_table())  # fmt: skip
     cur.unregister(_POOL)
     return rows
 
