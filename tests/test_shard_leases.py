@@ -83,6 +83,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(state):
     later = T0 + timedelta(seconds=11)
     taken = _claim(state, "alive", later)
     assert taken is not None and taken.shard != first.shard  # shard 0 renewed; another, expired, is taken over
+    assert taken.taken_from == "dead" and first.taken_from is None  # a takeover names the old holder
     with state.write() as cur:  # the old holder of the taken shard can neither renew, write nor finish
         old = next(lease for lease in held if lease.shard == taken.shard)
         with pytest.raises(shards.LeaseLost):
@@ -156,3 +157,22 @@ def test_the_nightly_slot_is_the_latest_cron_firing():
     assert nightly_slot(daily, datetime(2026, 12, 7, 1, 59, tzinfo=UTC)) == datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
     zoned = Settings(nightly_cron="0 2 * * *", nightly_timezone="Europe/Paris")  # 02:00 in Paris = 01:00 UTC
     assert nightly_slot(zoned, T0) == datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
+
+
+def test_a_taken_over_worker_s_running_round_is_marked_interrupted(state):
+    from spanprism.attribution.passes import runs
+
+    def record(worker: str, status: str) -> dict:
+        rec = runs.new_run("incremental", "worker")
+        rec.update(status=status, started_at=T0, counts={"worker": worker, "shards": []})
+        with state.write() as cur:
+            runs.save_run(cur, rec)
+        return rec
+
+    dead, alive, done = record("dead", "running"), record("alive", "running"), record("dead", "succeeded")
+    with state.write() as cur:
+        assert runs.mark_worker_interrupted(cur, "dead", reason="taken over", now=T0) == 1
+    with state.read() as cur:
+        got = {r["id"]: r for r in runs.list_runs(cur, limit=10)[0]}
+    assert got[dead["id"]]["status"] == "interrupted" and got[dead["id"]]["error"] == "taken over"
+    assert got[alive["id"]]["status"] == "running" and got[done["id"]]["status"] == "succeeded"

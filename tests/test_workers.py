@@ -208,6 +208,10 @@ def test_a_killed_worker_s_shard_is_taken_over_and_nothing_is_lost_or_duplicated
         heir.wait(60)
     after = {r["shard"]: r for r in _leases(url)}
     assert after[busy[1]]["passes"] >= 1 and after[busy[1]]["owner"] is None  # taken over, finished, released
+    # The victim's round (recorded running when it claimed its first shard) was marked when its lease was taken over.
+    victim_rounds = [r for r in _runs(url) if r["counts"].get("worker") == "victim"]
+    assert [r["status"] for r in victim_rounds] == ["interrupted"], victim_rounds
+    assert "taken over by heir" in victim_rounds[0]["error"]
     records = _records(url)
     assert len({r["id"] for r in records}) == len(records) == len(world["reference"])
     assert records == world["reference"]

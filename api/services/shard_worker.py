@@ -21,7 +21,8 @@ nightly round after an incremental round once the slot has come.
 Every round that passed (or tried) a shard is recorded in ``job_runs`` (trigger ``worker``, kind ``incremental`` or
 ``nightly``; the worker and its shards in ``counts``), so ``/api/v1/jobs`` and ``spanprism jobs`` list the
 workers' passes beside the scheduler's. Such rows never start a scheduler's incremental window (they do not cover
-every series: ``counts.covering`` is unset).
+every series: ``counts.covering`` is unset). A worker killed mid-round leaves its row ``running``; the worker that
+takes over its expired lease marks it ``interrupted``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class ShardWorker:
                                          nightly_slot=nightly_slot)  # fmt: skip
                 if lease is None:
                     break
+                if lease.taken_from is not None and lease.taken_from != self.owner:
+                    self._reap(lease)
                 if record is None:
                     record = self._record_start(summary, nightly_slot)
                 self._one(lease, summary)
@@ -120,6 +123,17 @@ class ShardWorker:
             if record is not None:
                 self._record_end(record, summary, nightly_slot, stopped)
         return summary
+
+    def _reap(self, lease: shards.Lease) -> None:
+        """The previous holder's lease expired: its round, if recorded ``running``, is marked ``interrupted`` (a
+        SIGKILLed worker records nothing itself)."""
+        reason = (f"worker {lease.taken_from} stopped renewing its lease of shard {lease.shard}; "
+                  f"taken over by {self.owner}")  # fmt: skip
+        try:
+            with self.db.state.write() as cur:
+                runs.mark_worker_interrupted(cur, str(lease.taken_from), reason=reason, now=_now())
+        except Exception:  # bookkeeping only: the shard's pass goes on
+            log.warning("could not mark the rounds of worker %s interrupted", lease.taken_from, exc_info=True)
 
     def _record_start(self, summary: RoundSummary, nightly_slot: datetime | None) -> dict[str, Any]:
         record = runs.new_run(summary.kind, "worker")

@@ -14,7 +14,9 @@ scheduler alike. :func:`execute` runs one recorded pass of a kind:
 Passes are idempotent per window (regression ids are hashes of series, family and onset; rollups and regressions
 of a replayed span are replaced), so a window run twice — after a crash, a retry or an overlap — changes nothing.
 A run left ``running`` (or ``queued``) by a dead process is marked ``interrupted`` by :func:`mark_interrupted`;
-since windows start from the last *successful* pass, the next incremental pass catches its window up.
+since windows start from the last *successful* pass, the next incremental pass catches its window up. A dead
+``spanprism worker``'s round is marked by :func:`mark_worker_interrupted` when another worker takes over its lease
+(several processes share the state database there, so "every running row" would include live ones).
 """
 
 from __future__ import annotations
@@ -151,6 +153,19 @@ def mark_interrupted(con: StateCursor, *, now: datetime | None = None) -> int:
                        " WHERE status IN ('running', 'queued') RETURNING id",
                        [now, "the process stopped before the run finished"]).fetchall()  # fmt: skip
     return len(rows)
+
+
+def mark_worker_interrupted(con: StateCursor, worker: str, *, reason: str, now: datetime | None = None) -> int:
+    """Mark the ``running`` worker rounds of ``worker`` (``counts.worker``) as ``interrupted``; returns how many.
+
+    Called when another worker takes over one of ``worker``'s expired leases: the holder died (or stalled past its
+    lease, and then its own end-of-round record overwrites this one with what really happened)."""
+    rows = con.execute("SELECT id, counts FROM job_runs WHERE trigger = 'worker' AND status = 'running'").fetchall()
+    ids = [r[0] for r in rows if orjson.loads(r[1] or "{}").get("worker") == worker]
+    for run_id in ids:
+        con.execute("UPDATE job_runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, ?)"
+                    " WHERE id = ? AND status = 'running'", [now or datetime.now(UTC), reason, run_id])  # fmt: skip
+    return len(ids)
 
 
 # --- windows ------------------------------------------------------------------------------------------------------

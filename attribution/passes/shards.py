@@ -8,7 +8,8 @@ next incremental pass of the shard starts). A worker:
 
 1. :func:`claim` s the next *due* shard (never passed, or last finished before the caller's ``due_before``) that
    nobody holds or whose lease expired — one conditional ``UPDATE`` of a row picked with ``FOR UPDATE SKIP
-   LOCKED``, so two workers never get the same shard and neither waits on the other;
+   LOCKED``, so two workers never get the same shard and neither waits on the other (a claim that takes over an
+   expired lease names the old holder in ``Lease.taken_from``: evidence that it died or stalled);
 2. :func:`renew` s the lease while it works (an ``UPDATE`` that matches only its own token: a worker that lost the
    lease learns it there);
 3. writes the shard's results in transactions that first :func:`fence` the lease (lock its row and check the
@@ -31,6 +32,7 @@ the SQL also runs on DuckDB (one process, tests of the rules).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import Iterable
@@ -68,6 +70,8 @@ class Lease:
     expires_at: datetime
     covered_until: datetime | None  # the data end of the shard's last finished pass (None: never passed)
     nightly_slot: datetime | None = None  # set: a nightly claim, for this slot
+    #: The holder whose lease had expired when this claim took the shard over (None: the shard was free).
+    taken_from: str | None = None
 
 
 def ensure_shards(cur: StateCursor) -> None:
@@ -97,7 +101,7 @@ def claim(cur: StateCursor, owner: str, *, now: datetime, lease_s: float, due_be
     else:
         raise ValueError("claim needs due_before (incremental) or nightly_slot (nightly)")
     row = cur.execute(
-        f"SELECT shard FROM shard_leases WHERE (owner IS NULL OR expires_at <= ?) AND {due}"
+        f"SELECT shard, owner FROM shard_leases WHERE (owner IS NULL OR expires_at <= ?) AND {due}"
         f" ORDER BY {order}, shard LIMIT 1{skip}",
         [now, param],
     ).fetchall()
@@ -112,7 +116,7 @@ def claim(cur: StateCursor, owner: str, *, now: datetime, lease_s: float, due_be
     ).fetchall()
     if not taken:
         return None
-    return Lease(int(taken[0][0]), owner, token, expires, as_utc(taken[0][1]), nightly_slot)
+    return Lease(int(taken[0][0]), owner, token, expires, as_utc(taken[0][1]), nightly_slot, taken_from=row[0][1])
 
 
 def renew(cur: StateCursor, lease: Lease, *, now: datetime, lease_s: float) -> Lease:
@@ -122,7 +126,7 @@ def renew(cur: StateCursor, lease: Lease, *, now: datetime, lease_s: float) -> L
                        [expires, lease.shard, lease.token]).fetchall()  # fmt: skip
     if not rows:
         raise LeaseLost(f"shard {lease.shard}: lease lost")
-    return Lease(lease.shard, lease.owner, lease.token, expires, lease.covered_until, lease.nightly_slot)
+    return dataclasses.replace(lease, expires_at=expires)
 
 
 def fence(cur: StateCursor, lease: Lease, *, now: datetime) -> None:
