@@ -186,6 +186,17 @@ rollup_batches = Table(
     Column("rolled_up_at", DateTime(timezone=True), nullable=False),
 )
 
+#: A ``spanprism worker``'s rollup cache, per shard (revision 0009): the rollups of a shard's series are fresh up to
+#: ``fresh_until`` (data time), and ingest batches written before ``refreshed_at`` are in them. Only the worker's own
+#: DuckDB file fills it: each worker caches the rollups of the shards it passes, not of every series.
+shard_rollups = Table(
+    "shard_rollups",
+    metadata,
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("fresh_until", DateTime(timezone=True), nullable=False),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+)
+
 #: The latest fitted baseline per series and metric: plain JSON parameters beside kind and version.
 baselines = Table(
     "baselines",

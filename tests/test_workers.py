@@ -118,6 +118,14 @@ def test_three_workers_give_the_records_of_one_process(world, tmp_path, monkeypa
     url = world["pg"].url()
     passed = _round(world, url)
     assert sum(1 for p in passed if p) >= 2  # the work was shared
+    # Each worker's rollup cache holds the rollups of the shards it passed, and only those: equal, row for row, to
+    # the one-process rollups of those series (the series registry lists every series, for the key lists).
+    reference = _rollups(world["base"] / "one.duckdb")
+    for i, passed_shards in enumerate(passed):
+        cache = _rollups(max(world["base"].glob(f"w{i}-*.duckdb"), key=lambda p: p.stat().st_mtime))
+        mine = {k for k in _series_keys(world) if shards.shard_of(k) in passed_shards}
+        assert {row[0] for row in cache} == mine
+        assert cache == [row for row in reference if row[0] in mine]
     # A shard's first pass covers all history: it stands for the current nightly slot (so no nightly is due yet:
     # a claim takes only shards whose slot is older, tests/test_shard_leases.py).
     assert {r["nightly_slot"] for r in _leases(url)} == {nightly_slot(Settings())}
@@ -223,6 +231,18 @@ def _leases_or_none(url: str) -> list[dict]:
         return _leases(url)
     except Exception:  # relation "shard_leases" does not exist yet
         return []
+
+
+def _rollups(path) -> list[tuple]:
+    """A DuckDB file's rollup rows (series key, grain, bucket, calls, e2e p95), sorted."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute("SELECT series_key, grain_s, bucket_start, n_calls, round(e2e_p95_ms, 6)"
+                           " FROM series_rollups ORDER BY ALL").fetchall()  # fmt: skip
+    finally:
+        con.close()
 
 
 def _series_keys(world: dict) -> list[str]:

@@ -2,9 +2,11 @@
 
 Workers need the calls where every one of them can read them (ClickHouse, ``SPANPRISM_CLICKHOUSE_URL``) and the
 results where every process shares them (PostgreSQL, ``SPANPRISM_STATE_URL``). Each keeps its own DuckDB file as a
-rollup cache, rebuilt from ClickHouse when it starts (the rollups of *every* series: the cache is not sharded).
+rollup cache of the shards it passes: the series registry (every series' key) is refreshed once a round, and a
+shard's rollups, pushed down to ClickHouse for that shard's series only, when the worker claims it (per shard, how
+far the cache is fresh is kept in ``shard_rollups``). N workers share the rollup work instead of each doing all.
 
-One *round* (:meth:`ShardWorker.run_round`): refresh the rollup cache, then claim due shards one at a time
+One *round* (:meth:`ShardWorker.run_round`): refresh the series registry, then claim due shards one at a time
 (:mod:`spanprism.attribution.passes.shards`) and, for each, run detection and attribution on that shard's series
 only, from the shard's ``covered_until`` minus :data:`~spanprism.attribution.passes.runs.OVERLAP` (everything on
 its first pass), writing its results in transactions fenced by the lease; a background thread renews the lease
@@ -44,7 +46,8 @@ from spanprism.attribution.classifier.model import Attributor, load_default
 from spanprism.attribution.passes import runs, shards
 from spanprism.attribution.passes.runs import OVERLAP, attribute
 from spanprism.attribution.store import calls
-from spanprism.attribution.store.rollups import refresh_rollups
+from spanprism.attribution.store.calls import UNROLLED_MARGIN
+from spanprism.attribution.store.rollups import refresh_series_rollups, register_series
 from spanprism.models.state import StateCursor
 from spanprism.models.times import as_utc
 
@@ -84,7 +87,7 @@ class ShardWorker:
         self.owner = owner or default_owner()
         self.lease_s = settings.worker_lease_s
         self.attributor = attributor or load_default(settings.classifier)
-        self.fresh_until: datetime | None = None  # how far this process's rollup cache is fresh (None: not yet)
+        self.fresh_until: datetime | None = None  # how far the series registry is fresh (None: not yet)
         self._refreshed = False
         self._nightly_slot: datetime | None = None  # the slot of the round running (None: an incremental round)
 
@@ -98,7 +101,7 @@ class ShardWorker:
         t0 = time.perf_counter()
         summary = RoundSummary(kind="nightly" if nightly_slot is not None else "incremental", worker=self.owner)
         record: dict[str, Any] | None = None
-        self._refreshed = False  # the rollup cache is refreshed once a round, before its first shard
+        self._refreshed = False  # the series registry is refreshed once a round, before its first shard
         self._nightly_slot = nightly_slot
         with self.db.state.write() as cur:
             shards.ensure_shards(cur)
@@ -172,6 +175,8 @@ class ShardWorker:
                         self._refreshed = True
                     end = self.fresh_until
                     keys = shards.keys_of(lease.shard, _series_keys(con))
+                    if keys:
+                        self._refresh_shard(con, lease.shard, keys)
                     counts = self._pass(con, lease, keys) if keys else {}
             except shards.LeaseLost:
                 log.warning("shard %d taken over before its results were written; nothing written", lease.shard)
@@ -199,18 +204,34 @@ class ShardWorker:
         summary.attributed += int(counts.get("attributed", 0))
 
     def _refresh(self, con: Any) -> None:
-        """Bring the rollup cache up to the newest call: all history the first time, then from where it was (a
-        nightly round with ``nightly_lookback_days`` rebuilds that span, picking up late calls as the scheduler's
-        nightly does)."""
+        """Bring the series registry (``series``: every series' key and span) up to the newest call, from where it
+        was minus an hour (all history the first time): a cheap GROUP BY in ClickHouse, which every shard's key list
+        needs. The rollups themselves are refreshed per claimed shard (:meth:`_refresh_shard`)."""
         span = calls.data_span(con)
         if span is None:
             return
         since = _EPOCH if self.fresh_until is None else self.fresh_until - OVERLAP
-        lookback = self.settings.nightly_lookback_days
-        if self._nightly_slot is not None and lookback > 0:
-            since = min(since, as_utc(span[1]) - timedelta(days=lookback))  # type: ignore[operator]
-        refresh_rollups(con, since, None)
+        register_series(con, since, as_utc(span[1]))
         self.fresh_until = as_utc(span[1])
+
+    def _refresh_shard(self, con: Any, shard: int, keys: list[str]) -> None:
+        """Bring the cached rollups of one shard's series up to the newest call: from where this worker's cache of
+        the shard was fresh, minus an hour (all history the first time it passes the shard), plus the time span of
+        every batch written since its last refresh (late calls); a nightly round with ``nightly_lookback_days``
+        rebuilds that span, picking up late calls as the scheduler's nightly does. Other shards' rollups are not
+        computed: N workers share the rollup work instead of each doing all of it."""
+        row = con.execute("SELECT fresh_until, refreshed_at FROM shard_rollups WHERE shard = ?", [shard]).fetchall()
+        since = as_utc(row[0][0]) - OVERLAP if row else None
+        written_since = as_utc(row[0][1]) - UNROLLED_MARGIN if row else None
+        lookback = self.settings.nightly_lookback_days
+        if self._nightly_slot is not None and lookback > 0 and self.fresh_until is not None:
+            start = self.fresh_until - timedelta(days=lookback)
+            since = start if since is None else min(since, start)
+        started = _now()
+        refreshed = refresh_series_rollups(con, keys, since, written_since=written_since)
+        if refreshed.windows:
+            con.execute("INSERT OR REPLACE INTO shard_rollups VALUES (?, ?, ?)",
+                        [shard, refreshed.windows[-1][1], started])  # fmt: skip
 
     def _pass(self, con: Any, lease: shards.Lease, keys: list[str]) -> dict[str, Any]:
         since = lease.covered_until - OVERLAP if lease.covered_until else None

@@ -171,6 +171,18 @@ def unrolled_batches(con: duckdb.DuckDBPyConnection) -> list[tuple[str, datetime
     ).fetchall()
 
 
+def batches_written_since(con: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, datetime, datetime]]:
+    """Ingest batches written at or after ``since``, with their calls' time span (late calls of any time)."""
+    if (store := bound()) is not None:
+        return ch.batch_spans(store, written_since=since)
+    return con.execute(
+        """SELECT coalesce(ingest_batch, '') AS batch, min(start_time), max(start_time) FROM llm_calls
+           WHERE ingest_batch IN (SELECT id FROM ingest_batches WHERE started_at >= ?)
+           GROUP BY 1 ORDER BY 2""",
+        [since],
+    ).fetchall()
+
+
 def latest_calls(con: duckdb.DuckDBPyConnection, *, service: str | None, limit: int) -> tuple[list[str], list[tuple]]:
     """(column names, rows): the newest calls (of one service, if given), a few columns each (``spanprism calls``)."""
     if (store := bound()) is not None:

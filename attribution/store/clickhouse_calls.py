@@ -227,16 +227,21 @@ def rollup_rows(store: ClickHouseStore, series_columns: Sequence[str], statistic
 
 
 def route_counts(store: ClickHouseStore, series_columns: Sequence[str], route_columns: Sequence[str], grain: int,
-                 lo: datetime, hi: datetime) -> pa.Table:  # fmt: skip
+                 lo: datetime, hi: datetime, *, where: str = "1") -> pa.Table:  # fmt: skip
     """Calls per series, bucket and route combination in [lo, hi) (the first stage of the route mix)."""
     routes = ", ".join(f"ifNull(toString({c}), '') AS r_{c}" for c in route_columns)
     table = _arrow(store, f"SELECT {_keys(series_columns)}, {bucket_sql(grain)} AS b, {routes}, count() AS n"
-                          f" FROM {CALLS} WHERE {_range(lo, hi)} GROUP BY ALL")  # fmt: skip
+                          f" FROM {CALLS} WHERE {_range(lo, hi)} AND {where} GROUP BY ALL")  # fmt: skip
     return table.rename_columns([n[2:] if n.startswith("r_") else n for n in table.column_names])
 
 
 def series_spans(store: ClickHouseStore, series_columns: Sequence[str], grain: int, lo: datetime,
-                 hi: datetime) -> pa.Table:  # fmt: skip
+                 hi: datetime, *, where: str = "1") -> pa.Table:  # fmt: skip
     """Per series, its first and last ``grain`` bucket among the calls in [lo, hi)."""
     return _arrow(store, f"SELECT {_keys(series_columns)}, min({bucket_sql(grain)}) AS lo, max({bucket_sql(grain)})"
-                         f" AS hi FROM {CALLS} WHERE {_range(lo, hi)} GROUP BY ALL")  # fmt: skip
+                         f" AS hi FROM {CALLS} WHERE {_range(lo, hi)} AND {where} GROUP BY ALL")  # fmt: skip
+
+
+def keys_predicate(series_columns: Sequence[str], keys: Sequence[str]) -> str:
+    """The calls of the series ``keys`` only (a worker's shard): their key computed per call, in ClickHouse."""
+    return f"{series_key_sql(list(series_columns))} IN ({lits(sorted(keys))})" if keys else "0"

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import duckdb
+import pyarrow as pa
 
 from spanprism.attribution.store import clickhouse_calls as ch
-from spanprism.attribution.store.calls import CALLS_IN_RANGE, data_span, unrolled_batches
+from spanprism.attribution.store.calls import CALLS_IN_RANGE, batches_written_since, data_span, unrolled_batches
 from spanprism.models.clickhouse import ClickHouseStore, bound
 from spanprism.models.schema import LLM_CALL_COLUMNS, ROUTE_COLUMNS, SERIES_COLUMNS
 from spanprism.models.times import as_utc
@@ -262,39 +263,63 @@ def _from_rows(con: duckdb.DuckDBPyConnection, sql: str, rows: object, params: d
     con.unregister("_spanprism_pushed")
 
 
-def _recompute(con: duckdb.DuckDBPyConnection, config: RollupConfig, lo: datetime, hi: datetime) -> int:
-    """Replace every bucket (all grains) overlapping [lo, hi]; returns the rollup rows written.
+#: The series a keyed refresh is restricted to (a registered one-column Arrow table: ``key``).
+_KEYS = "_spanprism_keys"
 
-    On ClickHouse the aggregation runs there (``FINAL``, exact quantiles) and only its rows come back; the same
-    INSERTs then key and store them here, so the series keys and the stored columns cannot differ by engine."""
+
+def _only_keys(config: RollupConfig, source: str) -> str:
+    """``source`` (rows with the ``k_*`` series columns) restricted to the series of :data:`_KEYS`."""
+    return f"SELECT * FROM ({source}) WHERE {_keyed(config)} IN (SELECT key FROM {_KEYS})"
+
+
+def _recompute(con: duckdb.DuckDBPyConnection, config: RollupConfig, lo: datetime, hi: datetime,
+               keys: Sequence[str] | None = None) -> int:  # fmt: skip
+    """Replace every bucket (all grains) overlapping [lo, hi] — of the series ``keys`` only, when given; returns the
+    rollup rows written.
+
+    On ClickHouse the aggregation runs there (``FINAL``, exact quantiles) and only its rows come back (for ``keys``,
+    only those series' calls are aggregated: the filter is pushed down); the same INSERTs then key and store them
+    here, so the series keys and the stored columns cannot differ by engine."""
     store = bound()
     written = 0
-    for grain in config.grains:
-        params = dict(zip(("lo", "hi"), _aligned(lo, hi, grain), strict=True))
-        where = "grain_s = $g AND bucket_start >= $lo AND bucket_start < $hi"
-        con.execute(f"DELETE FROM series_rollups WHERE {where}", {**params, "g": grain})
-        if store is None:
-            con.execute(_rollup_insert(config, grain), params)
-        else:
-            _from_rows(con, _rollup_insert(config, grain, _PUSHED), _pushed_rollups(store, config, grain, params), {})
-        count = con.execute(f"SELECT count(*) FROM series_rollups WHERE {where}", {**params, "g": grain}).fetchall()
-        written += count[0][0]
-        if grain == config.base_grain:
-            con.execute(f"DELETE FROM rollup_dimensions WHERE {where}", {**params, "g": grain})
+    only = "" if keys is None else f" AND series_key IN (SELECT key FROM {_KEYS})"
+    pushed = "1" if keys is None else ch.keys_predicate(config.series_columns, keys)
+    local = (lambda sql: sql) if keys is None else (lambda sql: _only_keys(config, sql))
+    if keys is not None:
+        con.register(_KEYS, pa.table({"key": pa.array(sorted(keys), pa.string())}))
+    try:
+        for grain in config.grains:
+            params = dict(zip(("lo", "hi"), _aligned(lo, hi, grain), strict=True))
+            where = f"grain_s = $g AND bucket_start >= $lo AND bucket_start < $hi{only}"
+            con.execute(f"DELETE FROM series_rollups WHERE {where}", {**params, "g": grain})
             if store is None:
-                con.execute(_dimensions_insert(config), params)
-                con.execute(_series_upsert(config), params)
+                con.execute(_rollup_insert(config, grain, local(rollup_select(config, grain))), params)
             else:
-                mix = ch.route_counts(store, config.series_columns, ROUTE_COLUMNS, grain, params["lo"], params["hi"])
-                _from_rows(con, _dimensions_insert(config, _PUSHED), mix, {})
-                spans = ch.series_spans(store, config.series_columns, grain, params["lo"], params["hi"])
-                _from_rows(con, _series_upsert(config, _PUSHED), spans, {})
+                rows = _pushed_rollups(store, config, grain, params, pushed)
+                _from_rows(con, _rollup_insert(config, grain, _PUSHED), rows, {})
+            count = con.execute(f"SELECT count(*) FROM series_rollups WHERE {where}", {**params, "g": grain})
+            written += count.fetchall()[0][0]
+            if grain == config.base_grain:
+                con.execute(f"DELETE FROM rollup_dimensions WHERE {where}", {**params, "g": grain})
+                if store is None:
+                    con.execute(_dimensions_insert(config, local(route_counts_select(config))), params)
+                    con.execute(_series_upsert(config, local(series_span_select(config))), params)
+                else:
+                    lo_b, hi_b = params["lo"], params["hi"]
+                    mix = ch.route_counts(store, config.series_columns, ROUTE_COLUMNS, grain, lo_b, hi_b, where=pushed)
+                    _from_rows(con, _dimensions_insert(config, _PUSHED), mix, {})
+                    spans = ch.series_spans(store, config.series_columns, grain, lo_b, hi_b, where=pushed)
+                    _from_rows(con, _series_upsert(config, _PUSHED), spans, {})
+    finally:
+        if keys is not None:
+            con.unregister(_KEYS)
     return written
 
 
-def _pushed_rollups(store: ClickHouseStore, config: RollupConfig, grain: int, params: dict[str, datetime]) -> object:
+def _pushed_rollups(store: ClickHouseStore, config: RollupConfig, grain: int, params: dict[str, datetime],
+                    where: str = "1") -> object:  # fmt: skip
     statistics = rollup_statistics(config, ch.render_statistic)
-    return ch.rollup_rows(store, config.series_columns, statistics, grain, params["lo"], params["hi"])
+    return ch.rollup_rows(store, config.series_columns, statistics, grain, params["lo"], params["hi"], where=where)
 
 
 def refresh_rollups(
@@ -335,4 +360,41 @@ def refresh_rollups(
         con.execute("ROLLBACK")
         raise
     result.series = con.execute("SELECT count(*) FROM series").fetchall()[0][0]
+    return result
+
+
+def refresh_series_rollups(
+    con: duckdb.DuckDBPyConnection,
+    keys: Sequence[str],
+    since: datetime | None,
+    *,
+    written_since: datetime | None = None,
+    config: RollupConfig | None = None,
+) -> RollupRefresh:
+    """Bring the rollups of the series ``keys`` only up to date, in one transaction: a worker's cache of its shard.
+
+    Every bucket from ``since`` (None: all history) to the newest call is recomputed for those series, and so is
+    the time span of every ingest batch written since ``written_since`` (late calls, whatever their time). On
+    ClickHouse only those series' calls are aggregated there. ``rollup_batches`` is neither read nor written: it
+    records batches rolled up for *every* series, which a shard's refresh is not; the caller keeps ``since`` and
+    ``written_since`` per shard instead. ``RollupRefresh.windows`` ends at the newest call seen."""
+    config = config or RollupConfig()
+    result = RollupRefresh()
+    bounds = data_span(con)
+    if bounds is None or not keys:
+        return result
+    first, last = as_utc(bounds[0]), as_utc(bounds[1])
+    windows = [(max(as_utc(since), first) if since else first, last)]
+    if written_since is not None:
+        windows += [(as_utc(lo), as_utc(hi)) for _, lo, hi in batches_written_since(con, written_since)]
+    result.windows = _merge([(lo, hi) for lo, hi in windows if lo <= hi], slack_s=max(config.grains))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for lo, hi in result.windows:
+            result.rows_written += _recompute(con, config, lo, hi, keys)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    result.series = len(keys)
     return result
