@@ -18,6 +18,9 @@ Rows, each engine in turn:
 * ``ingest 1 h`` + ``rollups (1 h)``: one more hour of every series, then the incremental refresh (only the touched
   windows): the steady-state cost of a scheduled pass.
 * ``detect``: baselines and detection over all series (rollups are local either way; sparse series read calls).
+* ``1 shard`` (ClickHouse only: workers need it): a worker's first claim of shard 0 of 64 on a fresh cache file
+  (``refresh_series_rollups`` of that shard's series over all history, after the series registry), beside the
+  full pass: the shard filter is pushed down to ClickHouse.
 
 Without ``--clickhouse-url`` the engine is chDB (ClickHouse 26.x in-process) served over loopback HTTP by
 ``tests/support/clickhouse.py``, started as a process of its own: the numbers include that endpoint's overhead
@@ -44,8 +47,10 @@ import pyarrow as pa
 
 from spanprism.api.cli import main as cli
 from spanprism.api.storage.connect import open_db
+from spanprism.attribution.passes import shards
 from spanprism.attribution.passes.detect_pass import run_attribution
-from spanprism.attribution.store.rollups import refresh_rollups
+from spanprism.attribution.store import calls as calls_store
+from spanprism.attribution.store.rollups import refresh_rollups, refresh_series_rollups, register_series
 from spanprism.ingest import otel_traces
 from spanprism.ingest.load import store_batches
 from spanprism.ingest.pipeline import ingest_paths
@@ -126,6 +131,8 @@ def run_engine(name: str, calls: pa.Table, extra: pa.Table, args: argparse.Names
         t_ingest_h, _ = _timed(lambda: [store_batches(con, [b]) for b in units(extra, args.batch_rows)])
         t_roll_h, refresh_h = _timed(lambda: refresh_rollups(con))
         t_detect, summary = (0.0, None) if args.skip_detect else _timed(lambda: run_attribution(con))
+        keys = shards.keys_of(0, [r[0] for r in con.execute("SELECT series_key FROM series").fetchall()])
+        t_shard = _first_claim(work / f"{name}-worker.duckdb", keys) if store is not None else None
         rollup_rows = con.execute("SELECT count(*) FROM series_rollups").fetchall()[0][0]
         digest = con.execute("SELECT sum(n_calls), sum(e2e_p95_ms), sum(ttft_p50_ms) FROM series_rollups").fetchall()[0]
     finally:
@@ -134,6 +141,7 @@ def run_engine(name: str, calls: pa.Table, extra: pa.Table, args: argparse.Names
     return {"engine": name, "ingest_s": t_ingest, "rows": calls.num_rows, "rollups_s": t_roll,
             "rollup_rows": rollup_rows, "series": refresh.series, "ingest_1h_s": t_ingest_h, "rows_1h": extra.num_rows,
             "rollups_1h_s": t_roll_h, "windows_1h": len(refresh_h.windows), "detect_s": t_detect,
+            "shard_series": len(keys), "shard_rollups_s": t_shard,
             "regressions": summary.regressions_open + summary.regressions_resolved if summary else None,
             "digest": digest}  # fmt: skip
 
@@ -212,6 +220,19 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, default=str, indent=2))
 
 
+def _first_claim(path: Path, keys: list[str]) -> float:
+    """A worker's first claim of a shard on a fresh cache: the series registry, then the shard's rollups over all
+    history; seconds of the latter."""
+    worker = open_db(path)
+    try:
+        span = calls_store.data_span(worker)
+        register_series(worker, span[0], span[1])  # type: ignore[index]
+        t, _ = _timed(lambda: refresh_series_rollups(worker, keys, None))
+        return t
+    finally:
+        worker.close()
+
+
 @contextmanager
 def _given(url: str) -> Iterator[str]:
     yield url
@@ -220,12 +241,17 @@ def _given(url: str) -> Iterator[str]:
 def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     series_days = args.series * args.days
     print(f"\n{'engine':<11}{'ingest s':>10}{'calls/s':>11}{'µs/call':>9}{'rollups s':>11}{'ms/series-day':>15}"
-          f"{'+1 h ingest s':>15}{'+1 h rollups s':>16}{'detect s':>10}{'ms/series':>11}")  # fmt: skip
+          f"{'+1 h ingest s':>15}{'+1 h rollups s':>16}{'detect s':>10}{'ms/series':>11}"
+          f"{'1 shard s':>11}{'shard/full':>12}")  # fmt: skip
     for r in results:
+        shard = r["shard_rollups_s"]
+        tail = (f"{shard:>11.2f}{shard / r['rollups_s']:>12.3f}  ({r['shard_series']} of {r['series']} series in"
+                f" shard 0)") if shard else ""  # fmt: skip
         print(f"{r['engine']:<11}{r['ingest_s']:>10.1f}{r['rows'] / r['ingest_s']:>11,.0f}"
               f"{r['ingest_s'] / r['rows'] * 1e6:>9.1f}{r['rollups_s']:>11.1f}"
               f"{r['rollups_s'] / series_days * 1e3:>15.2f}{r['ingest_1h_s']:>15.2f}{r['rollups_1h_s']:>16.2f}"
-              f"{r['detect_s']:>10.1f}{r['detect_s'] / max(r['series'], 1) * 1e3:>11.1f}")  # fmt: skip
+              f"{r['detect_s']:>10.1f}{r['detect_s'] / max(r['series'], 1) * 1e3:>11.1f}"
+              f"{tail}")  # fmt: skip
     same = {tuple(round(float(x), 3) for x in r["digest"]) for r in results}
     print(f"rollup digests (sum of n_calls, e2e p95, TTFT p50) {'agree' if len(same) == 1 else 'DIFFER'}: {same}")
 

@@ -242,6 +242,17 @@ def series_spans(store: ClickHouseStore, series_columns: Sequence[str], grain: i
                          f" AS hi FROM {CALLS} WHERE {_range(lo, hi)} AND {where} GROUP BY ALL")  # fmt: skip
 
 
-def keys_predicate(series_columns: Sequence[str], keys: Sequence[str]) -> str:
-    """The calls of the series ``keys`` only (a worker's shard): their key computed per call, in ClickHouse."""
-    return f"{series_key_sql(list(series_columns))} IN ({lits(sorted(keys))})" if keys else "0"
+def keys_predicate(series_columns: Sequence[str], keys: Sequence[str], lead_values: Sequence[Any] | None = None) -> str:
+    """The calls of the series ``keys`` only (a worker's shard): their key computed per call, in ClickHouse.
+
+    ``lead_values`` (the values of the first series column among those series, when known) go first: ``llm_calls``
+    is ordered by the series columns, so ClickHouse skips the granules of other values through its primary index
+    instead of computing the key of every call of the window."""
+    if not keys:
+        return "0"
+    exact = f"{series_key_sql(list(series_columns))} IN ({lits(sorted(keys))})"
+    if lead_values is None:
+        return exact
+    lead, present = series_columns[0], sorted({str(v) for v in lead_values if v is not None})
+    parts = ([f"{lead} IN ({lits(present)})"] if present else []) + [f"{lead} IS NULL"] * (None in lead_values)
+    return f"({' OR '.join(parts)}) AND {exact}"

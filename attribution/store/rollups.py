@@ -283,11 +283,11 @@ def _recompute(con: duckdb.DuckDBPyConnection, config: RollupConfig, lo: datetim
     store = bound()
     written = 0
     only = "" if keys is None else f" AND series_key IN (SELECT key FROM {_KEYS})"
-    pushed = "1" if keys is None else ch.keys_predicate(config.series_columns, keys)
     local = (lambda sql: sql) if keys is None else (lambda sql: _only_keys(config, sql))
     if keys is not None:
         con.register(_KEYS, pa.table({"key": pa.array(sorted(keys), pa.string())}))
     try:
+        pushed = "1" if keys is None or store is None else _pushed_keys(con, config, keys)
         for grain in config.grains:
             params = dict(zip(("lo", "hi"), _aligned(lo, hi, grain), strict=True))
             where = f"grain_s = $g AND bucket_start >= $lo AND bucket_start < $hi{only}"
@@ -314,6 +314,19 @@ def _recompute(con: duckdb.DuckDBPyConnection, config: RollupConfig, lo: datetim
         if keys is not None:
             con.unregister(_KEYS)
     return written
+
+
+def _pushed_keys(con: duckdb.DuckDBPyConnection, config: RollupConfig, keys: Sequence[str]) -> str:
+    """ClickHouse's filter to the series ``keys``, led by their first series column's values from the ``series``
+    registry (its primary index) when the registry knows every one of them."""
+    lead = config.series_columns[0]
+    if lead not in SERIES_NAME_COLUMNS:
+        return ch.keys_predicate(config.series_columns, keys)
+    rows = con.execute(f"SELECT series_key, {lead} FROM series WHERE series_key IN (SELECT key FROM {_KEYS})")
+    known = rows.fetchall()
+    if len(known) < len(set(keys)):  # a series the registry has not seen yet: the exact filter alone
+        return ch.keys_predicate(config.series_columns, keys)
+    return ch.keys_predicate(config.series_columns, keys, [value for _, value in known])
 
 
 def _pushed_rollups(store: ClickHouseStore, config: RollupConfig, grain: int, params: dict[str, datetime],
