@@ -11,7 +11,8 @@ the answer to it:
   calls it serves (the inter-token latency moves, or splits into two speeds when only part of the traffic moved).
   A streaming series whose TTFT rose while its ITL stayed put and did not split is waiting longer before the first
   token (an admission queue), not on another route: ``routing_change`` is barred there and the model's next answer
-  taken;
+  taken. The cost: a hidden *region* move onto the same hardware lengthens only the network path (TTFT up, ITL
+  flat) and is barred too (on the dev runs, 4 true route moves lost against 10 contentions recovered);
 * **a queue is random, a hook is constant** (:func:`delay_kind`): on a series without TTFT (non-streaming), a fixed
   delay per call (the decode rate net of the fixed part did not move; :mod:`.shape`) is either an admission queue
   or a synchronous client-side step (``unexplained``). A queue's wait varies from call to call (an exponential
