@@ -40,6 +40,7 @@ from spanprism.attribution.classifier.own_traffic import (
     unsupported_growth,
     within_tokens,
 )
+from spanprism.attribution.classifier.rate_checks import delay_label, route_unbacked
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.vocabulary import LABELS
@@ -203,7 +204,9 @@ class Attributor:
     ) -> Attribution:
         """Decompose, featurize, classify (growth of the series' own token sizes overrides a mechanism that carries
         less, and a growth label for sizes that did not grow for the calls behind them gives way to the next answer
-        backed by a slowdown of its own, see :mod:`.own_traffic`); then the reason, evidence rows and exemplars.
+        backed by a slowdown of its own, see :mod:`.own_traffic`; a routing answer without a decode change and a
+        contention/unexplained answer against the fixed delay's spread are checked, see :mod:`.rate_checks`); then
+        the reason, evidence rows and exemplars.
 
         Each window's rows become one :class:`CallWindow`, which every step reads. An episode window wider than its
         change is first narrowed to the run of calls that carries it (:mod:`.focus`, said in the evidence)."""
@@ -224,6 +227,10 @@ class Attributor:
         # A growth label for sizes that did not grow (for the calls behind them) is the features' guess, not the
         # series' traffic: the classifier's best answer among the labels the token sizes allow.
         barred = unsupported_growth(decomposition, sizes, within=within)
+        # A route move the spans do not record still shows in the decode rate of the calls it serves (other
+        # hardware or weights): without it, a routing answer is the features' guess (:mod:`.rate_checks`).
+        if route_unbacked(feats):
+            barred = barred | {"routing_change"}
         if label in barred:
             label, confidence = self.model.best_allowed(probs, barred)
             if not backed(label, decomposition, beyond_tokens=beyond):
@@ -232,6 +239,11 @@ class Attributor:
         grown_label, growth_rows = own_traffic_label(label, decomposition, sizes, beyond_tokens=beyond, within=within)
         if grown_label != label:
             label, confidence = grown_label, growth_confidence(probs, grown_label, decomposition)
+        # Without TTFT, a fixed delay per call is a queue when its wait varies, a client-side hook when it does not.
+        delayed = delay_label(label, feats)
+        if delayed != label:
+            pair = float(probs.get("batch_contention", 0.0)) + float(probs.get("unexplained", 0.0))
+            label, confidence = delayed, float(probs.get(delayed, 0.0)) / pair if pair > 0 else 0.5
         reason = pick_reason(label, feats)
         evidence = [dict(row) for row in decomposition.evidence] + growth_rows + focus_rows
         evidence += [

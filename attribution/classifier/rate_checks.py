@@ -1,0 +1,79 @@
+"""Physical checks of the classifier's answer against the per-call rates: what a mechanism must leave behind.
+
+The trained model weighs features learned on many series; on a series whose convention hides the route, or whose
+spans carry no TTFT, two mechanisms can look alike to it. Two of them still differ in a rate the calls show, and
+these checks (each a one-sentence mechanism, applied after the model, see :meth:`.model.Attributor.attribute`) hold
+the answer to it:
+
+* **a hidden route move shows in decode** (:func:`route_unbacked`): when no recorded route dimension moved, a
+  ``routing_change`` answer rests on a dimension the spans do not carry (a deployment, a replica). Another
+  deployment, region or model snapshot is other hardware or weights: it changes the per-token decode rate of the
+  calls it serves (the inter-token latency moves, or splits into two speeds when only part of the traffic moved).
+  A streaming series whose TTFT rose while its ITL stayed put and did not split is waiting longer before the first
+  token (an admission queue), not on another route: ``routing_change`` is barred there and the model's next answer
+  taken. The cost: a hidden *region* move onto the same hardware lengthens only the network path (TTFT up, ITL
+  flat) and is barred too (on the dev runs, 4 true route moves lost against 10 contentions recovered);
+* **a queue is random, a hook is constant** (:func:`delay_kind`): on a series without TTFT (non-streaming), a fixed
+  delay per call (the decode rate net of the fixed part did not move; :mod:`.shape`) is either an admission queue
+  or a synchronous client-side step (``unexplained``). A queue's wait varies from call to call (an exponential
+  wait's interquartile range is ~1.1 × its mean), so the per-call residuals around the baseline's latency line
+  spread out by about as much as they shift; a constant hook shifts them and leaves the spread. The spread growth
+  relative to the shift decides between ``batch_contention`` and ``unexplained`` when it is clearly on one side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: Largest |log ratio| of the median ITL that is "decode did not move" (±5 %; a route at another speed moves it
+#: by 10-60 % on the calls it serves).
+ITL_STILL = 0.05
+#: Growth of the ITL two-cluster split strength (:func:`.shape._split_strength`) that means "two decode speeds".
+ITL_SPLIT = 0.1
+#: Largest mix move (total variation) of a recorded route dimension that is "no visible move" (as in :mod:`.reasons`).
+ROUTE_VISIBLE = 0.05
+#: Smallest fixed delay per call (relative to the baseline median duration) worth reading the spread of.
+FIXED_DELAY = 0.1
+#: Residual spread growth / fixed shift at or above which the delay varies like a queue's wait.
+RANDOM_SPREAD = 0.25
+#: ... and below which it is constant (a hook): between the two, the model's answer stands.
+CONSTANT_SPREAD = 0.1
+
+
+def route_unbacked(features: Mapping[str, float]) -> bool:
+    """Is a ``routing_change`` answer without support in the rates? No recorded route dimension moved, the series
+    streams (ITL is measured), and its median ITL neither moved nor split into two speeds."""
+    return (
+        features.get("streaming", 0.0) >= 0.5
+        and features.get("tv_max", 0.0) < ROUTE_VISIBLE
+        and abs(features.get("log_itl_ratio", 0.0)) < ITL_STILL
+        and features.get("itl_split_change", 0.0) < ITL_SPLIT
+    )
+
+
+def delay_kind(features: Mapping[str, float]) -> str | None:
+    """``"random"`` (a queue), ``"constant"`` (a hook) or None (streaming, no fixed delay, or in between) for the fixed
+    per-call delay of a series without TTFT."""
+    if features.get("streaming", 0.0) >= 0.5 or features.get("metric_ttft", 0.0) >= 0.5:
+        return None
+    if features.get("metric_itl", 0.0) >= 0.5:
+        return None
+    shift = features.get("fixed_tail_shift_rel", 0.0)
+    if shift < FIXED_DELAY:
+        return None
+    ratio = features.get("resid_spread_change", 0.0) / shift
+    if ratio >= RANDOM_SPREAD:
+        return "random"
+    if ratio < CONSTANT_SPREAD:
+        return "constant"
+    return None
+
+
+def delay_label(label: str, features: Mapping[str, float]) -> str:
+    """The label the fixed delay's kind calls for, when the model answered one of the two it decides between."""
+    kind = delay_kind(features)
+    if label == "unexplained" and kind == "random":
+        return "batch_contention"
+    if label == "batch_contention" and kind == "constant":
+        return "unexplained"
+    return label
