@@ -180,9 +180,12 @@ def decode_request_native(
         raise RuntimeError("the native OTLP decoder (spanprism.ingest._otlp_native) is not built")
     try:
         decoded, bad = _otlp_native.decode(bytes(data), source, where)
-    except _otlp_native.Error as exc:
-        reason = f"Error parsing message with type '{ExportTraceServiceRequest.DESCRIPTOR.full_name}': {exc}"
-        raise DecodeError(f"invalid protobuf ExportTraceServiceRequest ({len(data)} bytes): {reason}") from None
+    except _otlp_native.Error:
+        # Rejected (the bad path only): the protobuf runtime says why in its own words (upb may name another of
+        # several problems first: it reads a string up to 16 bytes past its message's end before noticing), and
+        # should it accept what the extension refused, its decision stands (tests assert the two agree).
+        decode_request_python(data, source, where, spans, quarantined)
+        return
     spans.extend(decoded)
     for item in bad:
         if item[0] == "span":
