@@ -327,3 +327,10 @@ def test_random_bytes_never_crash() -> None:
     rng = random.Random(7)
     for _ in range(2000):
         assert_same(b"\x0a" + rng.randbytes(rng.randrange(0, 64)))
+
+
+@pytest.mark.parametrize("depth", [97, 98, 99, 100, 101])
+def test_unknown_group_nesting_limit_is_upbs(depth: int) -> None:
+    groups = b"\x2b" * depth + b"\x2c" * depth  # field 5 start-group ×depth, then as many end-groups
+    for body in (groups, _field(1, groups), _field(1, _field(2, groups))):
+        assert_same(body)
