@@ -23,6 +23,11 @@ printed before and after.
 ClickHouse's engine in process (chDB) behind the loopback HTTP endpoint of ``tests/support/clickhouse.py``, as
 ``benchmarks/clickhouse.py`` runs it; that endpoint's CPU is printed as the engine's.
 
+``--decoders python,native`` (the default when the native decoder is built) runs the in-process decode row and
+every HTTP row once per OTLP protobuf decoder, side by side: ``native`` is the C extension
+(``spanprism.ingest._otlp_native``), ``python`` the walk over the protobuf runtime's messages (its server runs from a
+copy of this package without the extension, so it falls back as an install without a compiler would).
+
 ``--baseline DIR`` runs every HTTP row a second time, side by side, with a server whose ``spanprism`` package is
 the one in ``DIR`` (e.g. ``git archive <commit> | tar -x -C DIR/spanprism``): before/after in one run.
 
@@ -39,6 +44,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +65,7 @@ from opentelemetry.trace import SpanKind, set_span_in_context
 
 from spanprism.api.server import free_port, wait_healthy
 from spanprism.api.storage.connect import open_db
+from spanprism.ingest import otlp_proto
 from spanprism.ingest.decode import decode_bytes
 from spanprism.ingest.load import store_batches
 from spanprism.ingest.pipeline import ingest_paths, process_decoded
@@ -208,6 +215,31 @@ def run_inprocess(payloads: list[bytes], store: bool, workdir: Path) -> tuple[in
     return seen, calls, elapsed, cpu
 
 
+def python_only_package(workdir: Path) -> Path:
+    """A copy of this checkout's ``spanprism`` package without the native decoder (other folders linked)."""
+    root = workdir / "python_decoder"
+    package = root / "spanprism"
+    package.mkdir(parents=True)
+    for folder in ("api", "attribution", "models", "migrations"):
+        (package / folder).symlink_to(ROOT / folder)
+    shutil.copytree(ROOT / "ingest", package / "ingest", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    # The editable install's finder would still find the built extension by name: a module that refuses to import
+    # stands in its place, so the copy falls back as an install without the extension does.
+    (package / "ingest" / "_otlp_native.py").write_text('raise ImportError("python decoder run")\n')
+    return root
+
+
+@contextlib.contextmanager
+def decoder(name: str) -> Iterator[None]:
+    """Run this process's decoding with the ``python`` or ``native`` OTLP protobuf decoder."""
+    chosen = otlp_proto.decode_request_native if name == "native" else otlp_proto.decode_request_python
+    saved, otlp_proto.decode_request = otlp_proto.decode_request, chosen
+    try:
+        yield
+    finally:
+        otlp_proto.decode_request = saved
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system, every thread) of one live process, from ``/proc``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -293,9 +325,9 @@ class HttpRun:
 
 
 def run_http(payloads: list[bytes], workers: int, clients: int, workdir: Path, package: Path | None = None,
-             clickhouse: bool = False) -> HttpRun:  # fmt: skip
+             clickhouse: bool = False, label: str = "") -> HttpRun:  # fmt: skip
     port = free_port()
-    tag = f"w{workers}_c{clients}{'_base' if package else ''}{'_ch' if clickhouse else ''}"
+    tag = f"w{workers}_c{clients}_{label}{'_ch' if clickhouse else ''}"
     with contextlib.ExitStack() as stack:
         ch_url, ch_pid = stack.enter_context(chdb_endpoint(workdir / f"chdb_{tag}")) if clickhouse else (None, 0)
         proc = _serve(workdir / f"http_{tag}.duckdb", port, workers, workdir / f"serve_{tag}.log", package, ch_url)
@@ -354,6 +386,11 @@ def main() -> None:
     parser.add_argument("--clickhouse", action="store_true", help="also run the HTTP rows writing to ClickHouse (chDB)")
     parser.add_argument("--baseline", type=Path, help="a directory holding another checkout's `spanprism` package: "
                         "its server runs each HTTP row too, side by side")  # fmt: skip
+    parser.add_argument(
+        "--decoders",
+        default="python,native" if otlp_proto.NATIVE else "python",
+        help="OTLP protobuf decoders to run side by side (default python,native when built)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     per_body = args.spans_per_body or (1000 if args.heavy else 500)
@@ -364,9 +401,13 @@ def main() -> None:
     rows: list[tuple[str, int, int, float, int, str]] = []
     with tempfile.TemporaryDirectory(prefix="spanprism-api-bench-") as tmp:
         workdir = Path(tmp)
-        seen, calls, secs, cpu = run_inprocess(payloads, False, workdir)
-        stages = f"decode {cpu['decode'] / seen * 1e6:.1f} + normalize {cpu['normalize'] / seen * 1e6:.1f}"
-        rows.append(("decode (in-process)", seen, calls, secs, 0, stages))
+        names = args.decoders.split(",")
+        python_pkg = python_only_package(workdir) if "python" in names and otlp_proto.NATIVE else None
+        for name in names:
+            with decoder(name):
+                seen, calls, secs, cpu = run_inprocess(payloads, False, workdir)
+            stages = f"decode {cpu['decode'] / seen * 1e6:.1f} + normalize {cpu['normalize'] / seen * 1e6:.1f}"
+            rows.append((f"decode (in-process) {name}", seen, calls, secs, 0, stages))
         seen, calls, secs, cpu = run_inprocess(payloads, True, workdir)
         rows.append(("decode+store (in-process)", seen, calls, secs, 0, f"store {cpu['store'] / seen * 1e6:.1f}"))
         for workers in (int(w) for w in args.workers.split(",")):
@@ -375,24 +416,24 @@ def main() -> None:
                 rows.append((f"file ingest_w{workers}", seen, calls, secs, 0, ""))
             for clients in (int(c) for c in args.clients.split(",")):
                 engines = (False, True) if args.clickhouse else (False,)
-                for clickhouse, package in itertools.product(
-                    engines, (args.baseline, None) if args.baseline else (None,)
-                ):
-                    run = run_http(payloads, workers, clients, workdir, package, clickhouse)
-                    name = (f"http_w{workers} ({clients} clients){' clickhouse' if clickhouse else ''}"
-                            f"{' baseline' if package else ''}")  # fmt: skip
+                packages: list[tuple[str, Path | None]] = [(n, python_pkg if n == "python" else None) for n in names]
+                if args.baseline:
+                    packages.insert(0, ("baseline", args.baseline))
+                for clickhouse, (label, package) in itertools.product(engines, packages):
+                    run = run_http(payloads, workers, clients, workdir, package, clickhouse, label)
+                    name = f"http_w{workers} ({clients} clients){' clickhouse' if clickhouse else ''} {label}"
                     cpu_text = (f"main {run.main_cpu / run.seen * 1e6:.1f} + workers "
                                 f"{run.worker_cpu / run.seen * 1e6:.1f}")  # fmt: skip
                     if clickhouse:
                         cpu_text += f" + chDB {run.engine_cpu / run.seen * 1e6:.1f}"
                     rows.append((name, run.seen, run.calls, run.seconds, run.retries, cpu_text))
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print(f"{'run':<36}{'spans':>9}{'calls':>9}{'seconds':>9}{'spans/s':>9}{'vs decode':>10}{'503s':>6}"
+    print(f"{'run':<44}{'spans':>9}{'calls':>9}{'seconds':>9}{'spans/s':>9}{'vs decode':>10}{'503s':>6}"
           "  CPU µs/span")  # fmt: skip
     floor = rows[0][1] / rows[0][3]
     for name, seen, calls, secs, retries, cpu_text in rows:
         rate = seen / secs
-        print(f"{name:<36}{seen:>9,}{calls:>9,}{secs:>9.2f}{rate:>9,.0f}{rate / floor:>10.0%}{retries:>6}  {cpu_text}")
+        print(f"{name:<44}{seen:>9,}{calls:>9,}{secs:>9.2f}{rate:>9,.0f}{rate / floor:>10.0%}{retries:>6}  {cpu_text}")
 
 
 if __name__ == "__main__":

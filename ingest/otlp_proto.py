@@ -5,6 +5,11 @@ and bytes exact). Legacy payloads from proto < 0.19 carry ``instrumentation_libr
 1000 of ResourceSpans, which today's schema reserves and therefore parses as an unknown field; its wire
 layout is identical to ScopeSpans (scope name = field 1 of field 1), so it is re-parsed as ScopeSpans
 instead of silently dropping those spans.
+
+Two implementations of :func:`decode_request` give the same spans, quarantine entries and errors: the native
+decoder (``_otlp_native``, a C extension built by ``make install``; it parses the wire format directly, ~10x
+faster) when it is importable, else the walk over the protobuf runtime's message objects below, which stays the
+reference (``tests/test_otlp_native.py`` compares the two on every fixture and on thousands of corrupted bodies).
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from spanprism.ingest.otlp_json import DecodeError, SpanError
 from spanprism.ingest.records import Quarantined, SpanEvent, SpanRecord
 
-__all__ = ["decode_request"]
+try:  # the optional C extension (setup.py); absent on a build without a compiler: the Python walk is used
+    from spanprism.ingest import _otlp_native
+except ImportError:  # pragma: no cover - exercised where the extension is not built
+    _otlp_native = None  # type: ignore[assignment]
+
+__all__ = ["NATIVE", "decode_request", "decode_request_native", "decode_request_python"]
+
+#: True when the native decoder is in use.
+NATIVE = _otlp_native is not None
 
 _LEGACY_SCOPE_SPANS_FIELD = 1000
 _ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)
@@ -119,7 +132,7 @@ def parse_request(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def decode_request(
+def decode_request_python(
     data: bytes, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined]
 ) -> None:
     """Append the spans of one serialized request; bad spans are quarantined as ``"{where} span {n}"``."""
@@ -148,3 +161,55 @@ def decode_request(
                     spans.append(decode_span(span, resource, scope, source, location))
                 except SpanError as exc:
                     quarantined.append(Quarantined(source, location, str(exc), span.SerializeToString()))
+
+
+def _span_bytes(data: bytes, start: int, end: int) -> bytes:
+    """One span's bytes as the protobuf runtime re-serializes it (what the Python walk quarantines)."""
+    return Span.FromString(data[start:end]).SerializeToString()
+
+
+def decode_request_native(
+    data: bytes, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined]
+) -> None:
+    """:func:`decode_request_python` done by the C extension: the same spans, quarantine entries and errors.
+
+    The extension reports bad items by byte range; their quarantine bytes and the legacy parser's reason come
+    from the protobuf runtime here (the bad path only), so they are exactly the Python walk's.
+    """
+    if _otlp_native is None:
+        raise RuntimeError("the native OTLP decoder (spanprism.ingest._otlp_native) is not built")
+    try:
+        decoded, bad = _otlp_native.decode(bytes(data), source, where)
+    except _otlp_native.Error:
+        # Rejected (the bad path only): the protobuf runtime says why in its own words (upb may name another of
+        # several problems first: it reads a string up to 16 bytes past its message's end before noticing), and
+        # should it accept what the extension refused, its decision stands (tests assert the two agree).
+        decode_request_python(data, source, where, spans, quarantined)
+        return
+    spans.extend(decoded)
+    for item in bad:
+        if item[0] == "span":
+            _, location, reason, start, end = item
+            quarantined.append(Quarantined(source, location, reason, _span_bytes(data, start, end)))
+        else:
+            _, rs_start, rs_end, legacy_start, legacy_end = item
+            try:
+                ScopeSpans.FromString(data[legacy_start:legacy_end])
+                exc_text = "invalid ScopeSpans"  # not reached: the extension found it invalid as upb does
+            except (ProtoDecodeError, RuntimeError, ValueError) as exc:
+                exc_text = str(exc)
+            quarantined.append(
+                Quarantined(
+                    source,
+                    f"{where} legacy instrumentation_library_spans",
+                    f"invalid legacy InstrumentationLibrarySpans: {exc_text}",
+                    ResourceSpans.FromString(data[rs_start:rs_end]).SerializeToString(),
+                )
+            )
+
+
+if _otlp_native is not None:
+    _otlp_native.set_reserializer(_span_bytes)
+
+#: Append the spans of one serialized request (native when built, else the Python walk); see the module docstring.
+decode_request = decode_request_native if NATIVE else decode_request_python

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from spanprism.ingest import otlp_proto
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("api", "attribution", "ingest", "models", "migrations")
 
@@ -60,6 +62,8 @@ def test_wheel_holds_exactly_one_top_level_package(wheel: Path):
     assert "spanprism/migrations/script.py.mako" in names
     assert "spanprism/attribution/classifier/artifacts/classifier-v1.json" in names
     assert any(n.startswith("spanprism/attribution/simulator/data/mooncake_") for n in names)
+    if otlp_proto.NATIVE or os.environ.get("SPANPRISM_REQUIRE_NATIVE"):  # a compiler is here: the wheel carries it
+        assert any(n.startswith("spanprism/ingest/_otlp_native.") and n.endswith((".so", ".pyd")) for n in names)
 
 
 @pytest.mark.slow
