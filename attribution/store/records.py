@@ -182,7 +182,7 @@ def list_regressions(con: StateCursor, *, label: str | None = None, status: str 
 
 def is_withheld(record: Mapping[str, Any]) -> bool:
     """Did the label pass withhold this regression record from the list?"""
-    return any(row.get("signal") == WITHHELD for row in record["evidence"])
+    return any(row.get("signal") == WITHHELD for row in record.get("evidence") or ())
 
 
 def _record(row: tuple, extra: list[str], detail: bool) -> dict[str, Any]:
