@@ -194,6 +194,14 @@ def test_enqueue_policy_open_resolved_and_first_seen_resolved():
     assert plan([resolved], rules, triggered=set()) == []  # first seen already resolved: nothing
 
 
+def test_a_withheld_regression_raises_nothing_and_resolves_a_page_it_raised_before():
+    rules = [Rule(id="a", name="a", destination_id="d1")]
+    withheld = {**RECORD, "evidence": [{"signal": "withheld", "reason": "own_size_drift"}]}
+    assert plan([withheld], rules, triggered=set()) == []
+    planned = plan([withheld], rules, triggered={("r1", "d1")})  # triggered while open, withheld on relabelling
+    assert [(p[0], p[1], p[3]) for p in planned] == [("r1", "d1", "resolve")]
+
+
 def test_overlapping_rules_and_reruns_queue_one_row(tmp_path):
     with db_at(tmp_path / "q.duckdb") as db:
         dest = add_destination(db, "slack", "https://hooks.slack.example/x")

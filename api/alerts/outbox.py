@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from spanprism.api.alerts.rules import Rule
-from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT
+from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT, is_withheld
 from spanprism.models.state import StateCursor, dialect_of
 
 STATUSES = ("pending", "sent", "failed", "expired")
@@ -56,7 +56,9 @@ def plan(records: Iterable[dict[str, Any]], rules: list[Rule],
         by_regression.setdefault(rid, []).append(dest)
     for rec in records:
         rid = str(rec["id"])
-        if rec.get("status") == "open":
+        # A regression the label pass withheld (records.is_withheld) raises nothing, and a page it raised before it
+        # was withheld resolves, as when the regression ends.
+        if rec.get("status") == "open" and not is_withheld(rec):
             if (rec.get("change_pct") or 0.0) < MIN_REPORTED_CHANGE_PCT:
                 continue
             for rule in rules:

@@ -38,7 +38,7 @@ log = logging.getLogger("spanprism.alerts")
 def enqueue_pass(db: Database) -> int:
     """Queue triggers/resolves for the stored regressions (reads without the lock, inserts in one transaction)."""
     with db.state.read() as cur:  # the regressions live with the outbox (the DuckDB file, or PostgreSQL)
-        records = list_regressions(cur, detail=True, min_change_pct=float("-inf"))
+        records = list_regressions(cur, detail=True, min_change_pct=float("-inf"), withheld=True)  # plan() decides
         rules = list_rules(cur, enabled_only=True)
     with db.state.write() as cur:  # even with no records: triggered regressions that vanished still need a resolve
         return outbox.enqueue(cur, records, rules)

@@ -73,7 +73,7 @@ class PerCallConfig:
     batch_s: int = 3600  # batch length of the long-run variance estimate
     max_inflation: float = 10.0  # cap of the long-run / per-call variance ratio
     max_baseline_calls: int = 1500  # a baseline window is subsampled evenly down to about this many calls
-    confirm_z: float = 3.0  # the whole episode's mean shift, in long-run standard errors, an episode must reach
+    confirm_z: float = 3.5  # the whole episode's mean shift, in long-run standard errors, an episode must reach
 
 
 def threshold(calls_per_week: np.ndarray | float, config: PerCallConfig, budget: float | None = None) -> np.ndarray:

@@ -26,6 +26,7 @@ import pyarrow as pa
 from spanprism.attribution.classifier.features import EpisodeContext
 from spanprism.attribution.classifier.model import VERSION, Attribution, Attributor
 from spanprism.attribution.decomposition.closing import close_on, closes, split_evidence
+from spanprism.attribution.passes.report_gate import withheld_row
 from spanprism.attribution.store import calls
 from spanprism.attribution.store.records import MIN_REPORTED_CHANGE_PCT, list_regressions
 from spanprism.attribution.vocabulary import check_reason
@@ -56,6 +57,7 @@ class _Regression:
     provider: str | None
     baseline: float | None = None  # the record's (the detector's) values the contributions must close on
     observed: float | None = None
+    detections: tuple[dict[str, Any], ...] = ()  # the detection entry of every moved metric (report_gate)
 
 
 def _pending(con: StateCursor, *, force: bool, keys: Sequence[str] | None = None) -> list[_Regression]:
@@ -63,14 +65,16 @@ def _pending(con: StateCursor, *, force: bool, keys: Sequence[str] | None = None
     rows = con.execute(
         "SELECT r.id, r.service, r.provider, r.request_model, r.operation, r.tenant, r.start_time, r.end_time,"
         " r.metric, r.baseline, r.observed, a.regression_id IS NULL OR a.attributed_at < r.updated_at,"
-        " a.contributions_ms, a.peers_regressed"
+        " a.contributions_ms, a.peers_regressed, r.metrics"
         " FROM regressions r LEFT JOIN regression_attributions a ON a.regression_id = r.id"
         f" WHERE r.change_pct >= ?{' AND ' + only if only else ''} ORDER BY r.start_time, r.id",
         [MIN_REPORTED_CHANGE_PCT, *params],
     ).fetchall()
     pending = []
     for r in rows:
-        reg = _Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2], r[9], r[10])
+        moved = orjson.loads(r[14]) if r[14] else []
+        detections = tuple(m["detection"] for m in moved if "detection" in m)
+        reg = _Regression(r[0], tuple(r[1:5]), r[5], r[6], r[7], r[8], r[2], r[9], r[10], detections)
         stored = orjson.loads(r[12]) if r[12] else None
         if force or r[11] or not closes(stored, reg.baseline, reg.observed) or _peers_moved(con, reg, r[13]):
             pending.append(reg)
@@ -86,12 +90,16 @@ def _peers_moved(con: StateCursor, reg: _Regression, stored: int | None) -> bool
 
 
 def _close(att: Attribution, reg: _Regression) -> Attribution:
-    """The attribution with contributions summing to the record's observed − baseline, and what they were split on."""
+    """The attribution with contributions summing to the record's observed − baseline, and what they were split on;
+    with a ``withheld`` evidence row when the regression is not to be reported (:mod:`.report_gate`)."""
     if reg.baseline is None or reg.observed is None:
         return att
     change = reg.observed - reg.baseline
     att.contributions_ms = close_on(att.contributions_ms, change)
     att.evidence = [*att.evidence, split_evidence(att.baseline, att.observed, change)]
+    withheld = withheld_row(att.label, att.evidence, att.contributions_ms, change, reg.detections)
+    if withheld is not None:
+        att.evidence.append(withheld)
     return att
 
 
@@ -230,7 +238,7 @@ def find_regression(con: StateCursor, ref: str, *, feedback: bool = True) -> dic
     passes and reads the feedback, recorded between them, itself: ``feedback=False``). Raises LookupError (saying
     why) when ``ref`` matches no regression or several.
     """
-    matches = list_regressions(con, detail=True, id_prefix=ref)
+    matches = list_regressions(con, detail=True, id_prefix=ref, withheld=True)  # a link to it still opens
     exact = [r for r in matches if r["id"] == ref]
     if len(exact) == 1 or len(matches) == 1:
         record = (exact or matches)[0]

@@ -22,7 +22,12 @@ import orjson
 from spanprism.attribution.baselines import create_baseline
 from spanprism.attribution.store import clickhouse_calls as ch
 from spanprism.attribution.store.calls import calls_by_id, series_page
-from spanprism.attribution.store.records import ATTRIBUTION_FIELDS, MIN_REPORTED_CHANGE_PCT, list_regressions
+from spanprism.attribution.store.records import (
+    ATTRIBUTION_FIELDS,
+    MIN_REPORTED_CHANGE_PCT,
+    WITHHELD_LIKE,
+    list_regressions,
+)
 from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select, rollup_statistics
 from spanprism.models.clickhouse import bound
 from spanprism.models.schema import ROUTE_COLUMNS
@@ -174,8 +179,9 @@ def _open_regressions(con: StateCursor, keys: list[str], at: datetime) -> dict[s
     rows = con.execute(
         "SELECT r.series_key, r.change_pct, a.label FROM regressions r"
         " LEFT JOIN regression_attributions a ON a.regression_id = r.id"
-        f" WHERE r.status = 'open' AND r.change_pct >= ? AND r.start_time < ? AND {only}",
-        [MIN_REPORTED_CHANGE_PCT, at, *params],
+        f" WHERE r.status = 'open' AND r.change_pct >= ? AND r.start_time < ? AND {only}"
+        " AND coalesce(a.evidence NOT LIKE ?, true)",  # withheld ones are not reported (records.WITHHELD)
+        [MIN_REPORTED_CHANGE_PCT, at, *params, WITHHELD_LIKE],
     ).fetchall()
     out: dict[str, tuple[int, str]] = {}
     worst: dict[str, float] = {}

@@ -34,6 +34,10 @@ _JSON_FIELDS = ("contributions_ms", "evidence", "exemplars")
 #: A regression is reported only when its primary (p50/p95) metric rose at least this much. An episode can open on
 #: the geometric mean while the reported quantiles barely move; such a "regression" would show +0 % to a reader.
 MIN_REPORTED_CHANGE_PCT = 10.0
+#: The evidence signal of a regression the label pass withholds from the list (:mod:`~attribution.passes.report_gate`).
+WITHHELD = "withheld"
+#: SQL LIKE pattern of the stored evidence JSON (orjson: no spaces) of a withheld regression.
+WITHHELD_LIKE = f'%"signal":"{WITHHELD}"%'
 _FAR = datetime.max.replace(tzinfo=UTC)
 
 
@@ -140,8 +144,12 @@ def regression_ids(con: StateCursor) -> set[str]:
 def list_regressions(con: StateCursor, *, label: str | None = None, status: str | None = None,
                      series: str | Mapping[str, str] | None = None, since: datetime | None = None,
                      until: datetime | None = None, detail: bool = False, id_prefix: str | None = None,
-                     min_change_pct: float = MIN_REPORTED_CHANGE_PCT) -> list[dict[str, Any]]:  # fmt: skip
+                     min_change_pct: float = MIN_REPORTED_CHANGE_PCT,
+                     withheld: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Regression records as DESIGN.md dicts, newest first (only those whose metric rose ≥ ``min_change_pct``).
+
+    A regression the label pass withheld (an evidence row ``{"signal": "withheld", "reason": ...}``: own-size drift,
+    a weak shift nothing explains, :mod:`~attribution.passes.report_gate`) is left out unless ``withheld``.
 
     ``series`` is a series key or a mapping over service/provider/model/operation[/tenant]; ``since``/``until``
     keep regressions overlapping that range; ``id_prefix`` those whose id starts with it (one record's page must not
@@ -169,7 +177,12 @@ def list_regressions(con: StateCursor, *, label: str | None = None, status: str 
     where, args = _series_filter(series)
     rows = con.execute(sql + where + " ORDER BY r.start_time DESC, r.id", params + args).fetchall()
     records = [_record(row, extra, detail) for row in rows]
-    return [r for r in records if label is None or r["label"] == label]
+    return [r for r in records if (label is None or r["label"] == label) and (withheld or not is_withheld(r))]
+
+
+def is_withheld(record: Mapping[str, Any]) -> bool:
+    """Did the label pass withhold this regression record from the list?"""
+    return any(row.get("signal") == WITHHELD for row in record.get("evidence") or ())
 
 
 def _record(row: tuple, extra: list[str], detail: bool) -> dict[str, Any]:
