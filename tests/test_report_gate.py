@@ -113,3 +113,26 @@ def test_withheld_regressions_are_stored_but_not_listed_or_counted(tmp_path):
         assert set(open_now) == {"k-kept"}  # the health panel does not count it either
     finally:
         con.close()
+
+
+def test_withheld_regressions_are_listed_on_request_by_the_api_and_the_cli(tmp_path, capsys, monkeypatch):
+    from conftest import ADMIN_KEY, live_server
+
+    from spanprism.api.cli import main
+
+    con = open_db(tmp_path / "server.duckdb")
+    _insert(con, "kept", [_grew("output", 60.0)])
+    _insert(con, "drift", [_grew("output", 12.0), {"signal": WITHHELD, "reason": "own_size_drift"}])
+    con.close()
+    with live_server(tmp_path, services=[]) as live:
+        assert [r["id"] for r in live.client.get("/api/v1/regressions").json()["data"]] == ["kept"]
+        every = live.client.get("/api/v1/regressions", params={"withheld": "true"}).json()
+        assert {r["id"] for r in every["data"]} == {"kept", "drift"} and every["count"] == 2
+        # The CLI against the server, and against the file: the same filter.
+        monkeypatch.setenv("SPANPRISM_API_KEY", ADMIN_KEY)
+        assert main(["regressions", "--json", "--withheld", "--url", live.url]) == 0
+        assert {r["id"] for r in orjson.loads(capsys.readouterr().out)} == {"kept", "drift"}
+    assert main(["--db", str(tmp_path / "server.duckdb"), "regressions", "--json"]) == 0
+    assert [r["id"] for r in orjson.loads(capsys.readouterr().out)] == ["kept"]
+    assert main(["--db", str(tmp_path / "server.duckdb"), "regressions", "--json", "--withheld"]) == 0
+    assert {r["id"] for r in orjson.loads(capsys.readouterr().out)} == {"kept", "drift"}

@@ -76,7 +76,8 @@ def print_report(records: list[dict[str, Any]], title: str = "regressions") -> N
 def cmd_regressions(args: argparse.Namespace, settings: Settings) -> int:
     """``spanprism regressions [--json] [--url URL]``: the DESIGN.md records, newest first (local file or a server)."""
     with open_backend(settings, args.url) as backend:
-        records = backend.regressions(label=args.label, status=args.status, since=args.since, until=args.until)
+        records = backend.regressions(label=args.label, status=args.status, since=args.since, until=args.until,
+                                      withheld=args.withheld)  # fmt: skip
     if args.json:
         sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif records:
@@ -160,6 +161,11 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
     p.add_argument("--status", choices=("open", "resolved", "accepted"), help="only open, resolved or accepted")
     p.add_argument("--since", type=parse_time, help="only regressions overlapping this start")
     p.add_argument("--until", type=parse_time, help="only regressions starting before this")
+    p.add_argument(
+        "--withheld",
+        action="store_true",
+        help="also the regressions the label pass withheld (own-size drift, weak unexplained shifts)",
+    )
     p.add_argument("--url", help="read from a running server instead of the file (default: $SPANPRISM_URL)")
 
     p = add(sub, "explain", cmd_explain, "Explain one regression: contributions, evidence, exemplar traces.",

@@ -62,8 +62,9 @@ class Backend(ABC):
 
     @abstractmethod
     def regressions(self, *, label: str | None, status: str | None, since: datetime | None,
-                    until: datetime | None) -> list[dict[str, Any]]:  # fmt: skip
-        """Every matching DESIGN.md regression record, newest first."""
+                    until: datetime | None, withheld: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+        """Every matching DESIGN.md regression record, newest first (``withheld``: those the label pass withheld
+        too)."""
 
     @abstractmethod
     def regression(self, ref: str) -> dict[str, Any] | None:

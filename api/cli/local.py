@@ -64,9 +64,9 @@ class LocalBackend(Backend):
         return to_jsonable_python(page), total
 
     def regressions(self, *, label: str | None, status: str | None, since: datetime | None,
-                    until: datetime | None) -> list[dict[str, Any]]:  # fmt: skip
+                    until: datetime | None, withheld: bool = False) -> list[dict[str, Any]]:  # fmt: skip
         with self.db.state.read() as cur:
-            return list_regressions(cur, label=label, status=status, since=since, until=until)
+            return list_regressions(cur, label=label, status=status, since=since, until=until, withheld=withheld)
 
     def regression(self, ref: str) -> dict[str, Any] | None:
         with self.db.state.read() as cur:

@@ -126,9 +126,11 @@ class RemoteBackend(Backend):
         return body["data"], body["count"]
 
     def regressions(self, *, label: str | None, status: str | None, since: datetime | None,
-                    until: datetime | None) -> list[dict[str, Any]]:  # fmt: skip
+                    until: datetime | None, withheld: bool = False) -> list[dict[str, Any]]:  # fmt: skip
         """Every matching record, page by page."""
-        query = {k: v for k, v in (("label", label), ("status", status)) if v}
+        query: dict[str, Any] = {k: v for k, v in (("label", label), ("status", status)) if v}
+        if withheld:
+            query["withheld"] = "true"
         query.update({k: v.isoformat() for k, v in (("since", since), ("until", until)) if v})
         records: list[dict[str, Any]] = []
         while True:

@@ -29,6 +29,8 @@ from spanprism.attribution.passes.label_pass import find_regression, record_feed
 from spanprism.attribution.store.records import list_regressions
 
 router = APIRouter(prefix="/regressions", tags=["regressions"])
+_WITHHELD = ("also the regressions the label pass withheld (own-size drift, weak unexplained shifts: their "
+             "'withheld' evidence row says why)")  # fmt: skip
 
 RegressionId = Annotated[str, Path(min_length=4, max_length=64, description="id or a unique prefix of it")]
 NOT_FOUND = {404: {"description": "no regression matches the id (or the prefix is ambiguous)"}}
@@ -50,8 +52,10 @@ async def index(
     provider: str | None = None,
     model: str | None = None,
     operation: str | None = None,
+    withheld: Annotated[bool, Query(description=_WITHHELD)] = False,
 ) -> Any:
-    """Regression records overlapping [since, until), filtered by label, status and series fields."""
+    """Regression records overlapping [since, until), filtered by label, status and series fields (withheld ones only
+    with ``withheld=true``)."""
     lo, hi = window(since, until, max_days=settings.max_range_days, default_hours=None)
     names = {
         k: v
@@ -61,7 +65,7 @@ async def index(
 
     def compute() -> dict[str, Any]:
         with database.state.read() as cur:  # regressions are results: where the state lives
-            records = list_regressions(cur, label=label, status=status_, since=lo, until=hi,
+            records = list_regressions(cur, label=label, status=status_, since=lo, until=hi, withheld=withheld,
                                        series=series_key if series_key is not None else names or None)  # fmt: skip
         if series_key is not None and names:  # both: the key selects, the names must also match
             records = [r for r in records if all(r["series"].get(k) == v for k, v in names.items())]
