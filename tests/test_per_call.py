@@ -3,16 +3,25 @@ hour are found with 5-minute onsets, outliers and token drift are not regression
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from spanprism.api.storage.connect import open_db
-from spanprism.attribution.detection.per_call import ESCALATED, TEST_TOKENS, PerCallConfig, detect_calls, threshold
+from spanprism.attribution.detection.per_call import (
+    ESCALATED,
+    TEST,
+    TEST_TOKENS,
+    PerCallConfig,
+    bursty_keys,
+    detect_calls,
+    sparse_keys,
+    threshold,
+)
 from spanprism.attribution.passes.detect_pass import run_attribution
-from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, at, generate_calls, insert_calls
+from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, Surge, at, generate_calls, insert_calls
 from spanprism.attribution.store.records import list_regressions
 
 DAY_S = 86400
@@ -194,3 +203,63 @@ def test_the_job_reports_an_escalation_as_a_regression_of_its_own(tmp_path):
     assert late[0]["change_pct"] > early[0]["change_pct"]
     detection = [e for e in late[0]["evidence"] if e.get("signal") == "detection"]
     assert any(e.get("escalated_from_pct", 0) > 10 for e in detection), detection
+
+
+def _hourly(counts: dict[int, np.ndarray]) -> pd.DataFrame:
+    """Rollup rows (``sid``, ``grain_s``, ``bucket_s``, ``n_ok``) of hourly call counts per series."""
+    parts = [pd.DataFrame({"sid": sid, "grain_s": 3600, "bucket_s": START_S + 3600 * np.arange(n.size), "n_ok": n})
+             for sid, n in counts.items()]  # fmt: skip
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[frame["n_ok"] > 0]
+
+
+def test_bursty_keys_are_the_busier_series_whose_arrivals_come_in_bursts():
+    rng = np.random.default_rng(11)
+    hours = np.arange(14 * 24)
+    cycle = 1 + 0.6 * np.sin(2 * np.pi * (hours % 24 - 9) / 24)  # a strong daily cycle is not burstiness
+    bursts = rng.gamma(1.0, 1.0, hours.size)  # each hour's rate drawn anew: calls arrive in bursts
+    counts = {0: rng.poisson(120 * cycle), 1: rng.poisson(120 * bursts), 2: rng.poisson(900 * bursts),
+              3: rng.poisson(30 * bursts), 4: rng.poisson(200 * cycle)}  # fmt: skip
+    frame, keys = _hourly(counts), ["steady", "bursty", "bursty-busy", "bursty-sparse", "steady-busier"]
+    assert bursty_keys(frame, keys, "n_ok", PerCallConfig()) == ["bursty"]
+    assert sparse_keys(frame, keys, "n_ok", PerCallConfig()) == ["bursty-sparse"]  # already tested per call
+    assert bursty_keys(frame, keys, "n_ok", PerCallConfig(bursty_dispersion=0)) == []
+
+
+def _bursty_job(tmp_path, config: PerCallConfig) -> list[dict]:
+    """A series of ~100 calls an hour whose traffic comes in hour-long bursts (5× on a fifth of the hours), its
+    latency 1.6× for 4 hours on day 9; the regressions the job reports for it."""
+    rng = np.random.default_rng(4)
+    surges = tuple(Surge(0, at(hours=float(h)), 3600, 5.0) for h in np.flatnonzero(rng.random(12 * 24) < 0.2))
+    con = open_db(tmp_path / f"b{config.bursty_dispersion}.duckdb")
+    spec, shift = SeriesSpec(service="bursty", rate=100 / 3600, diurnal=0.3), Shift(0, at(9, 10), 4 * 3600, 1.6, "e2e")
+    insert_calls(con, generate_calls([spec], days=12, shifts=(shift,), surges=surges, seed=4))
+    run_attribution(con, per_call=config)
+    records = list_regressions(con)
+    con.close()
+    onset = at(9, 10)
+    return [r for r in records if abs((datetime.fromisoformat(r["start"]) - onset).total_seconds()) < 3 * 3600]
+
+
+def test_a_bursty_series_too_busy_to_be_sparse_is_tested_per_call(tmp_path):
+    found = _bursty_job(tmp_path, PerCallConfig())
+    tests = [e.get("test", "") for r in found for e in r["evidence"] if e.get("signal") == "detection"]
+    assert found and any(t.startswith("per_call_cusum") for t in tests)
+    off = _bursty_job(tmp_path, PerCallConfig(bursty_dispersion=0))
+    assert not any(e.get("test", "").startswith("per_call_cusum") for r in off for e in r["evidence"]
+                   if e.get("signal") == "detection")  # fmt: skip
+
+
+def test_a_bursty_series_is_tested_per_call_on_token_adjusted_latency_only():
+    """Its own outputs 3× as long for 6 hours on day 9: the raw test sees the slower calls, the token-adjusted one
+    does not; a bursty series (``adjusted_only``) leaves its raw latency to the bucket detector."""
+    calls = _calls(12, 100, seed=3)
+    hours = (calls["t"] - START_S) / 3600
+    window = (hours >= 9 * 24 + 10) & (hours < 9 * 24 + 16)
+    itl = (calls["duration_ms"] - calls["ttft_ms"]) / calls["output_tokens"].clip(lower=1)
+    calls.loc[window, "output_tokens"] *= 3
+    calls["duration_ms"] = calls["ttft_ms"] + calls["output_tokens"] * itl
+    both = _detect(calls, 12)
+    assert [e.family for e in both if TEST in e.stats] == ["e2e"]  # the raw test found the slower calls
+    only = detect_calls(calls, eval_from_s=START_S + 7 * DAY_S, horizon_s=START_S + 12 * DAY_S, adjusted_only={"s0"})
+    assert only == []

@@ -3,6 +3,9 @@
 The bucket detector (:mod:`spanprism.attribution.detection.episodes`) evaluates a bucket only when it holds
 ``min_calls`` calls, so a series at 5–50 calls an hour is barely watched. Here every call counts: 150 calls over
 12 hours weigh like 150 calls over one hour. Entry point: :func:`detect_calls` (calls in → ``Episode`` objects out).
+Series of 60–240 calls an hour whose arrivals come in bursts (:func:`bursty_keys`) are tested here too, with the
+token-adjusted test only: their hourly buckets wander with each burst and the bucket detector misses hours-long
+shifts over hundreds of calls; :func:`per_call_keys` picks both kinds.
 
 - Residuals. Per series and family, the calls of each UTC day are scored against a baseline fitted on the prior
   ``lookback_days`` (episodes found so far left out): ``z = (ln x − median) / (1.4826·MAD)``, clipped to ±``clip``
@@ -30,6 +33,7 @@ episodes of the same series and family; ``stats["per_call_cusum"]`` records the 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -56,6 +60,8 @@ class PerCallConfig:
     """Which series are tested per call, and the test's allowance, false-alarm budget and timing."""
 
     sparse_below: float = 60.0  # typical calls per hourly bucket under which a series is tested per call (0: off)
+    bursty_dispersion: float = 1.5  # hourly arrivals this over-dispersed (× Poisson) also test a busier series (0: off)
+    bursty_below: float = 240.0  # ... when it typically has fewer calls an hour (its 5-minute buckets are too sparse)
     k: float = 0.25  # allowance per call, in sd of the standardized residual (optimal for a 0.5 sd shift)
     clip: float = 3.0  # residuals are clipped to ±clip robust sd before the CUSUM
     false_alarms_per_week: float = 0.01  # budget per series and family and week (sets h per series)
@@ -87,16 +93,94 @@ def threshold(calls_per_week: np.ndarray | float, config: PerCallConfig, budget:
     return np.maximum(b - _SIEGMUND, 1.0)
 
 
+@dataclass
+class _Hourly:
+    """The rollup rows of the coarsest grain with calls: grain, which rows, their series and counts, and each
+    series' typical calls an hour (one pass over two columns, shared by the sparse and the bursty choice)."""
+
+    grain: int
+    keep: np.ndarray
+    sid: np.ndarray
+    n: np.ndarray
+    per_hour: pd.Series
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, count: str) -> _Hourly:
+        grains, counts = frame["grain_s"].to_numpy(), frame[count].to_numpy()
+        grain = int(grains.max())
+        keep = (grains == grain) & (counts > 0)  # two columns, not a copy of every statistic of every rollup row
+        sid, n = frame["sid"].to_numpy()[keep], counts[keep].astype(np.float64)
+        return cls(grain, keep, sid, n, pd.Series(n).groupby(sid).median() * (3600 / grain))
+
+
+def per_call_keys(frame: pd.DataFrame, keys: list[str], count: str,
+                  config: PerCallConfig) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The series to test per call: the sparse ones and the bursty ones (:func:`sparse_keys`, :func:`bursty_keys`)."""
+    if frame.empty:
+        return [], []
+    hourly = _Hourly.of(frame, count)
+    return _sparse(hourly, keys, config), _bursty(hourly, frame, keys, config)
+
+
 def sparse_keys(frame: pd.DataFrame, keys: list[str], count: str, config: PerCallConfig) -> list[str]:
     """Series (of rollup rows with ``sid``, ``grain_s``, ``count``) whose typical hourly bucket is too sparse."""
-    if config.sparse_below <= 0 or frame.empty:
+    return [] if frame.empty else _sparse(_Hourly.of(frame, count), keys, config)
+
+
+def _sparse(hourly: _Hourly, keys: list[str], config: PerCallConfig) -> list[str]:
+    if config.sparse_below <= 0:
         return []
-    grains, counts = frame["grain_s"].to_numpy(), frame[count].to_numpy()
-    grain = int(grains.max())
-    keep = (grains == grain) & (counts > 0)  # two columns, not a copy of every statistic of every rollup row
-    rows = pd.DataFrame({"sid": frame["sid"].to_numpy()[keep], count: counts[keep]})
-    per_hour = rows.groupby("sid")[count].median() * (3600 / grain)
+    per_hour = hourly.per_hour
     return [keys[int(s)] for s in per_hour.index[per_hour.to_numpy() < config.sparse_below]]
+
+
+#: Median of a χ²₁ variable: the median squared standardized second difference of Poisson counts.
+_CHI2_1_MEDIAN = 0.4549
+
+
+def bursty_keys(frame: pd.DataFrame, keys: list[str], count: str, config: PerCallConfig) -> list[str]:
+    """Series of at least ``sparse_below`` and under ``bursty_below`` typical calls an hour whose hourly arrivals
+    come in bursts: over-dispersed ≥ ``bursty_dispersion`` times against Poisson.
+
+    Calls that arrive in bursts share a load level and a session's sizes, so the hourly bucket statistics of such a
+    series wander far more than their call counts suggest, and the bucket detector, which judges each hour against
+    that wander, misses shifts of 30-60 % over hours and hundreds of calls. The per-call test is built for
+    correlated calls (its threshold and confirmation use the hour-batch long-run variance). The dispersion is the
+    median over consecutive active hours of the squared second difference of the counts over its Poisson variance
+    (``n₋ + 4n + n₊``), relative to the χ²₁ median: about 1 for Poisson arrivals whatever their daily cycle (a second
+    difference cancels a smooth trend), so steady fleets add no per-call work. Above ``bursty_below`` calls an hour
+    5-minute buckets hold enough calls for the bucket detector's finest grain.
+    """
+    return [] if frame.empty else _bursty(_Hourly.of(frame, count), frame, keys, config)
+
+
+def _bursty(hourly: _Hourly, frame: pd.DataFrame, keys: list[str], config: PerCallConfig) -> list[str]:
+    if config.bursty_dispersion <= 0 or config.bursty_below <= config.sparse_below:
+        return []
+    busy = hourly.per_hour.to_numpy()
+    wanted = hourly.per_hour.index.to_numpy()[(busy >= config.sparse_below) & (busy < config.bursty_below)]
+    if wanted.size == 0:
+        return []
+    # Only series of the right traffic are candidates: their rows alone are sorted (a month of a fleet is cheap).
+    lut = np.zeros(len(keys), dtype=bool)
+    lut[wanted] = True
+    mine = lut[hourly.sid]
+    sid, n, bucket = hourly.sid[mine], hourly.n[mine], frame["bucket_s"].to_numpy()[hourly.keep][mine]
+    order = np.lexsort((bucket, sid))
+    sid, bucket, n = sid[order], bucket[order], n[order]
+    grain = hourly.grain
+    mid = np.arange(1, n.size - 1)
+    # Triples of consecutive active hours of one series (no gap between them).
+    ok = ((sid[mid - 1] == sid[mid + 1]) & (bucket[mid] - bucket[mid - 1] == grain)
+          & (bucket[mid + 1] - bucket[mid] == grain))  # fmt: skip
+    mid = mid[ok]
+    if mid.size == 0:
+        return []
+    second = n[mid - 1] - 2 * n[mid] + n[mid + 1]
+    ratio = second**2 / (n[mid - 1] + 4 * n[mid] + n[mid + 1]) / _CHI2_1_MEDIAN
+    per_sid = pd.Series(ratio).groupby(sid[mid]).agg(["median", "size"])
+    chosen = (per_sid["median"] >= config.bursty_dispersion) & (per_sid["size"] >= 24)
+    return [keys[int(s)] for s in per_sid.index[chosen.to_numpy()]]
 
 
 @dataclass
@@ -424,10 +508,13 @@ def detect_series(c: _Calls, eval_from_s: float, horizon_s: float, h: float, con
 
 
 def detect_calls(calls: pd.DataFrame, *, eval_from_s: float, horizon_s: float, config: PerCallConfig | None = None,
-                 prior: list[Episode] | None = None) -> list[Episode]:  # fmt: skip
+                 prior: list[Episode] | None = None, adjusted_only: Collection[str] = ()) -> list[Episode]:  # fmt: skip
     """Episodes from per-call latencies: ``calls`` has ``series_key``, ``t`` (epoch s) and the family columns.
 
-    Every series and family present is tested; pick the sparse series beforehand (:func:`sparse_keys`).
+    Every series and family present is tested; pick the sparse series beforehand (:func:`sparse_keys`). The series
+    of ``adjusted_only`` (the bursty ones, :func:`bursty_keys`) get the token-adjusted test alone: their buckets
+    hold enough calls for the bucket detector to watch their raw latency, and the raw test on a bursty series
+    mostly sees bursts of its own long outputs or prompts (a session's sizes), which are no change.
     """
     config = config or PerCallConfig()
     episodes: list[Episode] = []
@@ -446,6 +533,8 @@ def detect_calls(calls: pd.DataFrame, *, eval_from_s: float, horizon_s: float, c
             mine = [e for e in prior or [] if e.series_key == key and e.family == family]
             found: list[Episode] = []
             for test, adjusted, budget in _tests(config):
+                if not adjusted and key in adjusted_only:
+                    continue
                 c = _Calls(str(key), family, t_all[ok], np.log(values[ok]), tokens[ok] if adjusted else None, test)
                 weeks = max((c.t[-1] - c.t[0]) / _WEEK_S, 1 / 7)
                 h = float(threshold(c.t.size / weeks, config, budget))

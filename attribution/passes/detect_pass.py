@@ -30,7 +30,7 @@ from spanprism.attribution.detection.episodes import (
     prefer_finer,
     spans_from_episodes,
 )
-from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls, sparse_keys
+from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls, per_call_keys
 from spanprism.attribution.store import calls as stored_calls
 from spanprism.attribution.store import state as store
 from spanprism.attribution.store.records import group_regressions
@@ -96,14 +96,16 @@ def _detect(con: duckdb.DuckDBPyConnection, results: StateCursor, config: Detect
 def _detect_per_call(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, keys: list[str], prior: list[Episode],
                      replay_s: int, end_s: int, config: PerCallConfig,
                      series_columns: tuple[str, ...]) -> list[Episode]:  # fmt: skip
-    """Episodes of the series too sparse for buckets, tested call by call (one query for all of them)."""
-    sparse = sparse_keys(frame, keys, "n_ok", config)
-    if not sparse:
+    """Episodes of the series too sparse for buckets, and of those too bursty for them, tested call by call (one
+    query for all of them)."""
+    sparse, bursty = per_call_keys(frame, keys, "n_ok", config)
+    if not sparse and not bursty:
         return []
     naming = [c for c in series_columns if c in SERIES_NAME_COLUMNS]
-    calls = stored_calls.load_calls(con, sparse, start_s=replay_s - config.lookback_days * DAY_S, end_s=end_s,
-                                    series_columns=naming)  # fmt: skip
-    return detect_calls(calls, eval_from_s=replay_s, horizon_s=end_s, config=config, prior=prior)
+    calls = stored_calls.load_calls(con, sorted({*sparse, *bursty}), start_s=replay_s - config.lookback_days * DAY_S,
+                                    end_s=end_s, series_columns=naming)  # fmt: skip
+    return detect_calls(calls, eval_from_s=replay_s, horizon_s=end_s, config=config, prior=prior,
+                        adjusted_only=set(bursty))  # fmt: skip
 
 
 def _only(batch: ParamsBatch, rows: np.ndarray | None) -> ParamsBatch:
