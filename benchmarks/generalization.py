@@ -19,10 +19,10 @@ always-on workload and is pooled on its own):
 Simulated folders and ingested databases are cached under ``--out`` (one folder per preset and seed, rebuilt if
 the preset's config changed), so a second run only re-runs attribution.
 
-Seeds 1–20 are for development. Seeds 601–612 are reserved for the one never-seen run (the README numbers; 301–312,
-401–412 and 501–512 served before and are seen now)::
+Seeds 1–20 are for development. Seeds 701–712 are reserved for the next never-seen run (301–312, 401–412, 501–512
+and 601–612 served before, the README numbers, and are seen now)::
 
-    .venv/bin/python benchmarks/generalization.py --seeds 601..612 --json /tmp/generalization-never-seen.json
+    .venv/bin/python benchmarks/generalization.py --seeds 701..712 --json /tmp/generalization-never-seen.json
 
 which is also what the defaults do. A development run::
 
