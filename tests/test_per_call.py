@@ -15,11 +15,10 @@ from spanprism.attribution.detection.per_call import (
     TEST,
     TEST_TOKENS,
     PerCallConfig,
-    bursty_keys,
     detect_calls,
-    sparse_keys,
     threshold,
 )
+from spanprism.attribution.detection.per_call_series import bursty_keys, sparse_keys
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, Surge, at, generate_calls, insert_calls
 from spanprism.attribution.store.records import list_regressions
