@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from spanprism.attribution.classifier.reasons import ROUTE_VISIBLE  # "no visible move" of a recorded route dimension
+
 #: Largest |log ratio| of the median ITL that is "decode did not move" (±5 %; a route at another speed moves it
 #: by 10-60 % on the calls it serves).
 ITL_STILL = 0.05
 #: Growth of the ITL two-cluster split strength (:func:`.shape._split_strength`) that means "two decode speeds".
 ITL_SPLIT = 0.1
-#: Largest mix move (total variation) of a recorded route dimension that is "no visible move" (as in :mod:`.reasons`).
-ROUTE_VISIBLE = 0.05
 #: Smallest fixed delay per call (relative to the baseline median duration) worth reading the spread of.
 FIXED_DELAY = 0.1
 #: Residual spread growth / fixed shift at or above which the delay varies like a queue's wait.

@@ -2,6 +2,8 @@
 
 :mod:`.episodes` builds the panels, refits baselines daily and computes each bucket's deviation; a detector (see
 :mod:`.base` for the contract and the registry; :mod:`.cusum` is the default) turns deviations into episodes.
+Series too sparse (or too bursty) for buckets are also tested call by call: :mod:`.per_call_series` picks them,
+:mod:`.per_call` tests them.
 """
 
 from spanprism.attribution.detection.base import (
