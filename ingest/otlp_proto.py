@@ -132,6 +132,12 @@ def parse_request(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
+def _bad_legacy(source: str, where: str, reason: str, resource_spans: bytes) -> Quarantined:
+    """The quarantine entry of a ResourceSpans whose legacy field 1000 is no valid ScopeSpans (both decoders)."""
+    return Quarantined(source, f"{where} legacy instrumentation_library_spans",
+                       f"invalid legacy InstrumentationLibrarySpans: {reason}", resource_spans)  # fmt: skip
+
+
 def decode_request_python(
     data: bytes, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined]
 ) -> None:
@@ -143,14 +149,7 @@ def decode_request_python(
         try:
             scope_list = _scope_spans(resource_spans)
         except (ProtoDecodeError, RuntimeError, ValueError) as exc:
-            quarantined.append(
-                Quarantined(
-                    source,
-                    f"{where} legacy instrumentation_library_spans",
-                    f"invalid legacy InstrumentationLibrarySpans: {exc}",
-                    resource_spans.SerializeToString(),
-                )
-            )
+            quarantined.append(_bad_legacy(source, where, str(exc), resource_spans.SerializeToString()))
             continue
         for scope_spans in scope_list:
             scope = scope_spans.scope.name
@@ -198,14 +197,8 @@ def decode_request_native(
                 exc_text = "invalid ScopeSpans"  # not reached: the extension found it invalid as upb does
             except (ProtoDecodeError, RuntimeError, ValueError) as exc:
                 exc_text = str(exc)
-            quarantined.append(
-                Quarantined(
-                    source,
-                    f"{where} legacy instrumentation_library_spans",
-                    f"invalid legacy InstrumentationLibrarySpans: {exc_text}",
-                    ResourceSpans.FromString(data[rs_start:rs_end]).SerializeToString(),
-                )
-            )
+            resource_spans = ResourceSpans.FromString(data[rs_start:rs_end]).SerializeToString()
+            quarantined.append(_bad_legacy(source, where, exc_text, resource_spans))
 
 
 if _otlp_native is not None:
