@@ -30,6 +30,7 @@ from spanprism.attribution.store.calls import CALLS_IN_RANGE, batches_written_si
 from spanprism.models.clickhouse import ClickHouseStore, bound
 from spanprism.models.schema import LLM_CALL_COLUMNS, ROUTE_COLUMNS, SERIES_COLUMNS
 from spanprism.models.times import as_utc
+from spanprism.models.transaction import transaction
 
 #: Columns of ``series`` that name a series (NULL when not part of the configured key).
 SERIES_NAME_COLUMNS: tuple[str, ...] = ("service", "provider", "request_model", "operation", "tenant")
@@ -359,19 +360,14 @@ def refresh_rollups(
                 windows.append((lo, hi))
     merged = _merge(windows, slack_s=max(config.grains))
     result = RollupRefresh(windows=merged, batches=len(batches))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con) as cur:
         for lo, hi in merged:
-            result.rows_written += _recompute(con, config, lo, hi)
+            result.rows_written += _recompute(cur, config, lo, hi)
         now = datetime.now(UTC)
         if batches:
-            con.executemany(
+            cur.executemany(
                 "INSERT OR REPLACE INTO rollup_batches VALUES (?, ?, ?, ?)", [(b, lo, hi, now) for b, lo, hi in batches]
             )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     result.series = con.execute("SELECT count(*) FROM series").fetchall()[0][0]
     return result
 
@@ -401,13 +397,8 @@ def refresh_series_rollups(
     if written_since is not None:
         windows += [(as_utc(lo), as_utc(hi)) for _, lo, hi in batches_written_since(con, written_since)]
     result.windows = _merge([(lo, hi) for lo, hi in windows if lo <= hi], slack_s=max(config.grains))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con) as cur:
         for lo, hi in result.windows:
-            result.rows_written += _recompute(con, config, lo, hi, keys)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+            result.rows_written += _recompute(cur, config, lo, hi, keys)
     result.series = len(keys)
     return result
