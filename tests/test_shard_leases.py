@@ -176,3 +176,37 @@ def test_a_taken_over_worker_s_running_round_is_marked_interrupted(state):
         got = {r["id"]: r for r in runs.list_runs(cur, limit=10)[0]}
     assert got[dead["id"]]["status"] == "interrupted" and got[dead["id"]]["error"] == "taken over"
     assert got[alive["id"]]["status"] == "running" and got[done["id"]]["status"] == "succeeded"
+
+
+def test_a_quiet_worker_round_without_a_lease_is_marked_interrupted(state):
+    """A worker killed after its last shard (or between shards) holds no lease to take over: its round is found by
+    having held no lease and recorded no progress for a lease period."""
+    from spanprism.attribution.passes import runs
+
+    def record(worker: str, started: datetime, progress: datetime | None = None) -> dict:
+        rec = runs.new_run("incremental", "worker")
+        counts = {"worker": worker, "shards": [1]} | ({"progress_at": progress.isoformat()} if progress else {})
+        rec.update(status="running", started_at=started, counts=counts)
+        with state.write() as cur:
+            runs.save_run(cur, rec)
+        return rec
+
+    lease_s = 60.0
+    holder = _claim(state, "holder", T0 - timedelta(seconds=10), lease_s=lease_s)  # live lease until T0 + 50 s
+    dead = record("dead", T0 - timedelta(hours=1))  # started long ago, never progressed, no lease
+    stalled = record("dead-too", T0 - timedelta(hours=1), T0 - timedelta(seconds=120))  # last progress 2 min ago
+    between = record("between", T0 - timedelta(hours=1), T0 - timedelta(seconds=5))  # finished a shard 5 s ago
+    holding = record("holder", T0 - timedelta(hours=1))  # quiet, but it holds a live lease: working on a shard
+    # Quiet, its lease expired but not yet taken over: it died mid-shard, and the takeover marks it (with the shard).
+    _claim(state, "expired", T0 - timedelta(seconds=600), lease_s=lease_s)
+    expired = record("expired", T0 - timedelta(hours=1))
+    with state.write() as cur:
+        live = shards.holders(cur)
+        assert live == {holder.owner, "expired"}
+        got = runs.mark_stale_worker_rounds(cur, live=live, quiet_since=T0 - timedelta(seconds=lease_s),
+                                            reason="quiet", now=T0)  # fmt: skip
+    assert sorted(got) == sorted([dead["id"], stalled["id"]])
+    with state.read() as cur:
+        status = {r["id"]: r["status"] for r in runs.list_runs(cur, limit=10)[0]}
+    assert status[dead["id"]] == status[stalled["id"]] == "interrupted"
+    assert status[between["id"]] == status[holding["id"]] == status[expired["id"]] == "running"

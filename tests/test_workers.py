@@ -116,8 +116,12 @@ def _round(world: dict, url: str) -> list[list[int]]:
 
 def test_three_workers_give_the_records_of_one_process(world, tmp_path, monkeypatch, capsys):
     url = world["pg"].url()
+    ghost = _ghost_round(url)  # a worker killed after its last shard: no lease left to take over
     passed = _round(world, url)
     assert sum(1 for p in passed if p) >= 2  # the work was shared
+    # Found by the next worker to start a round: no lease, no progress for a lease period.
+    found = [r for r in _runs(url) if r["id"] == ghost]
+    assert found[0]["status"] == "interrupted" and "held no lease" in found[0]["error"], found
     # Each worker's rollup cache holds the rollups of the shards it passed, and only those: equal, row for row, to
     # the one-process rollups of those series (the series registry lists every series, for the key lists).
     reference = _rollups(world["base"] / "one.duckdb")
@@ -154,7 +158,7 @@ def test_three_workers_give_the_records_of_one_process(world, tmp_path, monkeypa
     assert records == world["reference"], _differences(records, world["reference"])
 
     # Every worker round that passed a shard is a job_runs row: kind, trigger worker, the worker, its shards, counts.
-    recorded = _runs(url)
+    recorded = [r for r in _runs(url) if r["id"] != ghost]
     assert all(r["trigger"] == "worker" and r["status"] == "succeeded" for r in recorded)
     assert sorted(s for r in recorded if r["kind"] == "incremental" for s in r["counts"]["shards"]) == sorted(
         s for p in passed for s in p
@@ -173,7 +177,7 @@ def test_three_workers_give_the_records_of_one_process(world, tmp_path, monkeypa
     assert {r["id"] for r in listed["data"]} == {n["run_id"] for n in nightly}
     with live_server(tmp_path / "replica", state_url=url, scheduler_enabled=False) as replica:
         page = replica.client.get("/api/v1/jobs", params={"limit": 100}).json()
-    assert page["count"] == len(recorded) and {r["trigger"] for r in page["data"]} == {"worker"}
+    assert page["count"] == len(recorded) + 1 and {r["trigger"] for r in page["data"]} == {"worker"}
 
 
 def test_a_killed_worker_s_shard_is_taken_over_and_nothing_is_lost_or_duplicated(world):
@@ -223,6 +227,21 @@ def test_a_killed_worker_s_shard_is_taken_over_and_nothing_is_lost_or_duplicated
     records = _records(url)
     assert len({r["id"] for r in records}) == len(records) == len(world["reference"])
     assert records == world["reference"]
+
+
+def _ghost_round(url: str) -> str:
+    """A ``running`` round of a worker that died an hour ago after its last shard; its id."""
+    state = PostgresState(url)
+    try:
+        record = runs.new_run("incremental", "worker")
+        record.update(status="running", started_at=datetime.now(UTC) - timedelta(hours=1),
+                      counts={"worker": "ghost", "shards": [3], "progress_at": (datetime.now(UTC) - timedelta(
+                          hours=1)).isoformat()})  # fmt: skip
+        with state.write() as cur:
+            runs.save_run(cur, record)
+        return record["id"]
+    finally:
+        state.close()
 
 
 def _leases_or_none(url: str) -> list[dict]:

@@ -23,8 +23,10 @@ nightly round after an incremental round once the slot has come.
 Every round that passed (or tried) a shard is recorded in ``job_runs`` (trigger ``worker``, kind ``incremental`` or
 ``nightly``; the worker and its shards in ``counts``), so ``/api/v1/jobs`` and ``spanprism jobs`` list the
 workers' passes beside the scheduler's. Such rows never start a scheduler's incremental window (they do not cover
-every series: ``counts.covering`` is unset). A worker killed mid-round leaves its row ``running``; the worker that
-takes over its expired lease marks it ``interrupted``.
+every series: ``counts.covering`` is unset). A running row records its shards so far and ``counts.progress_at``
+after each shard. A worker killed mid-round leaves its row ``running``: the worker that takes over its expired lease
+marks it ``interrupted``, and when no lease is left to take over (it died between shards, or after its last one),
+any worker starting a round marks it once it has held no lease and made no progress for a lease period.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class ShardWorker:
         self._nightly_slot = nightly_slot
         with self.db.state.write() as cur:
             shards.ensure_shards(cur)
+        self._reap_quiet()
         stopped: str | None = None
         try:
             while stop is None or not stop.is_set():
@@ -118,6 +121,7 @@ class ShardWorker:
                 if record is None:
                     record = self._record_start(summary, nightly_slot)
                 self._one(lease, summary)
+                self._record_progress(record, summary)
         except BaseException as exc:  # the state database went away mid-round, or the process is stopping
             stopped = f"the round stopped: {type(exc).__name__}: {exc}"
             raise
@@ -137,6 +141,32 @@ class ShardWorker:
                 runs.mark_worker_interrupted(cur, str(lease.taken_from), reason=reason, now=_now())
         except Exception:  # bookkeeping only: the shard's pass goes on
             log.warning("could not mark the rounds of worker %s interrupted", lease.taken_from, exc_info=True)
+
+    def _reap_quiet(self) -> None:
+        """Rounds of other workers left ``running`` with no lease and no progress for a lease period are marked
+        ``interrupted``: their worker died between shards or after its last one (no lease left to take over)."""
+        now = _now()
+        try:
+            with self.db.state.write() as cur:
+                # A holder of an expired lease died mid-shard: the takeover of that lease marks its round.
+                live = shards.holders(cur) | {self.owner}
+                runs.mark_stale_worker_rounds(
+                    cur, live=live, quiet_since=now - timedelta(seconds=self.lease_s), now=now,
+                    reason=f"the worker held no lease and recorded no progress for {self.lease_s:g} s; "
+                           f"found by {self.owner}",
+                )  # fmt: skip
+        except Exception:  # bookkeeping only: the round goes on
+            log.warning("could not mark quiet worker rounds interrupted", exc_info=True)
+
+    def _record_progress(self, record: dict[str, Any], summary: RoundSummary) -> None:
+        """After each finished shard: the shards so far and when (a round that stops progressing without a lease
+        is a dead worker's, :meth:`_reap_quiet`)."""
+        record["counts"].update(shards=list(summary.shards), progress_at=_now().isoformat())
+        try:
+            with self.db.state.write() as cur:
+                runs.save_run(cur, record)
+        except Exception:  # bookkeeping only: the end-of-round record follows
+            log.warning("could not record the progress of worker run %s", record["id"], exc_info=True)
 
     def _record_start(self, summary: RoundSummary, nightly_slot: datetime | None) -> dict[str, Any]:
         record = runs.new_run(summary.kind, "worker")

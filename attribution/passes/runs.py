@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -166,6 +166,30 @@ def mark_worker_interrupted(con: StateCursor, worker: str, *, reason: str, now: 
         con.execute("UPDATE job_runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, ?)"
                     " WHERE id = ? AND status = 'running'", [now or datetime.now(UTC), reason, run_id])  # fmt: skip
     return len(ids)
+
+
+def mark_stale_worker_rounds(con: StateCursor, *, live: Collection[str], quiet_since: datetime, reason: str,
+                             now: datetime | None = None) -> list[str]:  # fmt: skip
+    """Mark ``interrupted`` the ``running`` worker rounds whose worker holds no lease (not in ``live``) and
+    that recorded no progress (a finished shard, ``counts.progress_at``; else their start) since ``quiet_since``;
+    returns their ids.
+
+    A live worker holds a lease whenever it works on a shard, records progress when it finishes one and its end
+    just after its last claim comes back empty: a round quiet for a lease period without a lease is one whose worker
+    died between shards or after its last one, where no lease is left to take over (:func:`mark_worker_interrupted`
+    covers a death mid-shard). A worker that only stalled overwrites the mark with its own end-of-round record."""
+    rows = con.execute("SELECT id, started_at, counts FROM job_runs WHERE trigger = 'worker' AND status = 'running'"
+                       ).fetchall()  # fmt: skip
+    stale = []
+    for run_id, started_at, counts_json in rows:
+        counts = orjson.loads(counts_json or "{}")
+        progress = datetime.fromisoformat(counts["progress_at"]) if counts.get("progress_at") else as_utc(started_at)
+        if counts.get("worker") not in live and progress is not None and progress < quiet_since:
+            stale.append(run_id)
+    for run_id in stale:
+        con.execute("UPDATE job_runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, ?)"
+                    " WHERE id = ? AND status = 'running'", [now or datetime.now(UTC), reason, run_id])  # fmt: skip
+    return stale
 
 
 # --- windows ------------------------------------------------------------------------------------------------------

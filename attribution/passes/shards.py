@@ -158,6 +158,11 @@ def release(cur: StateCursor, lease: Lease) -> None:
                 [lease.shard, lease.token])  # fmt: skip
 
 
+def holders(cur: StateCursor) -> set[str]:
+    """The workers holding a lease, expired or not (an expired one not yet taken over still names its holder)."""
+    return {r[0] for r in cur.execute("SELECT DISTINCT owner FROM shard_leases WHERE owner IS NOT NULL").fetchall()}
+
+
 def leases(cur: StateCursor) -> list[dict]:
     """Every shard's lease row (for ``spanprism worker --status`` and tests)."""
     cols = ("shard", "owner", "expires_at", "last_started_at", "last_finished_at", "covered_until", "passes",
