@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from spanprism.ingest.limits import Limits
+from spanprism.ingest.otel_traces import Part
 
 
 class Settings(BaseSettings):
@@ -49,6 +50,11 @@ class Settings(BaseSettings):
         ge=0,
         description="When > 0 (and `clickhouse_url` is set), `serve` follows `clickhouse_source_table` every this "
         "many seconds, as `spanprism source --every` would; 0 = off.",
+    )
+    clickhouse_source_part: str = Field(
+        "0/1",
+        description="`I/N`: this follower reads the traces whose id hashes to I of N, so N `spanprism source` "
+        "processes (or `serve` replicas) follow one table together, each with its own watermark; `0/1` = all.",
     )
     worker_lease_s: float = Field(
         60,
@@ -187,6 +193,12 @@ class Settings(BaseSettings):
         description="Link for exemplar traces in alerts, e.g. `https://tempo.example/trace/{trace_id}` "
         "(`{trace_id}` and `{span_id}` are filled in); a destination's own option wins.",
     )
+
+    @field_validator("clickhouse_source_part")
+    @classmethod
+    def _source_part(cls, value: str) -> str:
+        Part.parse(value)  # a clear error at start, not at every follower turn
+        return value
 
     def ingest_limits(self, *, http: bool = False) -> Limits:
         """The ingest caps and bounds these settings ask for; ``http`` also bounds inflated size by the body cap."""

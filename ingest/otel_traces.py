@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,11 +156,40 @@ def span_records(rows: pa.Table, source: str) -> list[SpanRecord]:
     return spans
 
 
-def read_slice(store: ClickHouseStore, table: str, lo_ns: int, hi_ns: int) -> pa.Table:
-    """The candidate spans of ``table`` with ``lo_ns <= Timestamp < hi_ns``."""
+@dataclass(frozen=True)
+class Part:
+    """One of ``of`` followers of one table: it reads the traces whose id hashes to ``index`` (``cityHash64`` of
+    ``TraceId`` modulo ``of``). Every span of a trace (both LLM spans of one call, the non-LLM spans between them)
+    falls in the same part, so each follower folds whole calls, as one follower would."""
+
+    index: int
+    of: int
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        """``"I/N"`` (``0 <= I < N``), e.g. ``1/3``; a clear error otherwise."""
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            raise ValueError(f"source part {text!r}: expected I/N with 0 <= I < N (e.g. 0/3, 1/3, 2/3)")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def key(self, table: str) -> str:
+        """The part's watermark key (the whole table's is the table name)."""
+        return table if self.of == 1 else f"{table}#{self.index}/{self.of}"
+
+    def condition(self) -> str:
+        return "1" if self.of == 1 else f"cityHash64(TraceId) % {self.of} = {self.index}"
+
+
+WHOLE = Part(0, 1)
+
+
+def read_slice(store: ClickHouseStore, table: str, lo_ns: int, hi_ns: int, part: Part = WHOLE) -> pa.Table:
+    """The candidate spans of ``table`` with ``lo_ns <= Timestamp < hi_ns`` (of the traces of ``part``)."""
     return store.query_arrow(
         f"SELECT {_COLUMNS} FROM {table} WHERE Timestamp >= fromUnixTimestamp64Nano({int(lo_ns)}, 'UTC')"
         f" AND Timestamp < fromUnixTimestamp64Nano({int(hi_ns)}, 'UTC') AND {candidate_filter()}"
+        f" AND {part.condition()}"
     )
 
 
@@ -197,11 +227,26 @@ def read_links(store: ClickHouseStore, table: str, rows: pa.Table, lo_ns: int, h
     ]  # fmt: skip
 
 
-def watermark(store: ClickHouseStore, table: str) -> int | None:
-    """The stored watermark of ``table`` (ns since the epoch): every span before it that had arrived is stored."""
+def watermark(store: ClickHouseStore, table: str, part: Part = WHOLE) -> int | None:
+    """The stored watermark of ``table`` (ns since the epoch), or of one ``part`` of it: every span of it before
+    that time that had arrived is stored.
+
+    A part without a watermark of its own (the followers were re-split, or one follower became several) starts
+    where a split whose every part has a watermark has stored everything: the oldest watermark of its parts (of
+    the best such split). Nothing is lost (a split with a part that never ran covers nothing), and re-reading what
+    another split stored duplicates nothing (re-read spans are recognised); with no complete split, from the start."""
     store.command(_WATERMARKS_DDL)
-    rows = store.rows(f"SELECT watermark_ns FROM {WATERMARKS} FINAL WHERE source = '{table}'")
-    return int(rows[0][0]) if rows else None
+    rows = store.rows(f"SELECT source, watermark_ns FROM {WATERMARKS} FINAL"
+                      f" WHERE source = '{table}' OR startsWith(source, '{table}#')")  # fmt: skip
+    marks = {str(k): int(v) for k, v in rows}
+    if part.key(table) in marks:
+        return marks[part.key(table)]
+    covered = []
+    for of in {1} | {int(k.rsplit("/", 1)[1]) for k in marks if "#" in k and k.rsplit("/", 1)[1].isdigit()}:
+        keys = [Part(i, of).key(table) for i in range(of)]
+        if all(k in marks for k in keys):
+            covered.append(min(marks[k] for k in keys))
+    return max(covered) if covered else None
 
 
 def _save_watermark(store: ClickHouseStore, table: str, ns: int) -> None:
@@ -230,14 +275,17 @@ class SourceRun:
 
 def follow(con: duckdb.DuckDBPyConnection, store: ClickHouseStore, *, table: str = "otel_traces", late_s: int = 600,
            slice_s: int = 300, until_ns: int | None = None, max_slices: int | None = None,
-           tenant_attribute: str | None = None, limits: Limits | None = None) -> SourceRun:  # fmt: skip
+           tenant_attribute: str | None = None, limits: Limits | None = None,
+           part: Part = WHOLE) -> SourceRun:  # fmt: skip
     """One pass: from the watermark minus ``late_s`` (or the table's first span) up to ``until_ns`` (default: the
     newest span now in the table), in ``slice_s`` slices, each stored and then marked done.
 
     ``max_slices`` stops early (the next pass goes on from there). ``con`` is the DuckDB file that keeps the ingest
-    batches and the quarantine; the calls go where the writer is bound (ClickHouse)."""
+    batches and the quarantine; the calls go where the writer is bound (ClickHouse). ``part`` splits the table
+    between several followers (processes or hosts, each with its own DuckDB file): each reads its share of the
+    traces and keeps its own watermark."""
     run = SourceRun()
-    mark = watermark(store, table)
+    mark = watermark(store, table, part)
     first, last, n = store.rows(f"SELECT toUnixTimestamp64Nano(min(Timestamp)), toUnixTimestamp64Nano(max(Timestamp)),"
                                 f" count() FROM {table}")[0]  # fmt: skip
     if not n:
@@ -248,7 +296,7 @@ def follow(con: duckdb.DuckDBPyConnection, store: ClickHouseStore, *, table: str
     source = f"clickhouse:{table}"
     while lo < hi and (max_slices is None or run.slices < max_slices):
         end = min(lo + step, hi)
-        rows = read_slice(store, table, lo, end)
+        rows = read_slice(store, table, lo, end, part)
         spans = span_records(rows, source) + read_links(store, table, rows, lo, end)
         norm = normalize(spans, tenant_attribute=tenant_attribute, limits=limits)
         batch = Batch(source=source, calls=norm.table, quarantined=norm.quarantined, spans_seen=len(spans),
@@ -256,7 +304,7 @@ def follow(con: duckdb.DuckDBPyConnection, store: ClickHouseStore, *, table: str
                       links=norm.links)  # fmt: skip
         run.counts.append(store_batch(con, batch))
         if mark is None or end > mark:  # never move back: a re-read of the late window leaves the mark where it was
-            _save_watermark(store, table, end)
+            _save_watermark(store, part.key(table), end)
             mark = end
         run.slices += 1
         run.spans_read += len(spans)

@@ -7,6 +7,7 @@ by the product and normalized by the same normalizer.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,12 +29,15 @@ from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
 from spanprism.ingest.normalize import normalize
 from spanprism.ingest.otel_traces import (
+    Part,
+    _save_watermark,
     exporter_rows,
     follow,
     otel_traces_ddl,
     read_slice,
     span_records,
     spans_of_files,
+    watermark,
 )
 from spanprism.ingest.pipeline import ingest_paths
 from spanprism.models import clickhouse
@@ -197,6 +201,50 @@ def test_a_killed_source_loses_and_duplicates_nothing(export, clickhouse_url, tm
         assert main(["--db", str(tmp_path / "k.duckdb"), "source", "--slice-s", "3600"]) == 0
     assert _stored(store) == export["calls"]
     assert store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0] == len(export["calls"])
+
+
+def test_followers_split_by_trace_give_the_calls_of_one(export, clickhouse_url, tmp_path, monkeypatch, capsys):
+    """Three followers (each its own DuckDB file, as on three hosts) each read a third of the traces: together the
+    calls of one follower, none twice. Re-split into two, each new part starts where the three stored everything."""
+    store = _fill(clickhouse_url, export["spans"])
+    monkeypatch.setenv("SPANPRISM_CLICKHOUSE_URL", clickhouse_url)
+    stored = []
+    for i in range(3):
+        assert main(["--db", str(tmp_path / f"p{i}.duckdb"), "source", "--slice-s", "3600", "--part", f"{i}/3"]) == 0
+        stored.append(len(_stored(store)))
+    assert 0 < stored[0] < stored[1] < stored[2]  # each part adds its own share of the calls
+    assert _stored(store) == export["calls"]
+    assert store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0] == len(export["calls"])
+    thirds = [watermark(store, "otel_traces", Part(i, 3)) for i in range(3)]
+    assert watermark(store, "otel_traces", Part(1, 2)) == min(thirds)  # the 3-way split covers up to its slowest
+    capsys.readouterr()
+    for i in range(2):
+        assert main(["--db", str(tmp_path / f"q{i}.duckdb"), "source", "--json", "--part", f"{i}/2"]) == 0
+    out, runs, at = capsys.readouterr().out, [], 0
+    while (at := out.find("{", at)) >= 0:  # the JSON summaries (pretty-printed), one per pass
+        run, at = json.JSONDecoder().raw_decode(out, at)
+        runs.append(run)
+    assert [r["part"] for r in runs] == ["0/2", "1/2"] and all(r["calls_stored"] == 0 for r in runs)
+    assert sum(r["spans_read"] for r in runs) < len(export["spans"]) / 4  # the late window, not the whole table
+    assert store.rows("SELECT count() FROM llm_calls WHERE _deleted = 0")[0][0] == len(export["calls"])
+    assert main(["--db", str(tmp_path / "bad.duckdb"), "source", "--part", "3/3"]) == 2
+    assert "expected I/N" in capsys.readouterr().err
+
+
+def test_a_new_split_starts_only_where_a_complete_split_stored_everything(clickhouse_url):
+    store = clickhouse.connect(clickhouse_url)
+    assert watermark(store, "t", Part(0, 2)) is None  # nothing stored: from the table's first span
+    _save_watermark(store, "t#0/4", 500)  # a 4-way split whose parts 1-3 never ran covers nothing
+    _save_watermark(store, "t#1/4", 900)
+    assert watermark(store, "t", Part(0, 2)) is None
+    _save_watermark(store, "t", 300)  # one follower stored everything before 300
+    _save_watermark(store, "t#0/3", 700)
+    _save_watermark(store, "t#1/3", 650)
+    _save_watermark(store, "t#2/3", 800)
+    _save_watermark(store, "other#0/1", 5000)  # another table's marks do not count
+    assert watermark(store, "t", Part(0, 2)) == 650  # the best complete split: the 3-way one, up to its slowest
+    assert watermark(store, "t", Part(1, 4)) == 900 and watermark(store, "t") == 300  # own marks win
+    assert watermark(store, "t", Part(2, 4)) == 650
 
 
 def _wait_for(check, timeout: float = 60.0) -> None:

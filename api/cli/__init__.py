@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=float, help="seconds between passes (default: one pass, then exit)")
     p.add_argument("--slice-s", type=int, default=300, help="seconds of spans read and stored at a time (default 300)")
     p.add_argument("--max-slices", type=int, help="stop a pass after this many slices (the next pass goes on)")
+    p.add_argument("--part", help="I/N: follow the traces whose id hashes to I of N (N followers share the table; "
+                   "default: the clickhouse_source_part setting, 0/1 = all)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the pass summary as JSON")
 
     cli_attribution.register(sub, _add)

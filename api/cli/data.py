@@ -94,15 +94,21 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
     if store is None:
         console.print("[red]error:[/red] `spanprism source` reads ClickHouse: set SPANPRISM_CLICKHOUSE_URL")
         return 2
+    try:
+        part = otel_traces.Part.parse(args.part or settings.clickhouse_source_part)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     con = db.open_db(settings.db)
     try:
         while True:
             run = otel_traces.follow(con, store, table=settings.clickhouse_source_table,
                                      late_s=settings.clickhouse_source_late_s, slice_s=args.slice_s,
                                      max_slices=args.max_slices, tenant_attribute=settings.tenant_attribute,
-                                     limits=settings.ingest_limits())  # fmt: skip
+                                     limits=settings.ingest_limits(), part=part)  # fmt: skip
             summary = {"slices": run.slices, "spans_read": run.spans_read, "calls_stored": run.calls_stored,
-                       "duplicates": run.duplicates, "watermark_ns": run.watermark_ns}  # fmt: skip
+                       "duplicates": run.duplicates, "watermark_ns": run.watermark_ns,
+                       "part": f"{part.index}/{part.of}"}  # fmt: skip
             if args.json:
                 out.print_json(data=summary)
             else:

@@ -14,7 +14,7 @@ import threading
 from spanprism.api.metrics import Metrics
 from spanprism.api.settings import Settings
 from spanprism.api.storage.database import Database
-from spanprism.ingest.otel_traces import follow
+from spanprism.ingest.otel_traces import Part, follow
 from spanprism.models.clickhouse import bound
 
 log = logging.getLogger("spanprism.ingest")
@@ -39,7 +39,7 @@ class SourceFollower:
         with self.db.writer() as cur:
             run = follow(cur, store, table=s.clickhouse_source_table, late_s=s.clickhouse_source_late_s,
                          max_slices=_SLICES_PER_TURN, tenant_attribute=s.tenant_attribute,
-                         limits=s.ingest_limits())  # fmt: skip
+                         limits=s.ingest_limits(), part=Part.parse(s.clickhouse_source_part))  # fmt: skip
         if run.calls_stored:
             self.db.bump_listing()
         return run.slices == _SLICES_PER_TURN
