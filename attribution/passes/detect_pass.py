@@ -30,7 +30,8 @@ from spanprism.attribution.detection.episodes import (
     prefer_finer,
     spans_from_episodes,
 )
-from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
+from spanprism.attribution.detection.per_call import detect_calls
+from spanprism.attribution.detection.per_call_config import PerCallConfig
 from spanprism.attribution.detection.per_call_series import per_call_keys
 from spanprism.attribution.store import calls as stored_calls
 from spanprism.attribution.store import state as store
