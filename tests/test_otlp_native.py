@@ -30,7 +30,7 @@ from test_otlp_writer import make_row
 
 from spanprism.attribution.simulator.otlp.writer import CONVENTIONS, iter_export_lines
 from spanprism.ingest import otlp_json, otlp_proto
-from spanprism.ingest.otlp_json import DecodeError
+from spanprism.ingest.otlp_json_values import DecodeError
 from spanprism.ingest.records import Quarantined, SpanRecord
 
 HERE = Path(__file__).resolve().parent
