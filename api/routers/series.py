@@ -34,7 +34,7 @@ from spanprism.api.schemas import (
 from spanprism.api.storage.database import Database
 from spanprism.attribution.detection.episodes import FAMILIES
 from spanprism.attribution.store import panels
-from spanprism.attribution.store.rollups import RollupConfig
+from spanprism.attribution.store.rollup_sql import RollupConfig
 from spanprism.models.schema import ROUTE_COLUMNS
 
 router = APIRouter(tags=["series"])

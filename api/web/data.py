@@ -17,7 +17,7 @@ import duckdb
 from spanprism.attribution.passes.label_pass import find_regression, list_feedback
 from spanprism.attribution.store import panels
 from spanprism.attribution.store.records import list_regressions
-from spanprism.attribution.store.rollups import RollupConfig
+from spanprism.attribution.store.rollup_sql import RollupConfig
 from spanprism.models.state import StateCursor
 
 CONFIG = RollupConfig()

@@ -28,7 +28,7 @@ from spanprism.attribution.store.records import (
     WITHHELD_LIKE,
     list_regressions,
 )
-from spanprism.attribution.store.rollups import RollupConfig, bucket_sql, rollup_select, rollup_statistics
+from spanprism.attribution.store.rollup_sql import RollupConfig, bucket_sql, rollup_select, rollup_statistics
 from spanprism.models.clickhouse import bound
 from spanprism.models.schema import ROUTE_COLUMNS
 from spanprism.models.state import StateCursor, key_in
