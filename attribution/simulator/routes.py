@@ -63,85 +63,31 @@ def make_routes(
     others = [r for r in regions if r != home]
     dep = f"{model.request_model.split('.')[-1].split(':')[0]}-prod" if prov.deployments else None
     snap = model.snapshots[0]
-    routes = [
-        _route(
-            prov, rng, home, dep, snap, "primary", network=float(rng.uniform(5, 40)), slow=(0.95, 1.05), standby=False
-        )
-    ]
+
+    def route(name: str, slow: tuple[float, float], *, region: str | None = home, network: float | None = None,
+              deployment: str | None = dep, snapshot: str = snap) -> Route:  # fmt: skip
+        """One route of this series; ``network`` None: the primary route's (same host, or same region)."""
+        near = routes[0].network_ms if network is None else network
+        return _route(prov, rng, region, deployment, snapshot, name, network=near, slow=slow,
+                      standby=name.startswith("standby"))  # fmt: skip
+
+    # The keyword arguments are drawn left to right before _route draws its own: the order of the draws is the seed's.
+    routes: list[Route] = [route("primary", (0.95, 1.05), network=float(rng.uniform(5, 40)))]
     for i in range(1, n_active):
         if others:  # a second region: farther, ~+20-80 ms
             region = others.pop(int(rng.integers(0, len(others))))
-            routes.append(
-                _route(
-                    prov,
-                    rng,
-                    region,
-                    dep,
-                    snap,
-                    f"active{i}",
-                    network=float(rng.uniform(25, 120)),
-                    slow=(0.95, 1.15),
-                    standby=False,
-                )
-            )
+            routes.append(route(f"active{i}", (0.95, 1.15), region=region, network=float(rng.uniform(25, 120))))
         else:  # providers without regions: several backends (fingerprints) behind one host
-            routes.append(
-                _route(
-                    prov,
-                    rng,
-                    home,
-                    dep,
-                    snap,
-                    f"active{i}",
-                    network=routes[0].network_ms,
-                    slow=(0.95, 1.1),
-                    standby=False,
-                )
-            )
+            routes.append(route(f"active{i}", (0.95, 1.1)))
     share = rng.dirichlet(np.full(len(routes), 2.0))
     share = np.sort(share)[::-1]
     weights = [float(x) for x in share]
     if others:  # far region for region shifts: cross-continent RTT, older/busier hardware
-        routes.append(
-            _route(
-                prov,
-                rng,
-                others[int(rng.integers(0, len(others)))],
-                dep,
-                snap,
-                "standby_region",
-                network=float(rng.uniform(90, 200)),
-                slow=(1.1, 1.6),
-                standby=True,
-            )
-        )
+        far = others[int(rng.integers(0, len(others)))]
+        routes.append(route("standby_region", (1.1, 1.6), region=far, network=float(rng.uniform(90, 200))))
     if prov.deployments:  # another deployment in the home region: e.g. standard vs provisioned capacity
-        routes.append(
-            _route(
-                prov,
-                rng,
-                home,
-                f"{dep}-std2",
-                snap,
-                "standby_deployment",
-                network=routes[0].network_ms,
-                slow=(1.3, 2.0),
-                standby=True,
-            )
-        )
+        routes.append(route("standby_deployment", (1.3, 2.0), deployment=f"{dep}-std2"))
     if len(model.snapshots) > 1:  # the alias moves to a new snapshot with a different speed
-        routes.append(
-            _route(
-                prov,
-                rng,
-                home,
-                dep,
-                model.snapshots[1],
-                "standby_snapshot",
-                network=routes[0].network_ms,
-                slow=(1.25, 1.8),
-                standby=True,
-            )
-        )
+        routes.append(route("standby_snapshot", (1.25, 1.8), snapshot=model.snapshots[1]))
     weights += [0.0] * (len(routes) - len(weights))
     return tuple(routes), tuple(weights)
