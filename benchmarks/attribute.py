@@ -189,7 +189,8 @@ def per_call_timing(n_series: int, days: int, seed: int) -> None:
     Same rate law as :func:`synthetic_rollups` (log-uniform 0.01–100 calls/s); the series under
     ``PerCallConfig.sparse_below`` calls an hour get log-normal calls with tokens, tested over ``days``.
     """
-    from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
+    from spanprism.attribution.detection.per_call import detect_calls
+    from spanprism.attribution.detection.per_call_config import PerCallConfig
 
     calls, n_sparse, start = sparse_calls(n_series, days, seed, PerCallConfig().sparse_below)
     t0, cpu0 = time.perf_counter(), time.process_time()

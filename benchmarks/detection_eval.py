@@ -27,7 +27,7 @@ from typing import Any
 from spanprism.api.cli.evaluation import evaluate_folder, read_labels, write_simulation
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.detection.episodes import DetectionConfig
-from spanprism.attribution.detection.per_call import PerCallConfig
+from spanprism.attribution.detection.per_call_config import PerCallConfig
 from spanprism.attribution.evaluation.pooled import per_family, target_recall
 from spanprism.attribution.evaluation.scoring import Score, moved_pct, score
 from spanprism.attribution.evaluation.scoring import _overlaps as overlaps

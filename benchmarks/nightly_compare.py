@@ -44,7 +44,8 @@ def child(out: Path, n_series: int, days: int, seed: int) -> None:
     from attribute import sparse_calls, synthetic_rollups
 
     from spanprism.api.storage.connect import open_db
-    from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
+    from spanprism.attribution.detection.per_call import detect_calls
+    from spanprism.attribution.detection.per_call_config import PerCallConfig
     from spanprism.attribution.passes.detect_pass import run_attribution
 
     rng = np.random.default_rng(seed)

@@ -41,7 +41,7 @@ from timing import measure_calls, measure_gets, measure_steps, row
 from spanprism.api.storage.connect import open_db
 from spanprism.api.web import data
 from spanprism.attribution.passes.label_pass import find_regression, list_feedback
-from spanprism.attribution.store import panels
+from spanprism.attribution.store import panels, series_list
 from spanprism.attribution.store.records import list_regressions
 
 EXEMPLARS = 5
@@ -112,7 +112,7 @@ def before(cur: Any, ref: str) -> dict[str, Callable[[], Any]]:
         s = state["r"]["series"]
         filters = {"service": s.get("service"), "provider": s.get("provider"), "model": s.get("model"),
                    "operation": s.get("operation"), "tenant": s.get("tenant")}  # fmt: skip
-        rows, _ = panels.list_series(cur, filters=filters, limit=50, offset=0)
+        rows, _ = series_list.list_series(cur, filters=filters, limit=50, offset=0)
         state["series"] = next(r for r in rows if r.get("tenant") == s.get("tenant"))
 
     return {"find": find, "series": series, "points": lambda: _points(cur, state),
@@ -128,7 +128,7 @@ def after(cur: Any, ref: str) -> dict[str, Callable[[], Any]]:
         state["win"] = data.regression_window(state["r"])
 
     def series() -> None:
-        state["series"] = panels.regression_series(cur, state["r"]["id"])
+        state["series"] = series_list.regression_series(cur, state["r"]["id"])
 
     def points() -> int:
         win = state["win"]

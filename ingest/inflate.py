@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from spanprism.ingest.framing import GZIP_MAGIC, ZSTD_MAGIC
-from spanprism.ingest.otlp_json import DecodeError
+from spanprism.ingest.otlp_json_values import DecodeError
 
 __all__ = ["BodyTooLarge", "Inflater", "InputTooLarge", "check_inflated_size", "inflate_bytes"]
 

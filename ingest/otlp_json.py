@@ -2,7 +2,8 @@
 
 This is the ingest hot path, so the walk is written for CPython speed: attribute values take an inline
 fast path for ``stringValue`` and ``intValue`` (most GenAI attributes), everything else goes through a
-small dispatch table. Leniency rules (CONVENTIONS.md §6):
+small dispatch table (the values, ids and errors: :mod:`.otlp_json_values`; here the envelope, resource,
+scope and span walk). Leniency rules (CONVENTIONS.md §6):
 
 * keys: lowerCamelCase (the OTLP spec) or snake_case (generic protobuf JSON marshallers); legacy
   ``instrumentationLibrarySpans``/``instrumentationLibrary`` as well as ``scopeSpans``/``scope``;
@@ -16,8 +17,6 @@ start, negative tokens, …) are the normalizer's business.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from contextlib import suppress
 from functools import lru_cache, partial
@@ -25,256 +24,22 @@ from typing import Any
 
 import orjson
 
+from spanprism.ingest.otlp_json_values import (
+    KIND_NAMES,
+    STATUS_NAMES,
+    DecodeError,
+    SpanError,
+    attributes,
+    opt_str,
+    parse_enum,
+    show,
+    span_id,
+    type_name,
+    uint64,
+)
 from spanprism.ingest.records import Quarantined, SpanEvent, SpanRecord
 
-__all__ = [
-    "KIND_NAMES",
-    "STATUS_NAMES",
-    "DecodeError",
-    "SpanError",
-    "any_value",
-    "attributes",
-    "decode_request",
-    "decode_span",
-    "parse_enum",
-    "show",
-    "span_id",
-    "span_json",
-]
-
-
-class DecodeError(ValueError):
-    """The input as a whole is not a decodable OTLP trace export (an HTTP 400, or one quarantined line/record)."""
-
-
-class SpanError(ValueError):
-    """One span (or one container of spans) cannot be represented as a SpanRecord; the message is the reason."""
-
-
-def _enum(prefix: str, *names: str) -> dict[str, int]:
-    """Proto enum names, full (``SPAN_KIND_CLIENT``) and short (``CLIENT``), to their numbers."""
-    return {**{name: i for i, name in enumerate(names)}, **{prefix + name: i for i, name in enumerate(names)}}
-
-
-KIND_NAMES = _enum("SPAN_KIND_", "UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
-STATUS_NAMES = _enum("STATUS_CODE_", "UNSET", "OK", "ERROR")
-_TYPE_NAMES = {
-    dict: "an object",
-    list: "a list",
-    str: "a string",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    type(None): "null",
-}
-_U64 = 1 << 64
-_ZERO_IDS = frozenset({"0" * 16, "0" * 32})
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """A short repr for error messages (a 10 MB bad value must not end up in a reason string)."""
-    if isinstance(value, str | bytes) and len(value) > limit:
-        return f"{value[:limit]!r}…({len(value)} long)"
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"…({len(text)} chars)"
-
-
-def _tname(value: Any) -> str:
-    """JSON type name of a parsed value, for reasons like 'spans is a string, expected a list'."""
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def parse_enum(value: Any, names: dict[str, int], what: str) -> int:
-    """An enum given as an integer, a decimal string or its proto name (with or without the prefix)."""
-    if value is None or type(value) is int:
-        return value or 0
-    if type(value) is str:
-        number = names.get(value.upper())
-        if number is not None:
-            return number
-        if value.isascii() and value.isdigit():
-            return int(value)
-    raise SpanError(f"{what} {show(value)} is not a known enum value")
-
-
-def _uint64(value: Any, what: str) -> int:
-    """A fixed64 (times in ns): JSON number or decimal string; absent means 0 as in protobuf."""
-    if (
-        (type(value) is str and value.isdecimal())
-        or type(value) is int
-        or (type(value) is float and value.is_integer())
-    ):
-        number = int(value)
-    elif value is None:
-        return 0
-    else:
-        raise SpanError(f"{what} {show(value)} is not an integer")
-    if not 0 <= number < _U64:
-        raise SpanError(f"{what} {show(value)} is outside the fixed64 range")
-    return number
-
-
-def _int64(value: Any) -> int:
-    """An AnyValue intValue: number or decimal string (as lenient as ``int()``, which the fast path uses)."""
-    if type(value) is int or (type(value) is float and value.is_integer()):
-        return int(value)
-    if type(value) is str:
-        with suppress(ValueError):
-            return int(value)
-    raise SpanError(f"intValue {show(value)} is not an integer")
-
-
-def _double(value: Any) -> float:
-    """An AnyValue doubleValue: number, or the strings "NaN"/"Infinity"/"-Infinity" (or a decimal string)."""
-    if type(value) is float or type(value) is int:
-        return float(value)
-    if type(value) is str:
-        with suppress(ValueError):
-            return float(value)
-    raise SpanError(f"doubleValue {show(value)} is not a number")
-
-
-def _typed(kind: type, name: str) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if type(value) is kind:
-            return value
-        raise SpanError(f"{name} {show(value)} is not a {kind.__name__}")
-
-    return check
-
-
-def _bytes(value: Any) -> bytes:
-    if type(value) is str:
-        with suppress(binascii.Error, ValueError):
-            return _b64(value)
-    raise SpanError(f"bytesValue {show(value)} is not base64")
-
-
-def _array(value: Any) -> list[Any]:
-    if type(value) is dict:
-        values = value.get("values")
-        if values is None or type(values) is list:
-            return [any_value(item) for item in values or ()]
-    raise SpanError(f"arrayValue must be an object with a 'values' list, got {show(value)}")
-
-
-def _kvlist(value: Any) -> dict[str, Any]:
-    if type(value) is dict:
-        return attributes(value.get("values"), "kvlistValue.values")
-    raise SpanError(f"kvlistValue must be an object with a 'values' list, got {show(value)}")
-
-
-_string, _boolean = _typed(str, "stringValue"), _typed(bool, "boolValue")
-_ANY = {
-    "stringValue": _string,
-    "boolValue": _boolean,
-    "intValue": _int64,
-    "doubleValue": _double,
-    "arrayValue": _array,
-    "kvlistValue": _kvlist,
-    "bytesValue": _bytes,
-    "string_value": _string,
-    "bool_value": _boolean,
-    "int_value": _int64,
-    "double_value": _double,
-    "array_value": _array,
-    "kvlist_value": _kvlist,
-    "bytes_value": _bytes,
-}
-
-
-def any_value(value: Any) -> Any:
-    """Convert one AnyValue object to a Python value; an empty (or unknown-only) AnyValue is None."""
-    if type(value) is not dict:
-        if value is None:
-            return None
-        raise SpanError(f"attribute value {show(value)} is not an AnyValue object")
-    for name, inner in value.items():
-        convert = _ANY.get(name)
-        if convert is not None:
-            return convert(inner)
-    return None
-
-
-def attributes(kvs: Any, what: str = "attributes") -> dict[str, Any]:
-    """Flatten a list of ``{key, value}`` into ``{key: python value}`` (last duplicate wins).
-
-    The loop trusts the shape and lets Python raise; any exception re-runs the checked walk, which either
-    finds the precise reason (raised as SpanError) or the legitimate odd case (no value, a null list).
-    """
-    out: dict[str, Any] = {}
-    try:
-        for kv in kvs:
-            value = kv["value"]
-            if "stringValue" in value:
-                inner = value["stringValue"]
-                if type(inner) is not str:
-                    raise TypeError
-                out[kv["key"]] = inner
-            elif "intValue" in value:
-                inner = value["intValue"]
-                out[kv["key"]] = int(inner) if type(inner) is str else _int64(inner)
-            elif "doubleValue" in value:
-                inner = value["doubleValue"]
-                out[kv["key"]] = inner if type(inner) is float else _double(inner)
-            else:
-                out[kv["key"]] = any_value(value)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return _checked_attributes(kvs, what)
-    return out
-
-
-def _checked_attributes(kvs: Any, what: str) -> dict[str, Any]:
-    """The validating walk behind :func:`attributes` (raises SpanError with the precise reason)."""
-    if type(kvs) is not list:
-        if kvs is None:
-            return {}
-        raise SpanError(f"{what} is {_tname(kvs)}, expected a list")
-    out: dict[str, Any] = {}
-    for kv in kvs:
-        key = kv.get("key") if type(kv) is dict else None
-        if type(key) is not str:
-            raise SpanError(f"{what}: entry {show(kv)} is not a {{key, value}} object with a string key")
-        try:
-            out[key] = any_value(kv.get("value"))
-        except SpanError as exc:
-            raise SpanError(f"{what} {show(key)}: {exc}") from None
-    return out
-
-
-def _b64(text: str) -> bytes:
-    """Decode standard or URL-safe base64, padding optional."""
-    text = text + "=" * (-len(text) % 4)
-    if "-" in text or "_" in text:
-        return base64.urlsafe_b64decode(text)
-    return base64.b64decode(text, validate=True)
-
-
-def span_id(value: Any, size: int, what: str, *, zero_ok: bool = False) -> str:
-    """Normalize a trace (16 bytes) or span (8 bytes) id given as hex or base64 to lowercase hex.
-
-    An all-zero id is invalid (OTel spec) unless ``zero_ok``, in which case it comes back as "".
-    """
-    try:  # fast path: well-formed hex (fromhex skips whitespace only between bytes, so the length check holds)
-        if len(value) == 2 * size:
-            text = bytes.fromhex(value).hex()
-            if len(text) == 2 * size and text not in _ZERO_IDS:
-                return text
-    except (TypeError, ValueError):
-        pass
-    if type(value) is not str or not value:
-        raise SpanError(f"{what} is missing" if value in (None, "") else f"{what} {show(value)} is not a string")
-    try:
-        raw = bytes.fromhex(value) if len(value) == 2 * size else _b64(value)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != size:
-        raise SpanError(f"{what} {show(value)} is not {size} bytes of hex or base64")
-    if raw.count(0) == size:
-        if zero_ok:
-            return ""
-        raise SpanError(f"{what} is all zeros")
-    return raw.hex()
+__all__ = ["decode_request", "decode_span", "span_json"]
 
 
 def _parent_id(value: Any) -> str | None:
@@ -288,7 +53,7 @@ def _events(events: Any) -> list[SpanEvent]:
     if type(events) is not list:
         if events is None:
             return []
-        raise SpanError(f"events is {_tname(events)}, expected a list")
+        raise SpanError(f"events is {type_name(events)}, expected a list")
     out: list[SpanEvent] = []
     for event in events:
         if type(event) is not dict:
@@ -297,31 +62,23 @@ def _events(events: Any) -> list[SpanEvent]:
         name = event.get("name")
         out.append(
             {
-                "name": name if type(name) is str else _opt_str(name, "event name"),
-                "time_ns": _uint64(when if when is not None else event.get("time_unix_nano"), "event timeUnixNano"),
+                "name": name if type(name) is str else opt_str(name, "event name"),
+                "time_ns": uint64(when if when is not None else event.get("time_unix_nano"), "event timeUnixNano"),
                 "attributes": attributes(event.get("attributes"), "event attributes"),
             }
         )
     return out
 
 
-def _opt_str(value: Any, what: str) -> str:
-    if value is None:
-        return ""
-    if type(value) is str:
-        return value
-    raise SpanError(f"{what} {show(value)} is not a string")
-
-
 def _status(status: Any) -> tuple[int, str]:
     if status is None:
         return 0, ""
     if type(status) is not dict:
-        raise SpanError(f"status is {_tname(status)}, expected an object")
+        raise SpanError(f"status is {type_name(status)}, expected an object")
     code = status.get("code")
     return (
         code if type(code) is int else parse_enum(code, STATUS_NAMES, "status.code"),
-        _opt_str(status.get("message"), "status.message"),
+        opt_str(status.get("message"), "status.message"),
     )
 
 
@@ -335,7 +92,7 @@ def decode_span(
 ) -> SpanRecord:
     """One OTLP JSON span object → SpanRecord (raises SpanError with the reason)."""
     if type(span) is not dict:
-        raise SpanError(f"span is {_tname(span)}, expected an object")
+        raise SpanError(f"span is {type_name(span)}, expected an object")
     get = span.get
     trace, ident, start, end = get("traceId"), get("spanId"), get("startTimeUnixNano"), get("endTimeUnixNano")
     if trace is None or ident is None or start is None or end is None:  # snake_case marshallers
@@ -354,10 +111,10 @@ def decode_span(
         "trace_id": span_id(trace, 16, "traceId"),
         "span_id": span_id(ident, 8, "spanId"),
         "parent_span_id": _parent_id(parent) if parent else None,
-        "name": name if type(name) is str else _opt_str(name, "name"),
+        "name": name if type(name) is str else opt_str(name, "name"),
         "kind": kind if type(kind) is int else parse_enum(kind, KIND_NAMES, "kind"),
-        "start_ns": int(start) if type(start) is str and start.isdecimal() else _uint64(start, "startTimeUnixNano"),
-        "end_ns": int(end) if type(end) is str and end.isdecimal() else _uint64(end, "endTimeUnixNano"),
+        "start_ns": int(start) if type(start) is str and start.isdecimal() else uint64(start, "startTimeUnixNano"),
+        "end_ns": int(end) if type(end) is str and end.isdecimal() else uint64(end, "endTimeUnixNano"),
         "attributes": attributes(get("attributes")),
         "resource": resource,
         "scope": scope,
@@ -376,7 +133,7 @@ def _list(container: dict[str, Any], names: tuple[str, ...], what: str) -> list[
         value = container.get(name)
         if value is not None:
             if type(value) is not list:
-                raise SpanError(f"{name} is {_tname(value)}, expected a list")
+                raise SpanError(f"{name} is {type_name(value)}, expected a list")
             return value
     return []
 
@@ -387,25 +144,25 @@ _SCOPE_KEYS = ("scope", "instrumentationLibrary", "instrumentation_library")
 
 def _resource(resource_spans: Any) -> tuple[dict[str, Any], list[Any]]:
     if type(resource_spans) is not dict:
-        raise SpanError(f"resourceSpans entry is {_tname(resource_spans)}, expected an object")
+        raise SpanError(f"resourceSpans entry is {type_name(resource_spans)}, expected an object")
     resource = resource_spans.get("resource")
     if resource is not None and type(resource) is not dict:
-        raise SpanError(f"resource is {_tname(resource)}, expected an object")
+        raise SpanError(f"resource is {type_name(resource)}, expected an object")
     attrs = attributes(resource.get("attributes"), "resource attributes") if resource else {}
     return attrs, _list(resource_spans, _SCOPE_LISTS, "scopeSpans")
 
 
 def _scope(scope_spans: Any) -> tuple[str, list[Any]]:
     if type(scope_spans) is not dict:
-        raise SpanError(f"scopeSpans entry is {_tname(scope_spans)}, expected an object")
+        raise SpanError(f"scopeSpans entry is {type_name(scope_spans)}, expected an object")
     scope: Any = None
     for key in _SCOPE_KEYS:
         scope = scope_spans.get(key)
         if scope is not None:
             break
     if scope is not None and type(scope) is not dict:
-        raise SpanError(f"scope is {_tname(scope)}, expected an object")
-    name = _opt_str(scope.get("name"), "scope name") if scope else ""
+        raise SpanError(f"scope is {type_name(scope)}, expected an object")
+    name = opt_str(scope.get("name"), "scope name") if scope else ""
     return name, _list(scope_spans, ("spans",), "spans")
 
 
@@ -433,14 +190,14 @@ def decode_request(
     tree in memory: freeing the tree right away makes the whole decode markedly faster.
     """
     if type(doc) is not dict:
-        raise DecodeError(f"not an OTLP envelope: the JSON document is {_tname(doc)}, expected an object")
+        raise DecodeError(f"not an OTLP envelope: the JSON document is {type_name(doc)}, expected an object")
     top = _pick(doc, "resourceSpans", "resource_spans")
     if top is None:
         if doc:
             raise DecodeError(f"not an OTLP envelope: no resourceSpans (keys: {show(sorted(doc)[:8])})")
         return  # {} is a valid, empty ExportTraceServiceRequest
     if type(top) is not list:
-        raise DecodeError(f"resourceSpans is {_tname(top)}, expected a list")
+        raise DecodeError(f"resourceSpans is {type_name(top)}, expected a list")
     count = 0
     for r_index, resource_spans in enumerate(top):
         try:

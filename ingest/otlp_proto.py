@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from spanprism.ingest.otlp_json import DecodeError, SpanError
+from spanprism.ingest.otlp_json_values import DecodeError, SpanError
 from spanprism.ingest.records import Quarantined, SpanEvent, SpanRecord
 
 try:  # the optional C extension (setup.py); absent on a build without a compiler: the Python walk is used

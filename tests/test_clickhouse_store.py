@@ -22,7 +22,7 @@ from support.fold_spans import otlp_line
 from spanprism.api.cli import main
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.simulator.shifts import SeriesSpec, generate_calls
-from spanprism.attribution.store import panels
+from spanprism.attribution.store import panels, series_list
 from spanprism.attribution.store.rollups import refresh_rollups
 from spanprism.ingest.load import store_batches
 from spanprism.ingest.pipeline import ingest_paths
@@ -130,7 +130,7 @@ def test_panel_queries_over_calls_run_in_clickhouse(world):
         con = duckdb.connect(str(world[name]), read_only=True)
         previous = clickhouse.bind(world["store"] if name == "ch" else None)
         try:
-            series = panels.get_series(con, key)
+            series = series_list.get_series(con, key)
             points[name] = [panels.metric_points(con, series, metric, step_s=900, since=since, until=until,
                                                  params=None) for metric in ("e2e_p95_ms", "ttft_p50_ms")]  # fmt: skip
         finally:

@@ -20,7 +20,8 @@ from support.chains import chain_sides
 from support.fold_spans import otlp_line
 
 from spanprism.api.storage.connect import open_db
-from spanprism.attribution.store.rollups import RollupConfig, refresh_rollups
+from spanprism.attribution.store.rollup_sql import RollupConfig
+from spanprism.attribution.store.rollups import refresh_rollups
 from spanprism.ingest.load import store_batches
 from spanprism.ingest.pipeline import ingest_paths, process_chunk
 from spanprism.ingest.records import RawChunk

@@ -25,12 +25,12 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from support.otlp_rows import make_row
 from support.otlp_spans import genai_spans
-from test_otlp_writer import make_row
 
 from spanprism.attribution.simulator.otlp.writer import CONVENTIONS, iter_export_lines
 from spanprism.ingest import otlp_json, otlp_proto
-from spanprism.ingest.otlp_json import DecodeError
+from spanprism.ingest.otlp_json_values import DecodeError
 from spanprism.ingest.records import Quarantined, SpanRecord
 
 HERE = Path(__file__).resolve().parent

@@ -10,15 +10,11 @@ import pandas as pd
 import pytest
 
 from spanprism.api.storage.connect import open_db
-from spanprism.attribution.detection.per_call import (
-    ESCALATED,
-    TEST,
-    TEST_TOKENS,
-    PerCallConfig,
-    detect_calls,
-    threshold,
-)
+from spanprism.attribution.detection.base import ESCALATED
+from spanprism.attribution.detection.per_call import TEST, TEST_TOKENS, detect_calls
+from spanprism.attribution.detection.per_call_config import PerCallConfig
 from spanprism.attribution.detection.per_call_series import bursty_keys, sparse_keys
+from spanprism.attribution.detection.per_call_stats import threshold
 from spanprism.attribution.passes.detect_pass import run_attribution
 from spanprism.attribution.simulator.shifts import SeriesSpec, Shift, Surge, at, generate_calls, insert_calls
 from spanprism.attribution.store.records import list_regressions

@@ -16,8 +16,8 @@ from spanprism.attribution.passes.report_gate import (
     weak_unexplained,
     withheld_row,
 )
-from spanprism.attribution.store.panels import _open_regressions
 from spanprism.attribution.store.records import WITHHELD, list_regressions
+from spanprism.attribution.store.series_list import _open_regressions
 
 NOW = datetime(2026, 10, 2, tzinfo=UTC)
 

@@ -11,13 +11,8 @@ import pytest
 
 from spanprism.api.storage.connect import open_db
 from spanprism.attribution.simulator.shifts import SeriesSpec, at, generate_calls, insert_calls
-from spanprism.attribution.store.rollups import (
-    RollupConfig,
-    pending_batches,
-    refresh_rollups,
-    refresh_series_rollups,
-    series_key_sql,
-)
+from spanprism.attribution.store.rollup_sql import RollupConfig, series_key_sql
+from spanprism.attribution.store.rollups import pending_batches, refresh_rollups, refresh_series_rollups
 from spanprism.models.schema import conform
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

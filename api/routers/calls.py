@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from spanprism.api.deps import DbDep, ReadAuth, SettingsDep
 from spanprism.api.schemas import CallList, PagingDep, Since, Until, window
-from spanprism.attribution.store import panels
+from spanprism.attribution.store import panels, series_list
 
 router = APIRouter(tags=["calls"])
 
@@ -24,7 +24,7 @@ def list_calls(database: DbDep, settings: SettingsDep, page: PagingDep, _: ReadA
     lo, hi = window(since, until, max_days=settings.max_range_days)
     assert lo is not None and hi is not None
     with database.read() as cur:
-        series = panels.get_series(cur, series_key)
+        series = series_list.get_series(cur, series_key)
         if series is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no series {series_key}")
         rows = panels.list_calls(cur, series, since=lo, until=hi, limit=page.limit, offset=page.offset)

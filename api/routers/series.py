@@ -33,8 +33,8 @@ from spanprism.api.schemas import (
 )
 from spanprism.api.storage.database import Database
 from spanprism.attribution.detection.episodes import FAMILIES
-from spanprism.attribution.store import panels
-from spanprism.attribution.store.rollups import RollupConfig
+from spanprism.attribution.store import panels, series_list
+from spanprism.attribution.store.rollup_sql import RollupConfig
 from spanprism.models.schema import ROUTE_COLUMNS
 
 router = APIRouter(tags=["series"])
@@ -125,7 +125,7 @@ def panel_cache(request: Request) -> PanelCache:
 
 def _series_or_404(db: Database, series_key: str) -> dict[str, Any]:
     with db.read() as cur:
-        series = panels.get_series(cur, series_key)
+        series = series_list.get_series(cur, series_key)
     if series is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no series {series_key}")
     return series
@@ -158,8 +158,8 @@ async def list_series(request: Request, database: DbDep, settings: SettingsDep, 
 
     def compute() -> bytes:
         with database.read() as cur, database.state.read() as rc:
-            rows, total = panels.list_series(cur, filters=filters, limit=page.limit, offset=page.offset)
-            rows = panels.series_health(cur, rows, at=at, config=_CONFIG, results=rc)
+            rows, total = series_list.list_series(cur, filters=filters, limit=page.limit, offset=page.offset)
+            rows = series_list.series_health(cur, rows, at=at, config=_CONFIG, results=rc)
         return SeriesList(data=[SeriesPublic(**r) for r in rows], count=total).model_dump_json().encode()
 
     key = ("series", database.listing, at, tuple(filters.values()), page.limit, page.offset)

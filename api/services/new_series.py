@@ -15,7 +15,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanprism.attribution.store.rollups import RollupConfig, register_series
+from spanprism.attribution.store.rollup_sql import RollupConfig
+from spanprism.attribution.store.rollups import register_series
 
 log = logging.getLogger("spanprism.ingest")
 #: Seen series kept in memory at most (a safety bound: re-registering a known series is harmless).

@@ -2,7 +2,7 @@
 
 Series, panels and route mix come from ``attribution.store.panels``; a regression record from ``find_regression``
 (what ``GET /regressions/{id}`` answers); ingest and quarantine status from the REST handlers themselves. Queries
-added for the pages: :func:`panels.regression_series` (a regression's series and baseline in one read) and
+added for the pages: :func:`series_list.regression_series` (a regression's series and baseline in one read) and
 :func:`panels.exemplar_calls` (the calls of exemplars stored without their details, by older versions).
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 import duckdb
 
 from spanprism.attribution.passes.label_pass import find_regression, list_feedback
-from spanprism.attribution.store import panels
+from spanprism.attribution.store import panels, series_list
 from spanprism.attribution.store.records import list_regressions
-from spanprism.attribution.store.rollups import RollupConfig
+from spanprism.attribution.store.rollup_sql import RollupConfig
 from spanprism.models.state import StateCursor
 
 CONFIG = RollupConfig()
@@ -74,8 +74,8 @@ def overview_rows(cur: duckdb.DuckDBPyConnection, win: Window, limit: int = 200,
                   results: StateCursor | None = None) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
     """Every series (first ``limit``) with its health and 24 h sparklines of e2e and TTFT p95 (``results``: the
     state cursor the regressions and baselines are read from; None = ``cur``'s file)."""
-    rows, total = panels.list_series(cur, filters={}, limit=limit, offset=0)
-    rows = panels.series_health(cur, rows, at=win.until, config=CONFIG, results=results)
+    rows, total = series_list.list_series(cur, filters={}, limit=limit, offset=0)
+    rows = series_list.series_health(cur, rows, at=win.until, config=CONFIG, results=results)
     for row in rows:
         row["spark"] = {m: panels.metric_points(cur, row, m, step_s=CONFIG.grains[-1], since=win.since,
                                                 until=win.until, config=CONFIG, results=results)
@@ -107,7 +107,7 @@ def regression_view(cur: duckdb.DuckDBPyConnection, record: dict[str, Any], win:
     the labelling pass stores them (older records' exemplar calls are looked up, bounded by the episode so DuckDB
     reads only its row groups).
     """
-    series = panels.regression_series(cur, record["id"], results)
+    series = series_list.regression_series(cur, record["id"], results)
     points: list[dict[str, Any]] = []
     if series is not None:
         points = panels.metric_points(cur, series, record["metric"], step_s=win.step_s, since=win.since,

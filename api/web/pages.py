@@ -24,7 +24,7 @@ from spanprism.api.security import Principal
 from spanprism.api.web import bars, charts, data
 from spanprism.api.web.render import page
 from spanprism.api.web.session import Session, csrf_token, viewer
-from spanprism.attribution.store import panels
+from spanprism.attribution.store import panels, series_list
 from spanprism.attribution.store.records import list_regressions
 from spanprism.attribution.vocabulary import LABELS, REASONS
 from spanprism.models.schema import ROUTE_COLUMNS
@@ -119,7 +119,7 @@ async def series_page(request: Request, series_key: str, range: str = "24h", unt
 
     def read() -> dict[str, Any] | None:
         with database.read() as cur:
-            series = panels.get_series(cur, series_key)
+            series = series_list.get_series(cur, series_key)
             if series is None:
                 return None
             win = data.window_ending(cur, hours, _until(until), datetime.now(UTC))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from spanprism.attribution.detection.per_call import PerCallConfig
+from spanprism.attribution.detection.per_call_config import PerCallConfig
 
 
 @dataclass

@@ -30,12 +30,14 @@ from spanprism.attribution.detection.episodes import (
     prefer_finer,
     spans_from_episodes,
 )
-from spanprism.attribution.detection.per_call import PerCallConfig, detect_calls
+from spanprism.attribution.detection.per_call import detect_calls
+from spanprism.attribution.detection.per_call_config import PerCallConfig
 from spanprism.attribution.detection.per_call_series import per_call_keys
 from spanprism.attribution.store import calls as stored_calls
 from spanprism.attribution.store import state as store
 from spanprism.attribution.store.records import group_regressions
-from spanprism.attribution.store.rollups import SERIES_NAME_COLUMNS, RollupConfig, refresh_rollups
+from spanprism.attribution.store.rollup_sql import SERIES_NAME_COLUMNS, RollupConfig
+from spanprism.attribution.store.rollups import refresh_rollups
 from spanprism.models.state import StateCursor, StateUnit
 from spanprism.models.transaction import unit_on
 

@@ -1,9 +1,9 @@
-"""Providers, models, routes and series profiles of the workload simulator.
+"""Series profiles of the workload simulator: the kinds of service and the draw of each series' configuration.
 
 A :class:`SeriesSpec` is everything fixed about one series ``(service, provider, request_model, operation)``: its
 traffic (rate, seasonality), prompt shape (system prefix, user-part scaling of a Mooncake trace, outputs), prompt
-cache policy and routes (active ones plus *standby* routes that only routing episodes send traffic to).
-Provider names follow the current GenAI semconv values.
+cache policy and routes (active ones plus *standby* routes that only routing episodes send traffic to). The
+providers and their models are in ``providers.py``, the routes in ``routes.py``.
 """
 
 from __future__ import annotations
@@ -13,135 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from spanprism.attribution.simulator.physics import MODEL_SPEEDS, Route
-
-#: Services' operation: Vertex instrumentations name the call ``generate_content``, the others ``chat``.
-OPERATION = {"gcp.vertex_ai": "generate_content"}
-
-
-@dataclass(frozen=True)
-class ModelOption:
-    """A request model of a provider: speed key, response snapshots (first = current) and prompt-cache support."""
-
-    request_model: str
-    speed: str
-    snapshots: tuple[str, ...]
-    cache: str  # "auto" (always on above the minimum), "opt_in" (explicit cache_control) or "none"
-
-
-@dataclass(frozen=True)
-class ProviderSpec:
-    """How one provider serves, caches, names and fails."""
-
-    name: str
-    models: tuple[ModelOption, ...]
-    regions: tuple[str, ...] | None  # None: the provider exposes no region (OpenAI / Anthropic first party)
-    cache_min_tokens: int
-    ttl_range_s: tuple[float, float]
-    reports_cache_write: bool
-    noise_source: str  # LLMPerf provider whose per-request noise shape stands in (only bedrock is the same one)
-    error_types: tuple[str, str, str, str]  # rate limit, timeout, server error, connection error
-    finish: tuple[str, str]  # natural stop, hit max_tokens
-    deployments: bool  # has a deployment dimension (Azure deployments, Bedrock provisioned throughput)
-
-
-PROVIDERS: dict[str, ProviderSpec] = {
-    # OpenAI: automatic caching from 1,024 tokens, in-memory retention "typically 5 to 10 minutes" (CONVENTIONS §5).
-    "openai": ProviderSpec(
-        "openai",
-        (
-            ModelOption("gpt-4o", "gpt-4o", ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"), "auto"),
-            ModelOption("gpt-4o-mini", "gpt-4o-mini", ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-12-17"), "auto"),
-        ),
-        None,
-        1024,
-        (300.0, 600.0),
-        False,
-        "anyscale",
-        ("RateLimitError", "APITimeoutError", "InternalServerError", "APIConnectionError"),
-        ("stop", "length"),
-        False,
-    ),
-    "azure.ai.openai": ProviderSpec(
-        "azure.ai.openai",
-        (
-            ModelOption("gpt-4o", "gpt-4o", ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"), "auto"),
-            ModelOption("gpt-4o-mini", "gpt-4o-mini", ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-12-17"), "auto"),
-        ),
-        ("eastus", "eastus2", "swedencentral", "westus3", "japaneast"),
-        1024,
-        (300.0, 600.0),
-        False,
-        "fireworks",
-        ("RateLimitError", "APITimeoutError", "InternalServerError", "APIConnectionError"),
-        ("stop", "length"),
-        True,
-    ),
-    # Bedrock: Claude prompt caching is opt-in with a 5-minute TTL refreshed on hit and reports writes; Llama has none.
-    "aws.bedrock": ProviderSpec(
-        "aws.bedrock",
-        (
-            ModelOption(
-                "anthropic.claude-3-5-sonnet-20241022-v2:0",
-                "claude-sonnet",
-                ("anthropic.claude-3-5-sonnet-20241022-v2:0",),
-                "opt_in",
-            ),
-            ModelOption("meta.llama3-1-70b-instruct-v1:0", "llama-70b", ("meta.llama3-1-70b-instruct-v1:0",), "none"),
-        ),
-        ("us-east-1", "us-west-2", "eu-central-1", "ap-northeast-1"),
-        1024,
-        (300.0, 300.0),
-        True,
-        "bedrock",
-        ("ThrottlingException", "ModelTimeoutException", "InternalServerException", "ServiceUnavailableException"),
-        ("end_turn", "max_tokens"),
-        True,
-    ),
-    # Anthropic: opt-in cache_control, 5-minute TTL refreshed on each hit, 1,024-token minimum for Sonnet.
-    "anthropic": ProviderSpec(
-        "anthropic",
-        (
-            ModelOption(
-                "claude-sonnet-4-5",
-                "claude-sonnet",
-                ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20251124"),
-                "opt_in",
-            ),
-            ModelOption(
-                "claude-3-5-sonnet-latest",
-                "claude-sonnet",
-                ("claude-3-5-sonnet-20240620", "claude-3-5-sonnet-20241022"),
-                "opt_in",
-            ),
-        ),
-        None,
-        1024,
-        (300.0, 300.0),
-        True,
-        "together",
-        ("RateLimitError", "APITimeoutError", "InternalServerError", "OverloadedError"),
-        ("end_turn", "max_tokens"),
-        False,
-    ),
-    # Vertex Gemini 2.5 Flash: implicit caching, 2,048-token minimum (CONVENTIONS §5); retention is not documented,
-    # we assume the same 5-10 minutes as OpenAI (UNCONFIRMED).
-    "gcp.vertex_ai": ProviderSpec(
-        "gcp.vertex_ai",
-        (
-            ModelOption(
-                "gemini-2.5-flash", "gemini-flash", ("gemini-2.5-flash", "gemini-2.5-flash-preview-09-2025"), "auto"
-            ),
-        ),
-        ("us-central1", "europe-west4", "asia-northeast1"),
-        2048,
-        (300.0, 600.0),
-        False,
-        "perplexity",
-        ("ResourceExhausted", "DeadlineExceeded", "InternalServerError", "ServiceUnavailable"),
-        ("STOP", "MAX_TOKENS"),
-        False,
-    ),
-}
+from spanprism.attribution.simulator.providers import OPERATION, PROVIDERS, ModelOption, ProviderSpec, pick_model
+from spanprism.attribution.simulator.routes import make_routes
 
 #: Prompt shape per kind of service: Mooncake trace, median system prefix and user-part ranges (tokens), output
 #: scale on the trace's output lengths, max_tokens and service names.
@@ -271,164 +144,6 @@ class SeriesSpec:
         return out
 
 
-def _hex(rng: np.random.Generator, n: int) -> str:
-    return "".join(f"{b:02x}" for b in rng.integers(0, 256, size=(n + 1) // 2))[:n]
-
-
-def _route(
-    prov: ProviderSpec,
-    rng: np.random.Generator,
-    region: str | None,
-    deployment: str | None,
-    snapshot: str,
-    name: str,
-    *,
-    network: float,
-    slow: tuple[float, float],
-    standby: bool,
-) -> Route:
-    if prov.name == "azure.ai.openai":
-        address = f"{deployment or 'llm'}-{region}.openai.azure.com"
-    elif prov.name == "aws.bedrock":
-        address = f"bedrock-runtime.{region}.amazonaws.com"
-    elif prov.name == "gcp.vertex_ai":
-        address = f"{region}-aiplatform.googleapis.com"
-    else:
-        address = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}[prov.name]
-    fingerprint = f"fp_{_hex(rng, 10)}" if prov.name in ("openai", "azure.ai.openai") else None
-    return Route(
-        name=name,
-        region=region,
-        server_address=address,
-        deployment=deployment,
-        response_model=snapshot,
-        system_fingerprint=fingerprint,
-        network_ms=network,
-        prefill_mult=float(rng.uniform(*slow)),
-        itl_mult=float(rng.uniform(*slow)),
-        queue_ms=float(rng.uniform(5.0, 30.0)),
-        standby=standby,
-    )
-
-
-def make_routes(
-    prov: ProviderSpec, model: ModelOption, rng: np.random.Generator
-) -> tuple[tuple[Route, ...], tuple[float, ...]]:
-    """Active routes (1-3, weighted) and standby routes (far region, other deployment, next snapshot)."""
-    n_active = int(rng.integers(1, 4))
-    regions = list(prov.regions) if prov.regions else [None]
-    # Most series of a provider sit in its first ("home") region, so a regional incident can hit several at once.
-    home = regions[0] if rng.random() < 0.7 else regions[int(rng.integers(0, len(regions)))]
-    others = [r for r in regions if r != home]
-    dep = f"{model.request_model.split('.')[-1].split(':')[0]}-prod" if prov.deployments else None
-    snap = model.snapshots[0]
-    routes = [
-        _route(
-            prov, rng, home, dep, snap, "primary", network=float(rng.uniform(5, 40)), slow=(0.95, 1.05), standby=False
-        )
-    ]
-    for i in range(1, n_active):
-        if others:  # a second region: farther, ~+20-80 ms
-            region = others.pop(int(rng.integers(0, len(others))))
-            routes.append(
-                _route(
-                    prov,
-                    rng,
-                    region,
-                    dep,
-                    snap,
-                    f"active{i}",
-                    network=float(rng.uniform(25, 120)),
-                    slow=(0.95, 1.15),
-                    standby=False,
-                )
-            )
-        else:  # providers without regions: several backends (fingerprints) behind one host
-            routes.append(
-                _route(
-                    prov,
-                    rng,
-                    home,
-                    dep,
-                    snap,
-                    f"active{i}",
-                    network=routes[0].network_ms,
-                    slow=(0.95, 1.1),
-                    standby=False,
-                )
-            )
-    share = rng.dirichlet(np.full(len(routes), 2.0))
-    share = np.sort(share)[::-1]
-    weights = [float(x) for x in share]
-    if others:  # far region for region shifts: cross-continent RTT, older/busier hardware
-        routes.append(
-            _route(
-                prov,
-                rng,
-                others[int(rng.integers(0, len(others)))],
-                dep,
-                snap,
-                "standby_region",
-                network=float(rng.uniform(90, 200)),
-                slow=(1.1, 1.6),
-                standby=True,
-            )
-        )
-    if prov.deployments:  # another deployment in the home region: e.g. standard vs provisioned capacity
-        routes.append(
-            _route(
-                prov,
-                rng,
-                home,
-                f"{dep}-std2",
-                snap,
-                "standby_deployment",
-                network=routes[0].network_ms,
-                slow=(1.3, 2.0),
-                standby=True,
-            )
-        )
-    if len(model.snapshots) > 1:  # the alias moves to a new snapshot with a different speed
-        routes.append(
-            _route(
-                prov,
-                rng,
-                home,
-                dep,
-                model.snapshots[1],
-                "standby_snapshot",
-                network=routes[0].network_ms,
-                slow=(1.25, 1.8),
-                standby=True,
-            )
-        )
-    weights += [0.0] * (len(routes) - len(weights))
-    return tuple(routes), tuple(weights)
-
-
-def _satisfies(prov: ProviderSpec, model: ModelOption, needs: frozenset[str]) -> bool:
-    checks = {
-        "cache": model.cache != "none",
-        "no_cache": model.cache != "auto",
-        "prefill_matters": True,  # a property of the series' shape, ensured by the kind chosen in make_series
-        "regions": prov.regions is not None,
-        "deployments": prov.deployments,
-        "snapshots": len(model.snapshots) > 1,
-    }
-    return all(checks[n] for n in needs)
-
-
-def _pick_model(
-    rng: np.random.Generator, preferred: str, needs: frozenset[str], counts: dict[str, int]
-) -> tuple[ProviderSpec, ModelOption]:
-    """The preferred provider if it can satisfy ``needs``, else the least-used one that can (keeps the mix even)."""
-    for name in [preferred, *sorted(PROVIDERS, key=lambda p: (counts[p], p))]:
-        ok = [m for m in PROVIDERS[name].models if _satisfies(PROVIDERS[name], m, needs)]
-        if ok:
-            return PROVIDERS[name], ok[int(rng.integers(0, len(ok)))]
-    raise ValueError(f"no provider/model satisfies {sorted(needs)}")
-
-
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
@@ -473,7 +188,7 @@ def make_series(
     for i in range(n):
         needs = hints[i % len(hints)] if hints else frozenset()
         counts = {p: sum(s.provider == p for s in out) for p in PROVIDERS}
-        prov, model = _pick_model(rng, prov_cycle[i % len(prov_cycle)], needs, counts)
+        prov, model = pick_model(rng, prov_cycle[i % len(prov_cycle)], needs, counts)
         if needs & {"cache", "prefill_matters"}:  # a big shared prefix with short user turns: prefill is felt
             kind = ("agent", "chat")[int(rng.integers(0, 2))]
         else:

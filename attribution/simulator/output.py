@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanprism.attribution.simulator.catalog import PROVIDERS, SeriesSpec
+from spanprism.attribution.simulator.catalog import SeriesSpec
 from spanprism.attribution.simulator.habits import DAY, SizeStep
 from spanprism.attribution.simulator.physics import mix64
+from spanprism.attribution.simulator.providers import PROVIDERS
 from spanprism.attribution.simulator.scenarios import FAMILY_SPECS, Episode
 from spanprism.attribution.simulator.series import SeriesCalls
 from spanprism.attribution.simulator.table import coded, constant, hex_ids, hex_of_keys, masked, uuid_ids

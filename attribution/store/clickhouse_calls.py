@@ -6,7 +6,7 @@ tombstoned calls gone, before or after background merges). Values are rendered a
 as ``fromUnixTimestamp64Micro(µs, 'UTC')``), so no timezone or type guessing happens in the client.
 
 The rollup aggregation is pushed down: :func:`render_statistic` renders the bucket statistics that
-``rollups.py`` defines once (exact quantiles: ``quantilesExactInclusive`` is DuckDB's ``quantile_cont``), and only
+``rollup_sql.py`` defines once (exact quantiles: ``quantilesExactInclusive`` is DuckDB's ``quantile_cont``), and only
 the aggregated rows travel back.
 """
 
@@ -158,7 +158,7 @@ def series_summary(store: ClickHouseStore) -> tuple[list[str], list[tuple]]:
 
 
 def series_key_sql(columns: Sequence[str]) -> str:
-    """ClickHouse SQL of the stable series key: the same md5 as ``rollups.series_key_sql`` computes in DuckDB."""
+    """ClickHouse SQL of the stable series key: the same md5 as ``rollup_sql.series_key_sql`` computes in DuckDB."""
     parts = ", ".join(f"ifNull(toString({c}), '\u2205')" for c in columns)
     return f"substring(lower(hex(MD5(concatWithSeparator(char(31), {parts})))), 1, 16)"
 
@@ -181,7 +181,7 @@ def load_calls(store: ClickHouseStore, keys: list[str], *, start_s: int, end_s: 
 
 
 def render_statistic(kind: str, column: str | None, where: str | None, levels: tuple[float, ...]) -> str:
-    """ClickHouse SQL of one bucket statistic (the kinds of ``rollups._statistics``; NULL where DuckDB's is)."""
+    """ClickHouse SQL of one bucket statistic (the kinds of ``rollup_sql._statistics``; NULL where DuckDB's is)."""
     cond = where or "1"
     if column and kind not in ("sum_ratio", "count_ratio"):
         cond = f"{column} IS NOT NULL AND ({cond})"
@@ -207,7 +207,7 @@ def render_statistic(kind: str, column: str | None, where: str | None, levels: t
 
 
 def bucket_sql(step_s: int, column: str = "start_time") -> str:
-    """Start of the ``step_s``-second bucket holding ``column``: the epoch arithmetic of ``rollups.bucket_sql``."""
+    """Start of the ``step_s``-second bucket holding ``column``: the epoch arithmetic of ``rollup_sql.bucket_sql``."""
     step_us = step_s * 1_000_000
     return f"fromUnixTimestamp64Micro(intDiv(toUnixTimestamp64Micro({column}), {step_us}) * {step_us}, 'UTC')"
 
