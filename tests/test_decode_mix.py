@@ -17,7 +17,7 @@ from support.classifier_calls import calls
 from spanprism.attribution.calls_window import window_of
 from spanprism.attribution.classifier.decode_mix import MIN_CALLS, itl_jump_change
 from spanprism.attribution.classifier.model import load_default
-from spanprism.attribution.classifier.rate_checks import ITL_JUMP, mixed_label, route_mixed
+from spanprism.attribution.classifier.rate_checks import ITL_JUMP, ITL_SPLIT, mixed_label, route_mixed
 
 ROUTES = ("region", "server_address", "deployment", "response_model", "system_fingerprint")
 
@@ -39,13 +39,15 @@ def _slowed(table: pa.Table, decode: np.ndarray, ttft: np.ndarray) -> pa.Table:
     )
 
 
-MIXED = {"streaming": 1.0, "itl_jump_change": ITL_JUMP + 0.05}
+MIXED = {"streaming": 1.0, "itl_jump_change": ITL_JUMP + 0.05, "itl_split_change": ITL_SPLIT + 0.05}
 
 
 def test_two_decode_speeds_in_turn_make_a_contention_answer_a_route_move() -> None:
     assert route_mixed(MIXED)
     assert mixed_label("batch_contention", MIXED) == "routing_change"
     assert not route_mixed({**MIXED, "itl_jump_change": ITL_JUMP - 0.05})  # neighbours slowed alike: contention
+    # Jumps without two speeds: a random wait on a few calls, not a second backend.
+    assert not route_mixed({**MIXED, "itl_split_change": ITL_SPLIT - 0.05})
     assert not route_mixed({**MIXED, "streaming": 0.0})  # no ITL measured: nothing to read
     assert mixed_label("batch_contention", {**MIXED, "itl_jump_change": 0.0}) == "batch_contention"
     # Only a contention answer is checked: an unexplained delay (a client hook) can make a derived ITL jump too.
@@ -55,12 +57,15 @@ def test_two_decode_speeds_in_turn_make_a_contention_answer_a_route_move() -> No
 
 @pytest.mark.parametrize("seed", [31, 41, 51])
 def test_a_share_on_a_slower_backend_makes_neighbouring_calls_jump(seed: int) -> None:
-    """40 % of the episode's calls decode 1.7x slower (another deployment), route columns NULL."""
+    """40 % of the episode's calls decode 1.7x slower (another deployment), route columns NULL: two speeds, in turn."""
     base = _hidden(calls(600, seed, hours=24))
     epi = _hidden(calls(200, seed + 1, t0_h=26, hours=6))
     moved = np.random.default_rng(seed + 2).random(epi.num_rows) < 0.4
     epi = _slowed(epi, np.where(moved, 1.7, 1.0), np.where(moved, 1.1, 1.0))
     assert itl_jump_change(window_of(base), window_of(epi)) >= ITL_JUMP
+    feats = load_default().attribute(base, epi, metric="itl_p95_ms").features
+    assert route_mixed(feats), (feats["itl_jump_change"], feats["itl_split_change"])
+    assert mixed_label("batch_contention", feats) == "routing_change"
 
 
 @pytest.mark.parametrize("seed", [31, 41, 51])

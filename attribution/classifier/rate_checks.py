@@ -17,7 +17,8 @@ the answer to it:
   queue slows every call in flight at the same moment alike, so calls next to each other in time keep about the
   same inter-token latency; when only a share of the traffic moved to another deployment, region or snapshot,
   neighbouring calls alternate between two decode speeds (:mod:`.decode_mix`). A ``batch_contention`` answer whose
-  call-to-call ITL jump grew by :data:`ITL_JUMP` or more becomes ``routing_change``, recorded route or not. A whole
+  ITL split into two speeds (:data:`ITL_SPLIT`) that interleave in time (call-to-call ITL jump grown by
+  :data:`ITL_JUMP` or more) becomes ``routing_change``, recorded route or not. A whole
   move (all traffic at once) leaves no alternation and stays with the model's answer;
 * **a queue is random, a hook is constant** (:func:`delay_kind`): on a series without TTFT (non-streaming), a fixed
   delay per call (the decode rate net of the fixed part did not move; :mod:`.shape`) is either an admission queue
@@ -62,8 +63,15 @@ def route_unbacked(features: Mapping[str, float]) -> bool:
 
 
 def route_mixed(features: Mapping[str, float]) -> bool:
-    """Do neighbouring calls alternate between two decode speeds (a share of the traffic on another backend)?"""
-    return features.get("streaming", 0.0) >= 0.5 and features.get("itl_jump_change", 0.0) >= ITL_JUMP
+    """Do neighbouring calls alternate between two decode speeds (a share of the traffic on another backend)? The
+    episode's ITL splits into two speeds (:data:`ITL_SPLIT`, the split strength grew) *and* the two interleave in
+    time (:data:`ITL_JUMP`, the call-to-call jump grew): a ramp of one speed makes neither, a random wait on a few
+    calls can make a jump alone."""
+    return (
+        features.get("streaming", 0.0) >= 0.5
+        and features.get("itl_split_change", 0.0) >= ITL_SPLIT
+        and features.get("itl_jump_change", 0.0) >= ITL_JUMP
+    )
 
 
 def mixed_label(label: str, features: Mapping[str, float]) -> str:
