@@ -63,9 +63,13 @@ def test_a_share_on_a_slower_backend_makes_neighbouring_calls_jump(seed: int) ->
     moved = np.random.default_rng(seed + 2).random(epi.num_rows) < 0.4
     epi = _slowed(epi, np.where(moved, 1.7, 1.0), np.where(moved, 1.1, 1.0))
     assert itl_jump_change(window_of(base), window_of(epi)) >= ITL_JUMP
-    feats = load_default().attribute(base, epi, metric="itl_p95_ms").features
+    a = load_default().attribute(base, epi, metric="itl_p95_ms")
+    feats = a.features
     assert route_mixed(feats), (feats["itl_jump_change"], feats["itl_split_change"])
     assert mixed_label("batch_contention", feats) == "routing_change"
+    # The reader sees the jump next to the split it goes with.
+    shown = {row["signal"]: row["observed"] for row in a.evidence}
+    assert shown["feature:itl_jump_change"] == pytest.approx(feats["itl_jump_change"], abs=1e-6)
 
 
 @pytest.mark.parametrize("seed", [31, 41, 51])

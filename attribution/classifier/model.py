@@ -333,6 +333,7 @@ _EVIDENCE_FEATURES = frozenset(
         "log_volume_ratio",
         "output_elasticity",
         "itl_split_change",
+        "itl_jump_change",
         "itl_low_shift",
         "log_net_rate_ratio",
         "fixed_tail_shift_rel",
