@@ -26,7 +26,8 @@ Every feature is a share, a log ratio, a difference of shares or an indicator, s
   provider/region regressed at the same time;
 * **distribution shape** (:mod:`spanprism.attribution.classifier.shape`): whether the per-call ITL/TTFT moved as a whole
   (contention) or split into two speeds (a route move, recorded or not), the decode rate net of the fixed tail, and
-  how many route dimensions the convention does not record.
+  how many route dimensions the convention does not record; as evidence only, how much more the decode speed
+  jumps from one call to the next (:mod:`spanprism.attribution.classifier.decode_mix`: two backends in turn).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spanprism.attribution.calls_window import CallWindow
+from spanprism.attribution.classifier.decode_mix import itl_jump_change
 from spanprism.attribution.classifier.shape import (
     REASON_EVIDENCE,
     SHAPE_EVIDENCE,
@@ -299,6 +301,7 @@ def episode_features(
     feats.update(_key_features(b, e))
     feats.update(shape_features(b, e))
     feats.update(reason_shape_features(b, e))
+    feats["itl_jump_change"] = itl_jump_change(b, e)
     unrecorded = unrecorded_dims(b, e)
     feats.update({f"unrecorded_{d}": float(d in unrecorded) for d in ROUTE_DIMS})
     feats["log_volume_ratio"] = _log_ratio(e.n / max(e.hours, 1e-3), b.n / max(b.hours, 1e-3)) if b.n else 0.0
@@ -326,6 +329,8 @@ EVIDENCE_ONLY: tuple[str, ...] = (
     *SHAPE_EVIDENCE,
     *(f"unrecorded_{d}" for d in ROUTE_DIMS),
     *REASON_EVIDENCE,
+    # Call-to-call jump of the decode speed (:mod:`.decode_mix`): read by the route check after the model.
+    "itl_jump_change",
 )
 
 

@@ -40,7 +40,7 @@ from spanprism.attribution.classifier.own_traffic import (
     unsupported_growth,
     within_tokens,
 )
-from spanprism.attribution.classifier.rate_checks import delay_label, route_unbacked
+from spanprism.attribution.classifier.rate_checks import delay_label, mixed_label, route_unbacked
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.vocabulary import LABELS
@@ -204,8 +204,9 @@ class Attributor:
     ) -> Attribution:
         """Decompose, featurize, classify (growth of the series' own token sizes overrides a mechanism that carries
         less, and a growth label for sizes that did not grow for the calls behind them gives way to the next answer
-        backed by a slowdown of its own, see :mod:`.own_traffic`; a routing answer without a decode change and a
-        contention/unexplained answer against the fixed delay's spread are checked, see :mod:`.rate_checks`); then
+        backed by a slowdown of its own, see :mod:`.own_traffic`; a routing answer without a decode change, a
+        contention answer against the call-to-call decode speed and a contention/unexplained answer against the fixed
+        delay's spread are checked, see :mod:`.rate_checks`); then
         the reason, evidence rows and exemplars.
 
         Each window's rows become one :class:`CallWindow`, which every step reads. An episode window wider than its
@@ -235,6 +236,11 @@ class Attributor:
             label, confidence = self.model.best_allowed(probs, barred)
             if not backed(label, decomposition, beyond_tokens=beyond):
                 label, confidence = "unexplained", float(probs.get("unexplained", 0.0))
+        # Contention slows neighbouring calls alike; two decode speeds in turn are a share moved to another backend.
+        mixed = mixed_label(label, feats)
+        if mixed != label and mixed not in barred:
+            pair = float(probs.get("batch_contention", 0.0)) + float(probs.get(mixed, 0.0))
+            label, confidence = mixed, float(probs.get(mixed, 0.0)) / pair if pair > 0 else 0.5
         # The series' own longer prompts/outputs are a cause of their own, never a provider mechanism.
         grown_label, growth_rows = own_traffic_label(label, decomposition, sizes, beyond_tokens=beyond, within=within)
         if grown_label != label:
@@ -327,6 +333,7 @@ _EVIDENCE_FEATURES = frozenset(
         "log_volume_ratio",
         "output_elasticity",
         "itl_split_change",
+        "itl_jump_change",
         "itl_low_shift",
         "log_net_rate_ratio",
         "fixed_tail_shift_rel",

@@ -13,6 +13,13 @@ the answer to it:
   token (an admission queue), not on another route: ``routing_change`` is barred there and the model's next answer
   taken. The cost: a hidden *region* move onto the same hardware lengthens only the network path (TTFT up, ITL
   flat) and is barred too (on the dev runs, 4 true route moves lost against 10 contentions recovered);
+* **contention slows neighbours alike, a route move alternates them** (:func:`route_mixed`): a fuller batch or a
+  queue slows every call in flight at the same moment alike, so calls next to each other in time keep about the
+  same inter-token latency; when only a share of the traffic moved to another deployment, region or snapshot,
+  neighbouring calls alternate between two decode speeds (:mod:`.decode_mix`). A ``batch_contention`` answer whose
+  ITL split into two speeds (:data:`ITL_SPLIT`) that interleave in time (call-to-call ITL jump grown by
+  :data:`ITL_JUMP` or more) becomes ``routing_change``, recorded route or not. A whole
+  move (all traffic at once) leaves no alternation and stays with the model's answer;
 * **a queue is random, a hook is constant** (:func:`delay_kind`): on a series without TTFT (non-streaming), a fixed
   delay per call (the decode rate net of the fixed part did not move; :mod:`.shape`) is either an admission queue
   or a synchronous client-side step (``unexplained``). A queue's wait varies from call to call (an exponential
@@ -32,6 +39,10 @@ from spanprism.attribution.classifier.reasons import ROUTE_VISIBLE  # "no visibl
 ITL_STILL = 0.05
 #: Growth of the ITL two-cluster split strength (:func:`.shape._split_strength`) that means "two decode speeds".
 ITL_SPLIT = 0.1
+#: Growth of the upper-quartile call-to-call |Δ log ITL| (:func:`.decode_mix.itl_jump_change`) that means two decode
+#: speeds in turn: a second backend >= ~16 % slower than the first (standby capacity, a far region and a new snapshot
+#: decode 10-100 % slower); contention leaves the jump within noise (a uniform slowdown cancels in the difference).
+ITL_JUMP = 0.15
 #: Smallest fixed delay per call (relative to the baseline median duration) worth reading the spread of.
 FIXED_DELAY = 0.1
 #: Residual spread growth / fixed shift at or above which the delay varies like a queue's wait.
@@ -49,6 +60,23 @@ def route_unbacked(features: Mapping[str, float]) -> bool:
         and abs(features.get("log_itl_ratio", 0.0)) < ITL_STILL
         and features.get("itl_split_change", 0.0) < ITL_SPLIT
     )
+
+
+def route_mixed(features: Mapping[str, float]) -> bool:
+    """Do neighbouring calls alternate between two decode speeds (a share of the traffic on another backend)? The
+    episode's ITL splits into two speeds (:data:`ITL_SPLIT`, the split strength grew) *and* the two interleave in
+    time (:data:`ITL_JUMP`, the call-to-call jump grew): a ramp of one speed makes neither, a random wait on a few
+    calls can make a jump alone."""
+    return (
+        features.get("streaming", 0.0) >= 0.5
+        and features.get("itl_split_change", 0.0) >= ITL_SPLIT
+        and features.get("itl_jump_change", 0.0) >= ITL_JUMP
+    )
+
+
+def mixed_label(label: str, features: Mapping[str, float]) -> str:
+    """``routing_change`` for a ``batch_contention`` answer whose decode speed alternates between neighbours."""
+    return "routing_change" if label == "batch_contention" and route_mixed(features) else label
 
 
 def delay_kind(features: Mapping[str, float]) -> str | None:
