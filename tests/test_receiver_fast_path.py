@@ -148,3 +148,30 @@ def test_inserts_store_the_rows_and_count_duplicates(tmp_path: Path) -> None:
     assert repeat.calls_stored == 0 and repeat.duplicates == first.calls.num_rows
     assert con.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == stored
     con.close()
+
+
+def _unseen_reference(columns: list[str], known: set[tuple], calls: pa.Table) -> tuple[list[tuple], object, object]:
+    """NewSeries._unseen before its known-series shortcut (api/services/new_series.py at main d39b2d0)."""
+    rows = calls.select([*columns, "start_time"]).group_by(columns)
+    rows = rows.aggregate([("start_time", "min"), ("start_time", "max")]).to_pylist()
+    fresh = [r for r in rows if tuple(r[c] for c in columns) not in known]
+    if not fresh:
+        return [], None, None
+    lo = min(r["start_time_min"] for r in fresh)
+    hi = max(r["start_time_max"] for r in fresh)
+    return [tuple(r[c] for c in columns) for r in fresh], lo, hi
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_new_series_shortcut_finds_the_same_series(seed: int) -> None:
+    from spanprism.api.services.new_series import NewSeries
+
+    rng = random.Random(seed)
+    series = NewSeries()
+    for _ in range(20):
+        calls = _calls(rng, rng.randrange(1, 30), "s")
+        keys = set(zip(*(calls.column(c).to_pylist() for c in series.columns), strict=True))
+        series.known = {k for k in keys if rng.random() < 0.8}
+        got, lo, hi = series._unseen(calls)
+        want, want_lo, want_hi = _unseen_reference(series.columns, series.known, calls)
+        assert sorted(got, key=repr) == sorted(want, key=repr) and (lo, hi) == (want_lo, want_hi)
