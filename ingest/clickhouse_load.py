@@ -33,7 +33,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanprism.ingest.fold import fold_calls, unit_may_pair
+from spanprism.ingest.fold import fold_calls
+from spanprism.ingest.fold_gate import unit_may_pair
 from spanprism.ingest.identity import (
     SDK_CONVENTION,
     SEARCH_WINDOW_US,

@@ -29,6 +29,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spanprism.ingest.fold_gate import SPECIAL, between, stored_may_pair, unit_may_pair
 from spanprism.ingest.identity import (
     MAX_LINK_DEPTH,
     SDK_CONVENTION,
@@ -45,8 +46,6 @@ from spanprism.models.schema import CALL_SPAN_COLUMNS, LLM_CALLS_SCHEMA, SPAN_LI
 
 Row = dict[str, Any]
 _NEW, _POOL, _LINKS = "_spanprism_fold_new", "_spanprism_fold_pool", "_spanprism_fold_links"
-#: Rows the rules that pair spans sharing no id need on one side: a stream log or an SDK span.
-_SPECIAL = f"(span_name LIKE '{STREAM_LOG_PREFIX}%' OR source_convention = '{SDK_CONVENTION}')"
 _COLS = ("trace_id, span_id, parent_span_id, response_id, service, operation, request_model, source_convention,"
          " start_time, duration_ms, span_name")  # fmt: skip
 _TS_INDEX = LLM_CALLS_SCHEMA.get_field_index("start_time")
@@ -67,11 +66,6 @@ class Folded:
     rewritten: list[int] = field(default_factory=list)  # stored calls replaced by an inserted row
 
 
-def _between(lo: str, hi: str, column: str = "start_time") -> str:
-    """The fold window's condition on ``column``."""
-    return f"{column} BETWEEN '{lo}'::TIMESTAMPTZ AND '{hi}'::TIMESTAMPTZ"
-
-
 def _stored_filters(lo: str, hi: str) -> tuple[str, str, str]:
     """The window condition, the condition on a stored call or member row, and the ``traces`` CTE both read.
 
@@ -80,55 +74,15 @@ def _stored_filters(lo: str, hi: str) -> tuple[str, str, str]:
     row's or a new link's trace), or matches a new row's response id, or needs a stream log or an SDK span and the
     same model on both sides. The window at full ingest rate holds millions of rows; these are the few that matter.
     """
-    window = _between(lo, hi)
+    window = between(lo, hi)
     relevant = (
         f"{window} AND (trace_id IN (SELECT trace_id FROM traces)"
         f" OR response_id IN (SELECT response_id FROM {_NEW} WHERE response_id IS NOT NULL)"
-        f" OR ({_SPECIAL} AND request_model IN (SELECT request_model FROM {_NEW}))"
-        f" OR request_model IN (SELECT request_model FROM {_NEW} WHERE {_SPECIAL}))"
+        f" OR ({SPECIAL} AND request_model IN (SELECT request_model FROM {_NEW}))"
+        f" OR request_model IN (SELECT request_model FROM {_NEW} WHERE {SPECIAL}))"
     )
     traces = f"traces AS MATERIALIZED (SELECT trace_id FROM {_NEW} UNION SELECT trace_id FROM {_LINKS})"
     return window, relevant, traces
-
-
-def unit_may_pair(new: pa.Table, links: pa.Table) -> bool:
-    """Whether two new rows (or a new row and a new link) can be a pair of :func:`_pair_sql`, from the new side
-    alone: a parent (or a link) among the unit's own spans, a response id twice, or a stream log or an SDK span (the
-    rules that pair spans sharing no id). The ClickHouse writer skips its scratch fold with it too."""
-    names, conventions = new.column("span_name"), new.column("source_convention")
-    if (
-        pc.any(pc.starts_with(names, STREAM_LOG_PREFIX)).as_py()
-        or pc.any(pc.equal(conventions, SDK_CONVENTION)).as_py()
-    ):
-        return True
-    responses = new.column("response_id").drop_null()
-    if len(pc.unique(responses)) < len(responses):
-        return True
-    spans = [pc.binary_join_element_wise(t.column("trace_id"), t.column("span_id"), "/") for t in (new, links)]
-    parents = pc.binary_join_element_wise(new.column("trace_id"), new.column("parent_span_id"), "/")  # null: a root
-    known = pa.chunked_array([c for column in spans for c in column.chunks], pa.string())
-    return bool(pc.any(pc.is_in(parents, value_set=known.combine_chunks())).as_py())
-
-
-def _stored_may_pair(cur: duckdb.DuckDBPyConnection, new: pa.Table, links: pa.Table, lo: str, hi: str) -> bool:
-    """Whether a stored call, member or link in the window can be one side of a pair with the unit (the stored side of
-    :func:`_stored_filters`; a new stream log or SDK span has already sent the unit to the pair statement). The keys go
-    in as list parameters: a subquery over the registered unit costs ~2 ms of binding each."""
-    traces = pa.chunked_array([*new.column("trace_id").chunks, *links.column("trace_id").chunks], pa.string())
-    keys = {
-        "t": pc.unique(traces).to_pylist(),
-        "r": pc.unique(new.column("response_id").drop_null()).to_pylist(),
-        "m": pc.unique(new.column("request_model").drop_null()).to_pylist(),
-    }
-    window = _between(lo, hi)
-    relevant = (f"{window} AND (trace_id IN (SELECT unnest($t)) OR response_id IN (SELECT unnest($r))"
-                f" OR ({_SPECIAL} AND request_model IN (SELECT unnest($m))))")  # fmt: skip
-    found = cur.execute(
-        f"SELECT EXISTS (SELECT 1 FROM llm_calls WHERE {relevant}) OR EXISTS (SELECT 1 FROM llm_call_spans WHERE"
-        f" {relevant}) OR EXISTS (SELECT 1 FROM span_links WHERE {window} AND trace_id IN (SELECT unnest($t)))",
-        keys,
-    ).fetchall()
-    return bool(found[0][0])
 
 
 def _pair_sql(lo: str, hi: str) -> str:
@@ -200,7 +154,7 @@ def _link_map(cur: duckdb.DuckDBPyConnection, traces: set[str], new_links: pa.Ta
     cur.register(_POOL, pa.table({"t": sorted(traces)}))
     stored = cur.execute(
         f"SELECT l.trace_id, l.span_id, l.parent_span_id FROM span_links l JOIN {_POOL} p ON l.trace_id = p.t"
-        f" WHERE {_between(lo, hi, 'l.start_time')}").fetchall()  # fmt: skip
+        f" WHERE {between(lo, hi, 'l.start_time')}").fetchall()  # fmt: skip
     cur.unregister(_POOL)
     out = {(t, s): p for t, s, p in stored}
     if new_links.num_rows:
@@ -230,7 +184,7 @@ def _stored(cur: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, st
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
     rows = _as_rows(cur.sql(
         f"SELECT c.* FROM {table} c JOIN {_POOL} k ON c.trace_id = k.t AND c.span_id = k.s"
-        f" WHERE {_between(lo, hi, 'c.start_time')}").to_arrow_table())  # fmt: skip
+        f" WHERE {between(lo, hi, 'c.start_time')}").to_arrow_table())  # fmt: skip
     cur.unregister(_POOL)
     return rows
 
@@ -241,7 +195,7 @@ def _delete(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]], lo: str
     if not calls:
         return
     keys = sorted(calls)
-    window = _between(lo, hi)
+    window = between(lo, hi)
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
     cur.execute(f"DELETE FROM llm_calls USING {_POOL} k WHERE trace_id = k.t AND span_id = k.s AND {window}")
     cur.execute(f"DELETE FROM llm_call_spans USING {_POOL} k"
@@ -256,7 +210,7 @@ def _members_of(cur: duckdb.DuckDBPyConnection, calls: set[tuple[str, str]], lo:
     cur.register(_POOL, pa.table({"t": [k[0] for k in keys], "s": [k[1] for k in keys]}))
     rows = _as_rows(cur.sql(
         f"SELECT m.* FROM llm_call_spans m JOIN {_POOL} k ON m.call_trace_id = k.t AND m.call_span_id = k.s"
-        f" WHERE {_between(lo, hi, 'm.start_time')}").to_arrow_table())  # fmt: skip
+        f" WHERE {between(lo, hi, 'm.start_time')}").to_arrow_table())  # fmt: skip
     cur.unregister(_POOL)
     return rows
 
@@ -374,14 +328,14 @@ def fold_calls(cur: duckdb.DuckDBPyConnection, tables: list[pa.Table], batch_ids
         return folded
     new = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     lo, hi = _window(new, links)
+    # The pair statement costs ~30-40 ms to plan alone (a unit of 1,000 spans costs about as much to insert): most
+    # units fold nothing, which two cheap tests show first (ingest/fold_gate.py). The unit is registered only for the
+    # statement (a register/unregister pair costs ~0.9 ms).
+    if not (unit_may_pair(new, links) or stored_may_pair(cur, new, links, lo, hi)):
+        return folded
     cur.register(_NEW, new.append_column("_i", pa.array(range(new.num_rows), pa.int64())))
     cur.register(_LINKS, links)
-    # The pair statement costs ~30-40 ms to plan alone (a unit of 1,000 spans costs about as much to insert): most
-    # units fold nothing, which two cheap tests show first (the new side in Arrow, the stored side in one lookup).
-    if unit_may_pair(new, links) or _stored_may_pair(cur, new, links, lo, hi):
-        involved = cur.execute(_pair_sql(lo, hi)).fetchall()
-    else:
-        involved = []
+    involved = cur.execute(_pair_sql(lo, hi)).fetchall()
     cur.unregister(_NEW)
     cur.unregister(_LINKS)
     if not involved:

@@ -112,6 +112,29 @@ class Batch:
     batch_id: str = ""  # empty: the loader assigns a fresh id
     links: pa.Table | None = None  # parent links of non-LLM spans that may sit between two LLM spans; None: none
 
+    def __reduce__(self) -> tuple[Callable[..., Batch], tuple[Any, ...]]:
+        """Pickled with its tables as Arrow IPC streams: one C++ pass each way. A table's own pickling rebuilds every
+        column's buffers in Python (measured 0.68 ms to pickle and 0.46 ms to unpickle a 500-span body's calls,
+        against 0.08 ms each way as IPC), and the decode workers send every batch to the writer this way."""
+        links = None if self.links is None else _to_ipc(self.links)
+        fields = (self.source, _to_ipc(self.calls), self.quarantined, self.spans_seen, self.non_llm_skipped,
+                  self.conventions, self.size, self.batch_id, links)  # fmt: skip
+        return _batch_from_ipc, fields
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _batch_from_ipc(source: str, calls: bytes, quarantined: list[Quarantined], spans_seen: int, non_llm_skipped: int,
+                    conventions: dict[str, int], size: int, batch_id: str, links: bytes | None) -> Batch:  # fmt: skip
+    """:meth:`Batch.__reduce__`'s inverse: the tables read from their IPC streams without a copy."""
+    return Batch(source, pa.ipc.open_stream(calls).read_all(), quarantined, spans_seen, non_llm_skipped, conventions,
+                 size, batch_id, None if links is None else pa.ipc.open_stream(links).read_all())  # fmt: skip
+
 
 def merge_batches(batches: Sequence[Batch]) -> Batch:
     """Several batches of one source as one (one write transaction, one ``ingest_batches`` row)."""

@@ -114,6 +114,8 @@ CALLS_READER_CLICKHOUSE = ROOT / "attribution" / "store" / "clickhouse_calls.py"
 # The loader is the one writer of llm_calls; folding a new span into its stored call reads the rows it rewrites
 # (on ClickHouse, clickhouse_load.py reads those rows back for the same fold).
 LOADER_READER = ROOT / "ingest" / "fold.py"
+# The fold's gate (whether a stored row can pair with the unit at all), split out of fold.py to keep it short.
+LOADER_GATE = ROOT / "ingest" / "fold_gate.py"
 LOADER_READER_CLICKHOUSE = ROOT / "ingest" / "clickhouse_load.py"
 
 
@@ -123,6 +125,6 @@ def test_one_module_reads_llm_calls():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and _READS_CALLS.search(node.value):
                 readers.add(path.relative_to(ROOT))
-    expected = {p.relative_to(ROOT) for p in (CALLS_READER, CALLS_READER_CLICKHOUSE, LOADER_READER,
+    expected = {p.relative_to(ROOT) for p in (CALLS_READER, CALLS_READER_CLICKHOUSE, LOADER_READER, LOADER_GATE,
                                               LOADER_READER_CLICKHOUSE)}  # fmt: skip
     assert readers == expected, f"llm_calls is read outside store/calls.py (and the loader's fold): {sorted(readers)}"

