@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +28,25 @@ from spanprism.attribution.classifier.model import (
     load_default,
 )
 from spanprism.attribution.classifier.reasons import pick_reason
-from spanprism.attribution.evaluation.training import LabelledWindow, labelled_windows, simulation_examples, train
+from spanprism.attribution.evaluation.training import (
+    DEFAULT_TRAIN,
+    DETECTOR_BASELINE_HOURS,
+    SPARSE_TRAIN,
+    UNSEEN_FAMILIES,
+    LabelledWindow,
+    SimSet,
+    labelled_windows,
+    simulation_examples,
+    train,
+)
+from spanprism.attribution.simulator.presets import (
+    DEV_SEEDS,
+    HELD_OUT,
+    NEVER_SEEN_SEEDS,
+    SCORED_HELD_OUT,
+    SEEN_SEEDS,
+    preset_config,
+)
 from spanprism.attribution.simulator.simulate import SimulationConfig, simulate
 from spanprism.attribution.store.calls import EXEMPLAR_COLUMNS
 from spanprism.attribution.vocabulary import LABELS, REASONS
@@ -111,6 +130,44 @@ def test_abstains_to_unexplained_below_the_threshold() -> None:
 
 
 # -- fitting, persistence, feedback -----------------------------------------------------------------------------
+
+
+def test_training_recipes_use_seeds_no_evaluation_uses() -> None:
+    evaluation = set(DEV_SEEDS) | set(SEEN_SEEDS) | set(NEVER_SEEN_SEEDS)
+    for simset in (*DEFAULT_TRAIN, SPARSE_TRAIN):
+        assert not set(simset.seeds) & evaluation
+        assert not set(simset.presets) & {HELD_OUT, *SCORED_HELD_OUT}
+        assert simset.families is not None and not set(simset.families) & set(UNSEEN_FAMILIES)
+    # Preset recipes simulate the preset's workload (its rates and habits), with the recipe's families.
+    configs = SPARSE_TRAIN.configs()
+    for i, config in enumerate(configs[:5]):
+        want = preset_config(SPARSE_TRAIN.presets[i], SPARSE_TRAIN.seeds[i])
+        assert (config.rate_max, config.idle_nights, config.days) == (want.rate_max, want.idle_nights, want.days)
+        assert config.families == SPARSE_TRAIN.families
+    assert SPARSE_TRAIN.to_dict()["presets"] == list(SPARSE_TRAIN.presets)
+
+
+def test_sparse_windows_take_the_label_pass_baseline() -> None:
+    # A short sparse workload (2-30 calls an hour): four hours before an episode hold a handful of calls, so the
+    # old construction drops most windows; the label pass looks back 24 h (72 h when thin) and skips other causes.
+    simset = SimSet(seeds=(9402,), presets=("sparse",))
+    result = simulate(replace(simset.configs()[0], days=7.0, series=10))
+    near = labelled_windows(result, jitter_seed=1)
+    far = labelled_windows(result, jitter_seed=1, detector_baseline=True)
+    assert len(far) > len(near)
+    regressions = [x for x in result.labels if x["label"] != "none"]
+    for w in far:
+        start = _stamp(w.label["start"])
+        stamps = [t.timestamp() for t in w.baseline.column("start_time").to_pylist()]
+        assert max(stamps) < start and start - min(stamps) <= max(DETECTOR_BASELINE_HOURS) * 3600
+        for other in regressions:  # no call of another labelled regression of the series is "normal"
+            if other is not w.label and other["series"] == w.label["series"]:
+                lo, hi = _stamp(other["start"]), _stamp(other["end"])
+                assert not any(lo <= t < hi for t in stamps)
+
+
+def _stamp(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def test_training_is_deterministic_round_trips_and_takes_feedback(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,7 @@ from spanprism.attribution.classifier.features import EpisodeContext, context_fr
 from spanprism.attribution.classifier.model import DEFAULT_ARTIFACT, Attributor, fit_attributor
 from spanprism.attribution.decomposition.decompose import decompose
 from spanprism.attribution.evaluation.classifier_scores import evaluate, format_report
+from spanprism.attribution.simulator.presets import preset_config
 from spanprism.attribution.simulator.simulate import FAMILIES, SimulationConfig, SimulationResult, simulate
 from spanprism.attribution.vocabulary import LABELS
 
@@ -58,7 +59,12 @@ class Example:
 
 @dataclass(frozen=True)
 class SimSet:
-    """A recipe of simulations: one :class:`SimulationConfig` per seed, everything else shared."""
+    """A recipe of simulations: one :class:`SimulationConfig` per seed, everything else shared.
+
+    With ``presets`` the seeds take the named workload presets in turn (seed i → ``presets[i % len]``, the
+    preset's own days, series, rates and habits; ``families`` and ``strengths`` still apply), and the windows are
+    cut like the label pass cuts them (:data:`DETECTOR_BASELINE_HOURS`), so the examples carry the call counts a
+    sparse series really has."""
 
     seeds: tuple[int, ...]
     days: float = 3.0
@@ -67,8 +73,15 @@ class SimSet:
     rate_max: float = 1.0
     families: tuple[str, ...] | None = None
     strengths: tuple[str, ...] | None = None
+    presets: tuple[str, ...] = ()
 
     def configs(self) -> list[SimulationConfig]:
+        if self.presets:
+            return [
+                replace(preset_config(self.presets[i % len(self.presets)], s), families=self.families,
+                        strengths=self.strengths)
+                for i, s in enumerate(self.seeds)
+            ]  # fmt: skip
         return [
             SimulationConfig(
                 seed=s,
@@ -83,6 +96,13 @@ class SimSet:
         ]
 
     def to_dict(self) -> dict:
+        if self.presets:  # the presets fix days, series and rates
+            return {
+                "seeds": list(self.seeds),
+                "presets": list(self.presets),
+                "families": list(self.families) if self.families else None,
+                "strengths": list(self.strengths) if self.strengths else None,
+            }
         return {
             "seeds": list(self.seeds),
             "days": self.days,
@@ -184,10 +204,44 @@ class LabelledWindow:
     context: EpisodeContext
 
 
-def labelled_windows(result: SimulationResult, *, jitter_seed: int | None = None) -> list[LabelledWindow]:
+#: The label pass's baseline (``passes.label_pass``): the 24 h before the episode with the series' other regressions
+#: cut out, 72 h when that holds fewer than :data:`DETECTOR_MIN_BASELINE_CALLS` calls (sparse series).
+DETECTOR_BASELINE_HOURS: tuple[float, ...] = (24.0, 72.0)
+DETECTOR_MIN_BASELINE_CALLS = 30
+
+
+def _detector_baseline(index: SeriesIndex, label: dict, labels: list[dict]) -> pa.Table:
+    """The baseline the label pass would hand over: :data:`DETECTOR_BASELINE_HOURS` before the labelled start,
+    without the calls of the series' other labelled regressions."""
+    key, start = _series_key(label), _us(label["start"])
+    others = [
+        (_us(x["start"]), _us(x["end"]))
+        for x in labels
+        if x is not label and x["label"] != "none" and _series_key(x) == key and _us(x["start"]) < start
+    ]
+    base = index.window(key, start, start)
+    for hours in DETECTOR_BASELINE_HOURS:
+        lo = start - int(hours * HOUR_US)
+        base = index.window(key, lo, start)
+        if others and base.num_rows:
+            t = np.asarray(base.column("start_time").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy())
+            keep = np.ones(t.size, dtype=bool)
+            for a, b in others:
+                keep &= (t < a) | (t >= b)
+            base = base.filter(pa.array(keep))
+        if base.num_rows >= DETECTOR_MIN_BASELINE_CALLS:
+            break
+    return base
+
+
+def labelled_windows(
+    result: SimulationResult, *, jitter_seed: int | None = None, detector_baseline: bool = False
+) -> list[LabelledWindow]:
     """Baseline/episode windows, metric and context of every labelled regression (``none`` windows skipped, and
     windows with too few calls to say anything: < 20 baseline or < 10 episode calls). ``jitter_seed`` trims the
-    windows and picks the metric at random like a detector would; None keeps the exact labelled window."""
+    windows and picks the metric at random like a detector would; None keeps the exact labelled window. With
+    ``detector_baseline`` the baseline is the label pass's (:func:`_detector_baseline`) instead of the clean
+    stretch right before the episode (at least as long as it and 4 h): what a sparse series really offers."""
     rng = np.random.default_rng(np.random.SeedSequence([jitter_seed, 0x5EED])) if jitter_seed is not None else None
     index = SeriesIndex.of(result.calls)
     out = []
@@ -196,7 +250,11 @@ def labelled_windows(result: SimulationResult, *, jitter_seed: int | None = None
             continue
         key = _series_key(label)
         b0, lo, hi = _windows(label, rng)
-        base, epi = index.window(key, b0, _us(label["start"])), index.window(key, lo, hi)
+        if detector_baseline:
+            base = _detector_baseline(index, label, result.labels)
+        else:
+            base = index.window(key, b0, _us(label["start"]))
+        epi = index.window(key, lo, hi)
         if base.num_rows < 20 or epi.num_rows < 10:
             continue
         streaming = bool(pc.any(pc.fill_null(epi.column("streaming"), False)).as_py())
@@ -253,15 +311,18 @@ def _median_itl(table: pa.Table) -> float:
     return float(value) if value is not None else 0.0
 
 
-def simulation_examples(result: SimulationResult, *, seed: int | None = None, augment: bool = True) -> list[Example]:
+def simulation_examples(
+    result: SimulationResult, *, seed: int | None = None, augment: bool = True, detector_baseline: bool = False
+) -> list[Example]:
     """Examples from every labelled regression window of one simulation (deterministic in the simulation seed).
 
     With ``augment`` each window also yields a copy as a sparser convention records it (:func:`_as_recorded`), so
-    that the classifier learns what a route move looks like when the moved dimension is not in the spans."""
+    that the classifier learns what a route move looks like when the moved dimension is not in the spans.
+    ``detector_baseline``: see :func:`labelled_windows`."""
     seed = result.config.seed if seed is None else seed
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA06]))
     out = []
-    for w in labelled_windows(result, jitter_seed=seed):
+    for w in labelled_windows(result, jitter_seed=seed, detector_baseline=detector_baseline):
         copies = [w, _as_recorded(w, rng)] if augment else [w]
         for v in copies:
             base, epi = window_of(v.baseline), window_of(v.episode)
@@ -280,8 +341,8 @@ def simulation_examples(result: SimulationResult, *, seed: int | None = None, au
     return out
 
 
-def _examples_of(config: SimulationConfig, augment: bool = True) -> list[Example]:
-    return simulation_examples(simulate(config), augment=augment)
+def _examples_of(config: SimulationConfig, augment: bool = True, detector_baseline: bool = False) -> list[Example]:
+    return simulation_examples(simulate(config), augment=augment, detector_baseline=detector_baseline)
 
 
 def build_examples(
@@ -292,7 +353,7 @@ def build_examples(
     leaves out the sparse-convention copies (every route column and per-call signal as simulated)."""
     configs = simset.configs()
     out: list[Example] = []
-    job = partial(_examples_of, augment=augment)
+    job = partial(_examples_of, augment=augment, detector_baseline=bool(simset.presets))
     if workers <= 1:
         results: Iterable[list[Example]] = map(job, configs)
     else:
@@ -312,8 +373,22 @@ def build_examples(
 #: Families left out of training: the held-out sets test that their mechanism is still recognised from the physics
 #: (a deployment move is a route move along another dimension; sparse calls per prefix are another way to evict).
 UNSEEN_FAMILIES: tuple[str, ...] = ("routing_change/deployment_change", "cache_eviction/ttl_expired")
-#: The shipped model's training recipe: 40 seeds, every other family, all strengths.
-DEFAULT_TRAIN = SimSet(seeds=tuple(range(1000, 1040)), families=tuple(f for f in FAMILIES if f not in UNSEEN_FAMILIES))
+_TRAIN_FAMILIES = tuple(f for f in FAMILIES if f not in UNSEEN_FAMILIES)
+#: Full traffic: 40 seeds of 12 always-on series × 3 days (0.02-1 calls/s), every other family, all strengths.
+FULL_TRAFFIC_TRAIN = SimSet(seeds=tuple(range(1000, 1040)), families=_TRAIN_FAMILIES)
+#: Sparse traffic: the dev presets' workloads (2-200 calls an hour, idle hours, bursts, late starts, drifting own
+#: sizes) on seeds 1100-1139, the presets taking turns. These seeds are disjoint from every dev (1-20), seen
+#: (301-312, 401-412, 501-512, 601-612) and never-seen (701-712) evaluation seed, and the held-out presets are
+#: never trained on. Windows keep the presets' real call counts (15-300 calls where the full-traffic ones have
+#: thousands) and take the label pass's baseline.
+SPARSE_TRAIN = SimSet(
+    seeds=tuple(range(1100, 1140)),
+    families=_TRAIN_FAMILIES,
+    presets=("sparse", "bursty", "short_history", "drifting", "mixed"),
+)
+#: The shipped model's training recipe. ``SPARSE_TRAIN`` is not in it: fitted on both, the model scored lower on
+#: the held-out windows (macro-F1 0.968 → 0.949) and end to end on seen seeds (README, "Not done yet").
+DEFAULT_TRAIN: tuple[SimSet, ...] = (FULL_TRAFFIC_TRAIN,)
 #: Held-out seeds with every family, a shifted series mix, and subtle magnitudes only (never used for training).
 HOLDOUT_SETS: dict[str, SimSet] = {
     "heldout_seeds": SimSet(seeds=tuple(range(5000, 5012))),
@@ -322,23 +397,30 @@ HOLDOUT_SETS: dict[str, SimSet] = {
 }
 
 
+def _is_recipe(train_set: SimSet | Sequence[SimSet] | Sequence[Example]) -> bool:
+    return isinstance(train_set, SimSet) or (len(train_set) > 0 and all(isinstance(s, SimSet) for s in train_set))
+
+
 def train(
-    train_set: SimSet | Sequence[Example] = DEFAULT_TRAIN,
+    train_set: SimSet | Sequence[SimSet] | Sequence[Example] = DEFAULT_TRAIN,
     *,
     extra_examples: Iterable[tuple[dict[str, float], str, str | None]] = (),
     seed: int = 0,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> Attributor:
-    """Fit the classifier on ``train_set`` (a recipe or ready examples) plus ``extra_examples`` =
+    """Fit the classifier on ``train_set`` (a recipe, several recipes or ready examples) plus ``extra_examples`` =
     ``(features, label, reason)`` triples, e.g. post-mortem labels recorded with ``spanprism label``."""
-    if isinstance(train_set, SimSet):
-        examples = build_examples(train_set, workers=workers, progress=progress)
+    if _is_recipe(train_set):
+        sets = [train_set] if isinstance(train_set, SimSet) else list(train_set)
+        examples = [e for simset in sets for e in build_examples(simset, workers=workers, progress=progress)]
+        described: dict | list = sets[0].to_dict() if len(sets) == 1 else [s.to_dict() for s in sets]
     else:
         examples = list(train_set)
+        described = {"examples": len(examples)}
     extra = [Example(dict(f), label, reason) for f, label, reason in extra_examples]
     meta = {
-        "train_set": train_set.to_dict() if isinstance(train_set, SimSet) else {"examples": len(examples)},
+        "train_set": described,
         "unseen_families": list(UNSEEN_FAMILIES) if train_set is DEFAULT_TRAIN else [],
         "extra_examples": len(extra),
     }
