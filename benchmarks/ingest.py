@@ -17,8 +17,9 @@ It prints a table and writes ``DIR/ingest_benchmark.json``. See benchmarks/READM
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
-import os
 import random
 import resource
 import subprocess
@@ -28,8 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SPANPRISM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from spanprism.attribution.simulator.workload import DATA_DIR
+
 NON_LLM_RATIO = 0.15
 
 #: convention → (share of LLM spans, services using it). Chunk-event conventions are rarer: their spans are big.
@@ -62,16 +63,16 @@ ROUTES = (
 
 
 def _load_samples() -> tuple[list[int], list[tuple[float, float, int]]]:
-    """Real prompt lengths (Mooncake) and real TTFT / ITL / output lengths (LLMPerf), from shared/data."""
-    with open(DATA / "mooncake" / "conversation_trace.jsonl", "rb") as fh:
+    """Real prompt lengths (Mooncake) and real TTFT / ITL / output lengths (LLMPerf), from the slices bundled with
+    the simulator (``attribution/simulator/data``, with their licences and source)."""
+    with gzip.open(DATA_DIR / "mooncake_conversation_trace.jsonl.gz", "rb") as fh:
         inputs = [min(32000, json.loads(line)["input_length"]) for line in fh]
     latencies = []
-    for path in sorted((DATA / "llmperf").glob("*.json")):
-        for rec in json.loads(path.read_text()):
-            if not rec.get("error_code") and rec.get("ttft_s") and rec.get("number_output_tokens", 0) > 1:
-                latencies.append(
-                    (rec["ttft_s"] * 1000, rec["inter_token_latency_s"] * 1000, int(rec["number_output_tokens"]))
-                )
+    with gzip.open(DATA_DIR / "llmperf_requests.csv.gz", "rt", encoding="utf-8") as fh:
+        for rec in csv.DictReader(fh):
+            if not rec["error_code"] and rec["ttft_s"] and int(rec["number_output_tokens"] or 0) > 1:
+                latencies.append((float(rec["ttft_s"]) * 1000, float(rec["inter_token_latency_s"]) * 1000,
+                                  int(rec["number_output_tokens"])))  # fmt: skip
     return inputs, latencies
 
 
