@@ -22,7 +22,7 @@ the preset's config changed), so a second run only re-runs attribution.
 Seeds 1–20 are for development. Seeds 701–712 are reserved for the next never-seen run (301–312, 401–412, 501–512
 and 601–612 served before, the README numbers, and are seen now)::
 
-    .venv/bin/python benchmarks/generalization.py --seeds 701..712 --json /tmp/generalization-never-seen.json
+    .venv/bin/python benchmarks/generalization.py --seeds 801..812 --json /tmp/generalization-never-seen.json
 
 which is also what the defaults do. A development run::
 
