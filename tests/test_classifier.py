@@ -30,15 +30,13 @@ from spanprism.attribution.classifier.model import (
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.evaluation.training import (
     DEFAULT_TRAIN,
-    DETECTOR_BASELINE_HOURS,
     SPARSE_TRAIN,
     UNSEEN_FAMILIES,
-    LabelledWindow,
     SimSet,
-    labelled_windows,
     simulation_examples,
     train,
 )
+from spanprism.attribution.evaluation.training_windows import DETECTOR_BASELINE_HOURS, LabelledWindow, labelled_windows
 from spanprism.attribution.simulator.presets import (
     DEV_SEEDS,
     HELD_OUT,

@@ -13,7 +13,7 @@ from spanprism.attribution.classifier.features import EpisodeContext, episode_fe
 from spanprism.attribution.classifier.reasons import pick_reason
 from spanprism.attribution.classifier.shape import shape_features, unrecorded_dims
 from spanprism.attribution.decomposition.decompose import decompose
-from spanprism.attribution.evaluation.training import LabelledWindow, _as_recorded
+from spanprism.attribution.evaluation.training_windows import LabelledWindow, as_recorded
 
 ROUTES = ("region", "server_address")
 
@@ -92,7 +92,7 @@ def test_unrecorded_dimensions_become_flags_evidence_and_the_reason() -> None:
 def test_sparse_convention_copies_are_seeded_and_hide_only_what_they_say() -> None:
     base, epi = calls(900, 14), calls(450, 15, t0_h=5, hours=2, latency_scale=1.5)
     w = LabelledWindow({"label": "batch_contention"}, base, epi, "e2e_p95_ms", EpisodeContext())
-    a = [_as_recorded(w, np.random.default_rng(7)) for _ in range(2)]
+    a = [as_recorded(w, np.random.default_rng(7)) for _ in range(2)]
     assert a[0].baseline.equals(a[1].baseline) and a[0].metric == a[1].metric
     hidden = [
         n
@@ -110,5 +110,5 @@ def test_sparse_convention_copies_are_seeded_and_hide_only_what_they_say() -> No
     }
     # ITL rose 1.5× on every call: the detector would report ITL, and so does the copy.
     assert a[0].metric == "itl_p95_ms"
-    copies = [_as_recorded(w, np.random.default_rng(s)) for s in range(40)]
+    copies = [as_recorded(w, np.random.default_rng(s)) for s in range(40)]
     assert sum(c.baseline.column("region").null_count > 0 for c in copies) in range(8, 33)
