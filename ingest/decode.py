@@ -33,7 +33,6 @@ from __future__ import annotations
 import gc
 import io
 import os
-import re
 import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -55,8 +54,9 @@ from spanprism.ingest.framing import (
     read_up_to,
 )
 from spanprism.ingest.inflate import BodyTooLarge, Inflater, InputTooLarge, inflate_bytes
-from spanprism.ingest.otlp_json import DecodeError, show
+from spanprism.ingest.otlp_json_values import DecodeError, show
 from spanprism.ingest.records import DecodeResult, Quarantined, RawChunk, SpanRecord
+from spanprism.ingest.sniff import WHITESPACE, sniff
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -78,11 +78,7 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("jsonl", "json", "proto", "proto_lp", "pro
 # not carry the caller's limit, so the default max_record_bytes applies (a decompression bomb guard).
 MAX_DECOMPRESSED_BYTES = 64 << 20
 _SNIFF_BYTES = 64 << 10
-#: How many lines after a damaged first line may be tried as OTLP requests when sniffing JSON lines.
-_SNIFF_LINES = 16
 _BOM = b"\xef\xbb\xbf"
-_WHITESPACE = b" \t\r\n"
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def open_input(source: str | os.PathLike[str] | BinaryIO, limit: int | None = None) -> BinaryIO:
@@ -113,61 +109,6 @@ def stream_damage(stream: BinaryIO) -> tuple[str, int] | None:
     if isinstance(inflater, Inflater) and inflater.damage:
         return inflater.damage, inflater.consumed
     return None
-
-
-def sniff(head: bytes) -> str | None:
-    """The format of a decompressed stream from its first bytes (see the module table); None if unknown."""
-    body = head.lstrip(_WHITESPACE)
-    if not body:
-        return None
-    if body[:1] in b"{[" and not _CONTROL.search(head, 0, 4096):
-        return "json" if _is_document(body) else "jsonl"
-    if _damaged_json_lines(body):
-        return "jsonl"
-    if head[:1] == b"\x0a":
-        return "proto"
-    if head[4:8] == ZSTD_MAGIC:
-        return "proto_lp_zstd"
-    if (len(head) >= 5 and head[4] == 0x0A) or head[:4] == bytes(4):
-        return "proto_lp"
-    return None
-
-
-def _damaged_json_lines(body: bytes) -> bool:
-    """JSON lines whose first line is damaged (torn write, invalid UTF-8, NULs): a later line of the head is a
-    whole OTLP export request on its own. Only consulted when the head does not look like JSON text (a binary or
-    NUL-filled first line), so healthy files never pay for it; the damaged line then becomes one quarantined record,
-    not the whole file."""
-    _, _, rest = body.partition(b"\n")
-    complete = rest.split(b"\n")[:-1]  # the last piece may be cut by the sniff window
-    return any(line[:1] == b"{" and _is_otlp_request(line) for line in complete[:_SNIFF_LINES])
-
-
-def _is_otlp_request(line: bytes) -> bool:
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return False
-    return type(doc) is dict and ("resourceSpans" in doc or "resource_spans" in doc)
-
-
-def _is_document(body: bytes) -> bool:
-    """True for a pretty-printed document: its first line is not a complete JSON value on its own."""
-    lines = iter(body.split(b"\n", 16)[:16])
-    first = next(lines)
-    if len(first) == len(body):
-        return False  # no line end in the sniffed head: a long JSON line (a pretty document starts short)
-    try:
-        orjson.loads(first)
-        return False
-    except orjson.JSONDecodeError:
-        pass
-    if first.strip() in (b"{", b"["):
-        return True
-    following = next((line for line in lines if line.strip()), b"")
-    # A JSON-lines file with a broken first line still starts the next line with an object at column 0;
-    # a pretty-printed document indents its inner objects.
-    return not following.startswith(b"{")
 
 
 def iter_chunks(
@@ -215,7 +156,7 @@ def _records(stream: BinaryIO, head: bytes, source: str, chunk_bytes: int, max_r
     fmt = sniff(head[skip:])
     buffer = Buffer(head, stream, max(chunk_bytes, 1 << 16), start=skip)
     if fmt is None:
-        if head.strip(_WHITESPACE):
+        if head.strip(WHITESPACE):
             yield _unrecognized(buffer, source, max_record_bytes)
         return
     if fmt == "jsonl":
@@ -336,7 +277,7 @@ def _decode_record(
     record: bytes, source: str, where: str, spans: list[SpanRecord], quarantined: list[Quarantined]
 ) -> None:
     """One length-prefixed record: JSON (legacy json+zstd mode) or a serialized request."""
-    if record.lstrip(_WHITESPACE)[:1] == b"{":
+    if record.lstrip(WHITESPACE)[:1] == b"{":
         try:
             doc = orjson.loads(record)
         except orjson.JSONDecodeError as exc:
