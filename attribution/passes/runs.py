@@ -160,11 +160,8 @@ def mark_worker_interrupted(con: StateCursor, worker: str, *, reason: str, now: 
 
     Called when another worker takes over one of ``worker``'s expired leases: the holder died (or stalled past its
     lease, and then its own end-of-round record overwrites this one with what really happened)."""
-    rows = con.execute("SELECT id, counts FROM job_runs WHERE trigger = 'worker' AND status = 'running'").fetchall()
-    ids = [r[0] for r in rows if orjson.loads(r[1] or "{}").get("worker") == worker]
-    for run_id in ids:
-        con.execute("UPDATE job_runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, ?)"
-                    " WHERE id = ? AND status = 'running'", [now or datetime.now(UTC), reason, run_id])  # fmt: skip
+    ids = [run_id for run_id, _, counts in _running_worker_rounds(con) if counts.get("worker") == worker]
+    _interrupt(con, ids, reason=reason, now=now)
     return len(ids)
 
 
@@ -178,18 +175,27 @@ def mark_stale_worker_rounds(con: StateCursor, *, live: Collection[str], quiet_s
     just after its last claim comes back empty: a round quiet for a lease period without a lease is one whose worker
     died between shards or after its last one, where no lease is left to take over (:func:`mark_worker_interrupted`
     covers a death mid-shard). A worker that only stalled overwrites the mark with its own end-of-round record."""
-    rows = con.execute("SELECT id, started_at, counts FROM job_runs WHERE trigger = 'worker' AND status = 'running'"
-                       ).fetchall()  # fmt: skip
     stale = []
-    for run_id, started_at, counts_json in rows:
-        counts = orjson.loads(counts_json or "{}")
+    for run_id, started_at, counts in _running_worker_rounds(con):
         progress = datetime.fromisoformat(counts["progress_at"]) if counts.get("progress_at") else as_utc(started_at)
         if counts.get("worker") not in live and progress is not None and progress < quiet_since:
             stale.append(run_id)
-    for run_id in stale:
+    _interrupt(con, stale, reason=reason, now=now)
+    return stale
+
+
+def _running_worker_rounds(con: StateCursor) -> list[tuple[str, datetime | None, dict[str, Any]]]:
+    """(id, started_at, counts) of every worker round recorded ``running``."""
+    rows = con.execute("SELECT id, started_at, counts FROM job_runs WHERE trigger = 'worker' AND status = 'running'"
+                       ).fetchall()  # fmt: skip
+    return [(r[0], r[1], orjson.loads(r[2] or "{}")) for r in rows]
+
+
+def _interrupt(con: StateCursor, ids: Sequence[str], *, reason: str, now: datetime | None) -> None:
+    """Mark the rounds ``ids`` ``interrupted`` unless they ended meanwhile (a first error recorded is kept)."""
+    for run_id in ids:
         con.execute("UPDATE job_runs SET status = 'interrupted', finished_at = ?, error = coalesce(error, ?)"
                     " WHERE id = ? AND status = 'running'", [now or datetime.now(UTC), reason, run_id])  # fmt: skip
-    return stale
 
 
 # --- windows ------------------------------------------------------------------------------------------------------
